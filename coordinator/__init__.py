@@ -1,0 +1,5 @@
+"""The coordinator: node streams, the governed Grid, task runner and state."""
+
+from oncofed.coordinator.server import Coordinator
+
+__all__ = ["Coordinator"]

@@ -1,0 +1,47 @@
+"""In-process wake-ups between task threads and node streams.
+
+The database holds every message and reply; the hub only saves the waiting
+side a polling delay: a node stream wakes when a message for it is queued, a
+task wakes when any reply arrives.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[int, threading.Event] = {}
+        self._replies = threading.Condition()
+        self._generation: dict[int, int] = {}
+
+    def connect(self, node_id: int) -> int:
+        """Register a new stream for a node; the newest stream is the node's live one."""
+        with self._lock:
+            self._generation[node_id] = self._generation.get(node_id, 0) + 1
+            return self._generation[node_id]
+
+    def disconnect(self, node_id: int, generation: int) -> bool:
+        """True when the closing stream was the node's live one (so the node is offline)."""
+        with self._lock:
+            return self._generation.get(node_id) == generation
+
+    def node_event(self, node_id: int) -> threading.Event:
+        with self._lock:
+            return self._nodes.setdefault(node_id, threading.Event())
+
+    def notify_node(self, node_id: int) -> None:
+        self.node_event(node_id).set()
+
+    def notify_reply(self) -> None:
+        with self._replies:
+            self._replies.notify_all()
+
+    def wait_reply(self, timeout: float) -> None:
+        with self._replies:
+            self._replies.wait(timeout)
+
+
+__all__ = ["Hub"]

@@ -1,0 +1,122 @@
+"""The node-facing API: one long-lived bidirectional stream per node."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from oncofed.coordinator.hub import Hub
+from oncofed.coordinator.store import Store
+from oncofed.flower import from_bytes
+from oncofed.schema import NAME_PATTERN, DatasetSchema
+from oncofed.wire import oncofed_pb2 as pb
+from oncofed.wire.oncofed_pb2_grpc import NodeLinkServicer
+
+log = logging.getLogger(__name__)
+
+
+class NodeLink(NodeLinkServicer):
+    def __init__(self, store: Store, hub: Hub, heartbeat_seconds: float) -> None:
+        self.store = store
+        self.hub = hub
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def Connect(  # noqa: N802 (gRPC method name)
+        self, request_iterator: Iterator[pb.NodeFrame], context: grpc.ServicerContext
+    ) -> Iterator[pb.CoordinatorFrame]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("frame") != "hello":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be a hello")
+        hello = first.hello
+        problem = _check_hello(hello)
+        if problem:
+            log.warning("refused node hello: %s", problem)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        node_id = self.store.register_node(hello.node_name, hello.version, hello.datasets_json)
+        generation = self.hub.connect(node_id)
+        again = self.store.requeue_unanswered(node_id)
+        log.info(
+            "node %s connected (id %d, version %s, %d message(s) to resend)",
+            hello.node_name,
+            node_id,
+            hello.version,
+            again,
+        )
+        wake = self.hub.node_event(node_id)
+        closed = threading.Event()
+
+        def on_close() -> None:
+            closed.set()
+            wake.set()
+
+        context.add_callback(on_close)
+        threading.Thread(
+            target=self._read,
+            args=(request_iterator, node_id, on_close),
+            daemon=True,
+            name=f"node-{hello.node_name}",
+        ).start()
+        yield pb.CoordinatorFrame(
+            welcome=pb.Welcome(node_id=node_id, heartbeat_seconds=self.heartbeat_seconds)
+        )
+        try:
+            while not closed.is_set():
+                for _message_id, payload in self.store.take_undelivered(node_id):
+                    yield pb.CoordinatorFrame(task=payload)
+                if not wake.wait(self.heartbeat_seconds):
+                    yield pb.CoordinatorFrame(heartbeat=pb.Heartbeat())
+                wake.clear()
+        finally:
+            if self.hub.disconnect(node_id, generation):
+                self.store.set_online(node_id, False)
+                log.info("node %s disconnected", hello.node_name)
+
+    def _read(
+        self, frames: Iterator[pb.NodeFrame], node_id: int, on_close: Callable[[], None]
+    ) -> None:
+        try:
+            for frame in frames:
+                kind = frame.WhichOneof("frame")
+                if kind == "heartbeat":
+                    self.store.set_online(node_id, True)
+                elif kind == "reply":
+                    self._store_reply(node_id, frame.reply)
+        except grpc.RpcError:
+            pass
+        finally:
+            on_close()
+
+    def _store_reply(self, node_id: int, payload: bytes) -> None:
+        try:
+            reply = from_bytes(payload)
+        except Exception:
+            log.warning("node %d sent an unreadable reply; dropped", node_id)
+            return
+        if self.store.put_reply(reply.metadata.reply_to_message_id, node_id, payload):
+            self.hub.notify_reply()
+        else:
+            log.warning(
+                "node %d answered message %s that it was not sent or already answered; dropped",
+                node_id,
+                reply.metadata.reply_to_message_id,
+            )
+
+
+def _check_hello(hello: pb.NodeHello) -> str:
+    if not re.match(NAME_PATTERN, hello.node_name):
+        return f"node name {hello.node_name!r} is not valid"
+    try:
+        datasets = json.loads(hello.datasets_json or "{}")
+        for schema in datasets.values():
+            DatasetSchema.model_validate(schema)
+    except (ValueError, AttributeError) as exc:
+        return f"node {hello.node_name!r} sent an invalid dataset schema: {exc}"
+    return ""
+
+
+__all__ = ["NodeLink"]

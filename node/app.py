@@ -1,0 +1,64 @@
+"""The node's ClientApp: installed task handlers behind the node's mods.
+
+The same builder serves a real node (one catalogue read from its config) and
+Flower's simulation runtime (a catalogue per simulated partition), so a task's
+node side is exactly the same code in both.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from oncofed.errors import OncofedError, TaskFailed
+from oncofed.flower import error_reply, params_json
+from oncofed.node.audit import AuditLog
+from oncofed.node.mods import CatalogueFor, audit_mod, validation_mod
+from oncofed.tasks import TASKS
+from oncofed.tasks.base import NodeHandler, TaskType
+
+log = logging.getLogger(__name__)
+
+
+def build_client_app(catalogue_for: CatalogueFor, audit: AuditLog | None = None) -> ClientApp:
+    mods = [validation_mod(catalogue_for)]
+    if audit is not None:
+        mods.insert(0, audit_mod(audit))
+    app = ClientApp(mods=mods)
+    for task in TASKS.values():
+        for action, handler in task.node_handlers.items():
+            app.query(action)(_guarded(task, handler, catalogue_for))
+    return app
+
+
+def _guarded(
+    task: TaskType[Any, Any], handler: NodeHandler[Any], catalogue_for: CatalogueFor
+) -> Any:
+    def handle(message: Message, context: Context) -> Message:
+        datasets = catalogue_for(context)
+        try:
+            params = task.params.model_validate_json(params_json(message))
+            content = handler(params, datasets.load(params.dataset))
+        except OncofedError as exc:
+            return error_reply(message, exc)
+        except Exception as exc:
+            # Details stay in the node's own log: an exception text can quote data.
+            log.exception("task %s failed on this node", task.name)
+            return error_reply(
+                message,
+                TaskFailed(
+                    f"task {task.name!r} failed on this node ({type(exc).__name__})",
+                    rule="node.handler",
+                    node=datasets.node_name,
+                    fix="the node operator's log has the details",
+                ),
+            )
+        return Message(content, reply_to=message)
+
+    return handle
+
+
+__all__ = ["build_client_app"]

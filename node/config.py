@@ -1,0 +1,107 @@
+"""The node's one configuration file (TOML), validated by pydantic.
+
+Example::
+
+    name = "centre-a"
+    coordinator = "coordinator.example.org:7100"
+
+    [datasets.lung]
+    path = "data/lung.parquet"
+
+    [datasets.lung.columns]
+    age = "float"
+    sex = { type = "category", categories = ["1", "2"] }
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from oncofed.errors import ConfigError
+from oncofed.schema import NAME_PATTERN, ColumnSpec, DatasetSchema
+
+
+class DatasetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    format: Literal["csv", "parquet"] | None = Field(
+        default=None, description="Defaults to the file's suffix."
+    )
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+
+    @property
+    def dataset_schema(self) -> DatasetSchema:
+        return DatasetSchema(columns=self.columns)
+
+    @property
+    def file_format(self) -> Literal["csv", "parquet"]:
+        if self.format is not None:
+            return self.format
+        return "parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="This centre's node name.")
+    coordinator: str = Field(
+        pattern=r"^[^\s:]+:\d{1,5}$", description="host:port of the coordinator."
+    )
+    state_dir: Path = Field(default=Path("state"), description="Audit log and local state.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    max_workers: int = Field(default=2, ge=1, le=32, description="Tasks computed at once.")
+    datasets: dict[str, DatasetConfig] = Field(min_length=1)
+
+    def resolve(self, base: Path) -> NodeConfig:
+        """Paths in the file are relative to the file itself."""
+        datasets = {
+            name: ds.model_copy(update={"path": (base / ds.path).resolve()})
+            for name, ds in self.datasets.items()
+        }
+        return self.model_copy(
+            update={"datasets": datasets, "state_dir": (base / self.state_dir).resolve()}
+        )
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and validate a node config; every problem becomes one ConfigError line."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"node config {str(path)!r} does not exist",
+            rule="config.file",
+            fix="pass the path of the node's TOML file",
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"node config {str(path)!r} is not valid TOML: {exc}",
+            rule="config.toml",
+            fix="correct the TOML syntax at the position shown",
+        ) from None
+    try:
+        config = NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"node config {str(path)!r} is invalid: {format_validation_error(exc)}",
+            rule="config.schema",
+            fix="see docs/operators.md for every setting",
+        ) from None
+    return config.resolve(path.resolve().parent)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``location: message; ...``."""
+    parts = []
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{location}: {err['msg']}")
+    return "; ".join(parts)
+
+
+__all__ = ["DatasetConfig", "NodeConfig", "format_validation_error", "load_node_config"]

@@ -1,0 +1,168 @@
+"""The node process: one outbound stream to the coordinator, kept alive.
+
+Hospital firewalls allow outbound connections only, so the node dials out,
+says who it is and what it offers (schemas, never data), then computes the
+task messages that arrive on the same stream with its installed ClientApp.
+If the stream breaks it reconnects with exponential backoff and jitter; a
+message it was computing when the stream broke is delivered again by the
+coordinator after the reconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from oncofed import __version__
+from oncofed.errors import TaskFailed
+from oncofed.flower import error_reply, from_bytes, node_context, to_bytes
+from oncofed.node.app import build_client_app
+from oncofed.node.audit import AuditLog
+from oncofed.node.config import NodeConfig
+from oncofed.node.data import Catalogue
+from oncofed.wire import oncofed_pb2 as pb
+from oncofed.wire.oncofed_pb2_grpc import NodeLinkStub
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a successful session."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 10.0) -> None:
+        self.initial, self.maximum, self.attempt = initial, maximum, 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class NodeRunner:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.catalogue = Catalogue(config.name, config.datasets)
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.app = build_client_app(lambda _context: self.catalogue, self.audit)
+        self._stop = threading.Event()
+        self._call: Any = None  # the live stream call, cancelled by stop()
+        self._pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="task")
+
+    def hello(self) -> pb.NodeFrame:
+        schemas = {name: s.model_dump(mode="json") for name, s in self.catalogue.schemas().items()}
+        return pb.NodeFrame(
+            hello=pb.NodeHello(
+                node_name=self.config.name,
+                version=__version__,
+                datasets_json=json.dumps(schemas, sort_keys=True),
+            )
+        )
+
+    def run_forever(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                if self._session():
+                    backoff.reset()
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                log.warning("connection to %s lost (%s)", self.config.coordinator, code)
+            delay = backoff.next_delay()
+            log.info("reconnecting in %.1f s", delay)
+            self._stop.wait(delay)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _session(self) -> bool:
+        """One connection; returns whether the coordinator welcomed this node."""
+        welcomed = False
+        outbox: queue.Queue[pb.NodeFrame | None] = queue.Queue()
+        alive = threading.Event()
+        alive.set()
+
+        def frames() -> Iterator[pb.NodeFrame]:
+            yield self.hello()
+            while True:
+                frame = outbox.get()
+                if frame is None:
+                    return
+                yield frame
+
+        def heartbeat() -> None:
+            while not self._stop.wait(self.config.heartbeat_seconds) and alive.is_set():
+                outbox.put(pb.NodeFrame(heartbeat=pb.Heartbeat(sent_at=time.time())))
+
+        with grpc.insecure_channel(self.config.coordinator, options=KEEPALIVE_OPTIONS) as channel:
+            responses = NodeLinkStub(channel).Connect(frames())
+            self._call = responses
+            threading.Thread(target=heartbeat, daemon=True, name="heartbeat").start()
+            node_id = 0
+            try:
+                for frame in responses:
+                    kind = frame.WhichOneof("frame")
+                    if kind == "welcome":
+                        node_id, welcomed = frame.welcome.node_id, True
+                        log.info(
+                            "connected to %s as node %s (id %d)",
+                            self.config.coordinator,
+                            self.config.name,
+                            node_id,
+                        )
+                    elif kind == "task":
+                        self._pool.submit(self._handle, frame.task, node_id, outbox)
+            finally:
+                alive.clear()
+                outbox.put(None)
+                self._call = None
+        return welcomed
+
+    def _handle(
+        self, payload: bytes, node_id: int, outbox: queue.Queue[pb.NodeFrame | None]
+    ) -> None:
+        message = from_bytes(payload)
+        context = node_context(node_id, message.metadata.run_id, {"node-name": self.config.name})
+        try:
+            reply = self.app(message, context)
+        except Exception as exc:
+            log.exception("ClientApp failed on %s", message.metadata.message_type)
+            reply = error_reply(
+                message,
+                TaskFailed(
+                    f"the node could not run {message.metadata.message_type!r} "
+                    f"({type(exc).__name__})",
+                    rule="node.client_app",
+                    node=self.config.name,
+                    fix="the node operator's log has the details",
+                ),
+            )
+        outbox.put(pb.NodeFrame(reply=to_bytes(reply)))
+
+
+__all__ = ["Backoff", "NodeRunner"]

@@ -1,0 +1,287 @@
+"""A real federated network on this machine, for trying analyses and for tests.
+
+``Sandbox.from_frame(df, split_by="inst", dataset="lung")`` writes each part
+of the frame to its own node's data directory, starts a coordinator process and
+one node process per part on loopback -- the same programs, configuration
+files and gRPC streams as a real deployment -- and hands out the same
+``Session`` class a researcher uses against a real network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from oncofed.errors import CoordinatorUnavailable, SandboxError
+from oncofed.node.data import infer_schema
+from oncofed.schema import NAME_PATTERN, DatasetSchema
+from oncofed.session import Session
+
+START_TIMEOUT = 90.0
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def node_config_toml(
+    name: str,
+    coordinator: str,
+    dataset: str,
+    data_file: Path,
+    schema: DatasetSchema,
+    heartbeat_seconds: float,
+) -> str:
+    lines = [
+        f"name = {_toml_string(name)}",
+        f"coordinator = {_toml_string(coordinator)}",
+        f"heartbeat_seconds = {heartbeat_seconds}",
+        "",
+        f"[datasets.{_toml_string(dataset)}]",
+        f"path = {_toml_string(str(data_file))}",
+        "",
+        f"[datasets.{_toml_string(dataset)}.columns]",
+    ]
+    for column, spec in schema.columns.items():
+        fields = [f"type = {_toml_string(spec.type)}"]
+        if spec.categories is not None:
+            fields.append(
+                "categories = [" + ", ".join(_toml_string(c) for c in spec.categories) + "]"
+            )
+        lines.append(f"{_toml_string(column)} = {{ {', '.join(fields)} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _node_name(split_by: str, value: Any) -> str:
+    label = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if re.match(NAME_PATTERN, label) and not label.isdigit():
+        return label
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{split_by}-{label}")[:64]
+    return name if re.match(NAME_PATTERN, name) else f"node-{abs(hash(label)) % 10**8}"
+
+
+class Sandbox:
+    """A coordinator and one node per partition, as real processes on loopback."""
+
+    def __init__(
+        self,
+        partitions: Mapping[str, pd.DataFrame],
+        *,
+        dataset: str = "data",
+        schema: DatasetSchema | None = None,
+        workdir: Path | None = None,
+        database_url: str | None = None,
+        heartbeat_seconds: float = 1.0,
+        keep: bool = False,
+    ) -> None:
+        if not partitions:
+            raise SandboxError("a sandbox needs at least one partition", rule="sandbox.nodes")
+        self.dataset = dataset
+        self.partitions = dict(partitions)
+        self.schema = schema or infer_schema(pd.concat(list(self.partitions.values())))
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="oncofed-sandbox-"))
+        self.database_url = database_url or f"sqlite:///{self.workdir / 'coordinator.db'}"
+        self.heartbeat_seconds = heartbeat_seconds
+        self.keep = keep
+        self.port = 0
+        self._coordinator: subprocess.Popen[bytes] | None = None
+        self._nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, split_by: str, *, dataset: str = "data", **options: Any
+    ) -> Sandbox:
+        """One node per distinct value of ``split_by``."""
+        if split_by not in frame.columns:
+            raise SandboxError(
+                f"column {split_by!r} is not in the frame",
+                rule="sandbox.split_by",
+                fix=f"choose one of: {', '.join(map(str, frame.columns))}",
+            )
+        if frame[split_by].isna().any():
+            raise SandboxError(
+                f"{int(frame[split_by].isna().sum())} row(s) have no {split_by!r}",
+                rule="sandbox.split_by",
+                fix=f"fill or drop rows with a missing {split_by!r} first",
+            )
+        partitions = {
+            _node_name(split_by, value): part.reset_index(drop=True)
+            for value, part in frame.groupby(split_by, sort=True)
+        }
+        return cls(partitions, dataset=dataset, schema=infer_schema(frame), **options)
+
+    # ---- lifecycle -------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(self.partitions)
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            for name, part in self.partitions.items():
+                node_dir = self.workdir / name
+                node_dir.mkdir(parents=True, exist_ok=True)
+                part.to_parquet(node_dir / f"{self.dataset}.parquet", index=False)
+            self.start_coordinator()
+            for name in self.partitions:
+                self.start_node(name)
+            self.wait_for_nodes(self.node_names)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name in list(self._nodes):
+            self.stop_node(name)
+        self.stop_coordinator()
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()
+        if self._own_dir and not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def session(self, **options: Any) -> Session:
+        """A researcher session connected to this sandbox's coordinator."""
+        options.setdefault("dataset", self.dataset)
+        return Session(self.address, **options)
+
+    # ---- processes (also used by fault-injection tests) -------------------
+
+    def start_coordinator(self) -> None:
+        ready = self.workdir / "coordinator.port"
+        ready.unlink(missing_ok=True)
+        self._coordinator = self._spawn(
+            "coordinator",
+            "coordinator",
+            "start",
+            "--db",
+            self.database_url,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--ready-file",
+            str(ready),
+            "--heartbeat",
+            str(self.heartbeat_seconds),
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready.exists():
+            self._check_alive("coordinator", self._coordinator)
+            if time.monotonic() > deadline:
+                raise SandboxError("the coordinator did not start", rule="sandbox.start")
+            time.sleep(0.05)
+        self.port = int(ready.read_text().strip())
+
+    def stop_coordinator(self, kill: bool = False) -> None:
+        if self._coordinator is not None:
+            _terminate(self._coordinator, kill)
+            self._coordinator = None
+
+    def start_node(self, name: str) -> None:
+        config = self.workdir / name / "node.toml"
+        config.write_text(
+            node_config_toml(
+                name,
+                self.address,
+                self.dataset,
+                self.workdir / name / f"{self.dataset}.parquet",
+                self.schema,
+                self.heartbeat_seconds,
+            )
+        )
+        self._nodes[name] = self._spawn(name, "node", "start", str(config))
+
+    def stop_node(self, name: str, kill: bool = False) -> None:
+        process = self._nodes.pop(name, None)
+        if process is not None:
+            _terminate(process, kill)
+
+    def node_config(self, name: str) -> Path:
+        return self.workdir / name / "node.toml"
+
+    def wait_for_nodes(self, names: list[str], timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with Session(self.address, progress=False) as probe:
+            while True:
+                for name, process in self._nodes.items():
+                    self._check_alive(name, process)
+                try:
+                    listing = probe.nodes()
+                    online = set(listing.loc[listing["online"], "name"])
+                except CoordinatorUnavailable:
+                    online = set()
+                if set(names) <= online:
+                    return
+                if time.monotonic() > deadline:
+                    missing = sorted(set(names) - online)
+                    raise SandboxError(
+                        f"node(s) {missing} did not connect within {timeout:g} s",
+                        rule="sandbox.start",
+                        fix=f"see the logs in {self.workdir / 'logs'}",
+                    )
+                time.sleep(0.1)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        handle = (logs / f"{name}.log").open("ab")
+        self._logs.append(handle)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(
+            [sys.executable, "-m", "oncofed", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+    def _check_alive(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is not None:
+            raise SandboxError(
+                f"{name} exited with code {process.returncode}: {self.log_tail(name, 5)}",
+                rule="sandbox.start",
+                fix=f"see {self.workdir / 'logs' / (name + '.log')}",
+            )
+
+
+def _terminate(process: subprocess.Popen[bytes], kill: bool) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+__all__ = ["Sandbox", "node_config_toml"]

@@ -1,0 +1,67 @@
+"""Dataset schemas: column names and types, shared by nodes, tasks and operators.
+
+A schema is what a node declares about its data; it is the only description of
+local data that ever leaves a node (to the operator API), and the reference
+every request is validated against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Node and dataset names: short, printable, safe in file names and logs."""
+
+ColumnType = Literal["float", "integer", "boolean", "category", "string"]
+
+NUMERIC_TYPES: frozenset[str] = frozenset({"float", "integer", "boolean"})
+# Types whose values can define groups once the request or schema agrees categories.
+GROUPABLE_TYPES: frozenset[str] = frozenset({"category", "integer", "boolean", "string"})
+
+
+class ColumnSpec(BaseModel):
+    """One declared column. In TOML either ``age = "float"`` or a table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ColumnType
+    categories: tuple[str, ...] | None = Field(
+        default=None,
+        description="Agreed category labels; groups are only formed on these.",
+    )
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"type": value}
+        return value
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+
+class DatasetSchema(BaseModel):
+    """The declared columns of one dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    columns: dict[str, ColumnSpec]
+
+    def describe_types(self) -> str:
+        """Short ``name:type`` list used in error messages."""
+        return ", ".join(f"{name}:{spec.type}" for name, spec in self.columns.items())
+
+
+__all__ = [
+    "GROUPABLE_TYPES",
+    "NAME_PATTERN",
+    "NUMERIC_TYPES",
+    "ColumnSpec",
+    "ColumnType",
+    "DatasetSchema",
+]

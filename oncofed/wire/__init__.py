@@ -1,0 +1,1 @@
+"""The gRPC wire protocol (generated from ``oncofed.proto``)."""

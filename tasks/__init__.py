@@ -1,0 +1,38 @@
+"""Installed task types.
+
+A node executes only the task types listed here, installed with its oncofed
+version; nothing arrives over the wire but parameters. Adding a task means
+adding a module beside ``describe.py`` and one line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oncofed.errors import UnknownTask
+from oncofed.tasks import describe
+from oncofed.tasks.base import TaskParams, TaskType
+
+TASKS: dict[str, TaskType[Any, Any]] = {task.name: task for task in (describe.TASK,)}
+
+
+def get_task(name: str) -> TaskType[Any, Any]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTask(
+            f"task type {name!r} is not installed",
+            rule="task.installed",
+            fix=f"use one of: {', '.join(sorted(TASKS))}",
+        ) from None
+
+
+def task_for_action(action: str) -> TaskType[Any, Any] | None:
+    """The task whose node side handles ``query.<action>``."""
+    for task in TASKS.values():
+        if action in task.node_handlers:
+            return task
+    return None
+
+
+__all__ = ["TASKS", "TaskParams", "TaskType", "get_task", "task_for_action"]
