@@ -159,14 +159,34 @@ class FederatedErrors(OncofedError):
 
     @classmethod
     def combine(cls, errors: list[OncofedError]) -> OncofedError:
-        """One error stays itself; several become one that lists them all."""
-        if len(errors) == 1:
-            return errors[0]
-        detail = "; ".join(e.one_line() for e in errors)
+        """Merge per-node errors: the same refusal from several nodes reads as one line.
+
+        Identical refusals (same class, rule, detail and fix) become one error of
+        that class naming all their nodes; different ones become a
+        ``FederatedErrors`` listing each. Every original is kept in
+        ``context["errors"]``.
+        """
+        groups: dict[tuple[str, str, str, str], list[OncofedError]] = {}
+        for error in errors:
+            key = (type(error).__name__, error.rule, error.detail, error.fix)
+            groups.setdefault(key, []).append(error)
+        originals = [e.to_dict() for e in errors]
+        merged = [
+            type(same[0])(
+                same[0].detail,
+                rule=same[0].rule,
+                node=", ".join(sorted(e.node for e in same if e.node)),
+                fix=same[0].fix,
+                **{**same[0].context, "errors": originals},
+            )
+            for same in groups.values()
+        ]
+        if len(merged) == 1:
+            return merged[0]
         return cls(
-            f"{len(errors)} nodes refused or failed: {detail}",
+            f"{len(errors)} refusals or failures: " + "; ".join(f"{e.one_line()}" for e in merged),
             rule=",".join(sorted({e.rule for e in errors if e.rule})),
-            errors=[e.to_dict() for e in errors],
+            errors=originals,
         )
 
 

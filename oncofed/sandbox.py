@@ -219,6 +219,10 @@ class Sandbox:
         if process is not None:
             _terminate(process, kill)
 
+    def signal_node(self, name: str, signum: signal.Signals) -> None:
+        """Send a signal to a node process (tests freeze and kill nodes with it)."""
+        os.kill(self._nodes[name].pid, signum)
+
     def node_config(self, name: str) -> Path:
         return self.workdir / name / "node.toml"
 

@@ -97,6 +97,12 @@ class Session:
         result: BaseModel = task.result.model_validate_json(self.wait(task_id))
         return result
 
+    def result(self, task_id: str) -> BaseModel:
+        """Wait for an earlier submitted task and return its typed result."""
+        task = get_task(self.status(task_id).task_type)
+        result: BaseModel = task.result.model_validate_json(self.wait(task_id))
+        return result
+
     def submit(self, task_type: str, params: dict[str, Any]) -> str:
         request = pb.SubmitRequest(
             task_type=task_type, params_json=json.dumps(params), researcher=self.researcher

@@ -1,0 +1,84 @@
+"""Faults a real network meets: restarts, frozen and dying nodes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from oncofed.errors import NodeUnavailable
+from oncofed.sandbox import Sandbox
+from oncofed.session import Session
+from tests.oracle import assert_describe_matches
+
+COLUMNS = ["age", "meal.cal", "wt.loss"]
+
+
+@pytest.fixture
+def net(lung: pd.DataFrame) -> Iterator[Sandbox]:
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as sandbox:
+        yield sandbox
+
+
+def _wait_state(session: Session, task_id: str, state: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while session.status(task_id).state != state:
+        assert time.monotonic() < deadline, f"task never reached {state}"
+        time.sleep(0.1)
+
+
+def test_queued_task_survives_a_coordinator_crash(net: Sandbox, lung: pd.DataFrame) -> None:
+    """kill -9 the coordinator while a task waits for nodes; restart on the same database."""
+    for name in net.node_names:
+        net.stop_node(name)
+    with net.session(progress=False) as session:
+        task_id = session.submit(
+            "describe", {"dataset": "lung", "columns": COLUMNS, "min_nodes": 4, "timeout": 120}
+        )
+        _wait_state(session, task_id, "running")
+    net.stop_coordinator(kill=True)
+    net.start_coordinator()
+    for name in net.node_names:
+        net.start_node(name)
+    with net.session(progress=False) as session:
+        result = session.result(task_id)
+    assert len(result.nodes) == 4
+    assert_describe_matches(result, lung, COLUMNS)
+
+
+def test_node_dying_mid_task_gets_the_message_again_after_restart(
+    net: Sandbox, lung: pd.DataFrame
+) -> None:
+    """A node receives the task, dies without answering, comes back: the task completes."""
+    victim = net.node_names[0]
+    net.signal_node(victim, signal.SIGSTOP)  # frozen: the message arrives, no reply leaves
+    with net.session(progress=False) as session:
+        task_id = session.submit(
+            "describe", {"dataset": "lung", "columns": COLUMNS, "min_nodes": 4}
+        )
+        deadline = time.monotonic() + 30
+        while session.status(task_id).replies < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        net.signal_node(victim, signal.SIGKILL)
+        net.stop_node(victim)
+        net.start_node(victim)
+        result = session.result(task_id)
+    assert sorted(result.nodes) == sorted(net.node_names)
+    assert_describe_matches(result, lung, COLUMNS)
+
+
+def test_unresponsive_node_fails_the_task_naming_the_node(net: Sandbox) -> None:
+    victim = net.node_names[1]
+    net.signal_node(victim, signal.SIGSTOP)
+    try:
+        with net.session(progress=False) as session, pytest.raises(NodeUnavailable) as caught:
+            session.describe(["age"], timeout=3)
+    finally:
+        net.signal_node(victim, signal.SIGCONT)
+    assert caught.value.rule == "task.timeout"
+    assert caught.value.node == victim
+    assert victim in str(caught.value)

@@ -1,0 +1,24 @@
+"""Independent answers on pooled data, computed with pandas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from oncofed.tasks.describe import DescribeResult
+
+
+def assert_describe_matches(
+    result: DescribeResult, pooled: pd.DataFrame, columns: list[str], rel: float = 1e-9
+) -> None:
+    """Every statistic equals pandas on the pooled frame (counts exactly)."""
+    frame = result.to_frame()
+    for column in columns:
+        values = pooled[column].astype(float)
+        row = frame.loc[column]
+        assert row["count"] == values.count()
+        assert row["missing"] == values.isna().sum()
+        np.testing.assert_allclose(row["sum"], values.sum(), rtol=rel)
+        np.testing.assert_allclose(row["mean"], values.mean(), rtol=rel)
+        np.testing.assert_allclose(row["variance"], values.var(ddof=1), rtol=rel)
+        np.testing.assert_allclose(row["std"], values.std(ddof=1), rtol=rel)
