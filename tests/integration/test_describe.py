@@ -51,11 +51,13 @@ def test_rows_outside_agreed_categories_are_reported_not_hidden(
 
 def test_gbsg2_three_centres_grouped_by_declared_categories(gbsg2: pd.DataFrame) -> None:
     columns = ["age", "tsize", "pnodes", "progrec", "estrec", "time"]
-    with Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2") as net:
-        with net.session(progress=False) as session:
-            overall = session.describe(columns, min_nodes=3)
-            # horTh is text: the sandbox declares its categories in each node's schema.
-            grouped = session.describe(["tsize", "time"], by="horTh")
+    with (
+        Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2") as net,
+        net.session(progress=False) as session,
+    ):
+        overall = session.describe(columns, min_nodes=3)
+        # horTh is text: the sandbox declares its categories in each node's schema.
+        grouped = session.describe(["tsize", "time"], by="horTh")
     assert_describe_matches(overall, gbsg2, columns)
     frame = grouped.to_frame()
     assert set(frame.index.get_level_values("group")) == {"no", "yes"}
@@ -82,9 +84,12 @@ def test_unknown_column_is_refused_by_every_node_naming_node_and_column(
 
 def test_text_column_in_numeric_role_is_refused(gbsg2: pd.DataFrame) -> None:
     small = gbsg2.iloc[:60].assign(centre=["x", "y", "z"] * 20)
-    with Sandbox.from_frame(small, split_by="centre", dataset="gbsg2") as net:
-        with net.session(progress=False) as session, pytest.raises(QueryError) as caught:
-            session.describe(["horTh"])
+    with (
+        Sandbox.from_frame(small, split_by="centre", dataset="gbsg2") as net,
+        net.session(progress=False) as session,
+        pytest.raises(QueryError) as caught,
+    ):
+        session.describe(["horTh"])
     assert caught.value.rule == "schema.column_role"
     assert "horTh" in str(caught.value)
 
