@@ -14,6 +14,7 @@ import click
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from oncofed import __version__
@@ -265,7 +266,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except OncofedError as exc:
-        err_console.print(f"[red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:
         sys.exit(int(ExitCode.INTERRUPTED))

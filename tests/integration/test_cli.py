@@ -1,0 +1,72 @@
+"""The oncofed command as people run it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from oncofed.errors import ExitCode
+from oncofed.sandbox import Sandbox
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oncofed", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_demo_runs_and_shows_federated_next_to_pooled() -> None:
+    run = _cli("demo", timeout=300)
+    assert run.returncode == ExitCode.OK, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "federated = pooled" in run.stdout
+    for header in ("federated", "pooled", "|difference|", "centre-A", "centre-E"):
+        assert header in run.stdout
+    worst = float(run.stdout.split("largest relative difference ")[1].split()[0])
+    assert worst < 1e-9
+
+
+def test_query_describe_prints_a_table_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:
+    common = ("query", "describe", "-c", lung_net.address, "--dataset", "lung")
+    table = _cli(*common, "age", "wt.loss", "--by", "sex", "--categories", "1,2")
+    assert table.returncode == ExitCode.OK, table.stderr
+    assert "wt.loss" in table.stdout and "4 nodes" in table.stdout
+    csv = _cli(*common, "age", "--csv")
+    assert csv.returncode == ExitCode.OK, csv.stderr
+    from io import StringIO
+
+    frame = pd.read_csv(StringIO(csv.stdout)).set_index("column")
+    assert frame.loc["age", "count"] == len(lung)
+    assert frame.loc["age", "mean"] == pytest.approx(lung["age"].mean(), rel=1e-12)
+
+
+def test_refusal_is_one_line_with_rule_and_exit_code(lung_net: Sandbox) -> None:
+    run = _cli("query", "describe", "-c", lung_net.address, "--dataset", "lung", "nope")
+    assert run.returncode == ExitCode.REFUSED
+    assert "Traceback" not in run.stderr
+    assert "rule: schema.unknown_column" in run.stderr
+    assert "nope" in run.stderr and "centre-A" in run.stderr
+
+
+def test_unreachable_coordinator_is_exit_code_unavailable() -> None:
+    run = _cli("nodes", "-c", "127.0.0.1:9")
+    assert run.returncode == ExitCode.UNAVAILABLE
+    assert "cannot reach the coordinator" in run.stderr
+
+
+def test_nodes_lists_every_node(lung_net: Sandbox) -> None:
+    run = _cli("nodes", "-c", lung_net.address)
+    assert run.returncode == ExitCode.OK, run.stderr
+    for name in lung_net.node_names:
+        assert name in run.stdout
+
+
+def test_usage_error_is_exit_code_2() -> None:
+    run = _cli("query", "describe")
+    assert run.returncode == ExitCode.USAGE
