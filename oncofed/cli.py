@@ -266,7 +266,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except OncofedError as exc:
-        err_console.print(f"[red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True
+        )
         sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:
         sys.exit(int(ExitCode.INTERRUPTED))

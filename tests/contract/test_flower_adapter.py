@@ -98,7 +98,9 @@ def test_client_app_dispatches_query_actions_through_mods_in_order() -> None:
     @app.query("describe")
     def handle(msg: Message, ctx: Context) -> Message:
         calls.append("handler")
-        return Message(RecordDict({"ok": ConfigRecord({"node": ctx.node_config["n"]})}), reply_to=msg)
+        return Message(
+            RecordDict({"ok": ConfigRecord({"node": ctx.node_config["n"]})}), reply_to=msg
+        )
 
     message = _instruction()
     stamp(message, run_id=1, message_id="m-4")
@@ -109,7 +111,9 @@ def test_client_app_dispatches_query_actions_through_mods_in_order() -> None:
 
 def test_governed_grid_implements_every_abstract_grid_method() -> None:
     assert not inspect.isabstract(GovernedGrid)
-    abstract = {name for name, value in vars(Grid).items() if getattr(value, "__isabstractmethod__", False)}
+    abstract = {
+        name for name, value in vars(Grid).items() if getattr(value, "__isabstractmethod__", False)
+    }
     assert abstract <= set(vars(GovernedGrid))
 
 

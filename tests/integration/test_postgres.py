@@ -13,8 +13,9 @@ from tests.oracle import assert_describe_matches
 def test_describe_with_a_postgres_coordinator(postgres_url: str, lung: pd.DataFrame) -> None:
     columns = ["age", "wt.loss"]
     with (
-        Sandbox.from_frame(lung, split_by="centre", dataset="lung", database_url=postgres_url)
-        as net,
+        Sandbox.from_frame(
+            lung, split_by="centre", dataset="lung", database_url=postgres_url
+        ) as net,
         net.session(progress=False) as session,
     ):
         result = session.describe(columns, min_nodes=4)

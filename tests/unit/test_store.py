@@ -15,7 +15,9 @@ from oncofed.coordinator.store import OutgoingMessage, Store
 
 
 def _message(mid: str, dst: int, ttl: float = 60.0) -> OutgoingMessage:
-    return OutgoingMessage(mid, dst, "query.describe", b"payload-" + mid.encode(), time.time() + ttl)
+    return OutgoingMessage(
+        mid, dst, "query.describe", b"payload-" + mid.encode(), time.time() + ttl
+    )
 
 
 class StoreContract:
