@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -18,6 +19,8 @@ from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import NodeLinkServicer
 
 log = logging.getLogger(__name__)
+
+MISSED_HEARTBEATS = 3  # a node silent this many intervals is offline
 
 
 class NodeLink(NodeLinkServicer):
@@ -49,6 +52,7 @@ class NodeLink(NodeLinkServicer):
         )
         wake = self.hub.node_event(node_id)
         closed = threading.Event()
+        heard = [time.monotonic()]  # last frame from the node, written by the reader
 
         def on_close() -> None:
             closed.set()
@@ -57,7 +61,7 @@ class NodeLink(NodeLinkServicer):
         context.add_callback(on_close)
         threading.Thread(
             target=self._read,
-            args=(request_iterator, node_id, on_close),
+            args=(request_iterator, node_id, heard, on_close),
             daemon=True,
             name=f"node-{hello.node_name}",
         ).start()
@@ -66,6 +70,11 @@ class NodeLink(NodeLinkServicer):
         )
         try:
             while not closed.is_set():
+                silent = time.monotonic() - heard[0]
+                if silent > MISSED_HEARTBEATS * self.heartbeat_seconds:
+                    # A frozen node keeps its TCP connection open; silence is what tells.
+                    log.warning("node %s silent for %.1f s; dropping it", hello.node_name, silent)
+                    return
                 for _message_id, payload in self.store.take_undelivered(node_id):
                     yield pb.CoordinatorFrame(task=payload)
                 if not wake.wait(self.heartbeat_seconds):
@@ -77,10 +86,15 @@ class NodeLink(NodeLinkServicer):
                 log.info("node %s disconnected", hello.node_name)
 
     def _read(
-        self, frames: Iterator[pb.NodeFrame], node_id: int, on_close: Callable[[], None]
+        self,
+        frames: Iterator[pb.NodeFrame],
+        node_id: int,
+        heard: list[float],
+        on_close: Callable[[], None],
     ) -> None:
         try:
             for frame in frames:
+                heard[0] = time.monotonic()
                 kind = frame.WhichOneof("frame")
                 if kind == "heartbeat":
                     self.store.set_online(node_id, True)

@@ -115,20 +115,25 @@ class NodeRunner:
                     return
                 yield frame
 
+        # The coordinator's interval wins when shorter: it drops nodes that miss three.
+        interval = [self.config.heartbeat_seconds]
+
         def heartbeat() -> None:
-            while not self._stop.wait(self.config.heartbeat_seconds) and alive.is_set():
+            while not self._stop.wait(interval[0]) and alive.is_set():
                 outbox.put(pb.NodeFrame(heartbeat=pb.Heartbeat(sent_at=time.time())))
 
         with grpc.insecure_channel(self.config.coordinator, options=KEEPALIVE_OPTIONS) as channel:
             responses = NodeLinkStub(channel).Connect(frames())
             self._call = responses
-            threading.Thread(target=heartbeat, daemon=True, name="heartbeat").start()
             node_id = 0
             try:
                 for frame in responses:
                     kind = frame.WhichOneof("frame")
                     if kind == "welcome":
                         node_id, welcomed = frame.welcome.node_id, True
+                        if frame.welcome.heartbeat_seconds > 0:
+                            interval[0] = min(interval[0], frame.welcome.heartbeat_seconds)
+                        threading.Thread(target=heartbeat, daemon=True, name="heartbeat").start()
                         log.info(
                             "connected to %s as node %s (id %d)",
                             self.config.coordinator,

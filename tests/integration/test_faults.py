@@ -82,3 +82,26 @@ def test_unresponsive_node_fails_the_task_naming_the_node(net: Sandbox) -> None:
     assert caught.value.rule == "task.timeout"
     assert caught.value.node == victim
     assert victim in str(caught.value)
+
+
+def test_silent_node_goes_offline_and_returns_after_it_wakes(net: Sandbox) -> None:
+    """Heartbeats, not TCP, decide liveness: a frozen node is dropped, then rejoins."""
+    victim = net.node_names[2]
+
+    def online() -> bool:
+        with net.session(progress=False) as session:
+            nodes = session.nodes()
+        return bool(nodes.loc[nodes["name"] == victim, "online"].item())
+
+    def wait_until(state: bool, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while online() is not state:
+            assert time.monotonic() < deadline, f"{victim} never became online={state}"
+            time.sleep(0.2)
+
+    net.signal_node(victim, signal.SIGSTOP)
+    try:
+        wait_until(False)
+    finally:
+        net.signal_node(victim, signal.SIGCONT)
+    wait_until(True)

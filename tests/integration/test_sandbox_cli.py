@@ -1,0 +1,54 @@
+"""`oncofed sandbox` keeps a network up from one file until Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from oncofed.errors import ExitCode
+from oncofed.session import Session
+
+
+def test_sandbox_command_serves_until_interrupted(tmp_path: Path, lung: pd.DataFrame) -> None:
+    data = tmp_path / "lung.csv"
+    lung.to_csv(data, index=False)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oncofed",
+            "sandbox",
+            "--data",
+            str(data),
+            "--split-by",
+            "centre",
+            "--dataset",
+            "lung",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        address = ""
+        deadline = time.monotonic() + 120
+        while not address:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, process.stderr.read() if process.stderr else ""
+            match = re.search(r"coordinator at (127\.0\.0\.1:\d+)", line)
+            address = match.group(1) if match else ""
+            assert time.monotonic() < deadline
+        with Session(address, dataset="lung", progress=False) as session:
+            result = session.describe(["age"], min_nodes=4)
+        assert result.to_frame().loc["age", "count"] == len(lung)
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+    assert code == ExitCode.OK
