@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from oncofed import __version__
 from oncofed.errors import ConfigError, ExitCode, OncofedError
+from oncofed.logs import LogFormat, setup_logging
 
 app = typer.Typer(
     name="oncofed",
@@ -38,19 +38,18 @@ app.add_typer(task_app, name="task")
 console = Console()
 err_console = Console(stderr=True)
 
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(envvar="ONCOFED_LOG_FORMAT", help="text, or json: one object per line."),
+]
+
 CoordinatorOption = Annotated[
     str,
     typer.Option(
         "--coordinator", "-c", envvar="ONCOFED_COORDINATOR", help="host:port of the coordinator."
     ),
 ]
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -130,12 +129,13 @@ def coordinator_start(
         Path | None, typer.Option(help="Write the bound port here once serving.")
     ] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 5.0,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run the coordinator until SIGTERM or Ctrl-C."""
     from oncofed.coordinator.server import Coordinator
 
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format)
     coordinator = Coordinator(db, listen, heartbeat_seconds=heartbeat)
     port = coordinator.start()
     if ready_file is not None:
@@ -149,14 +149,15 @@ def coordinator_start(
 @node_app.command("start")
 def node_start(
     config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Connect to the coordinator and serve tasks until SIGTERM or Ctrl-C."""
     from oncofed.flower import install_process_identity
     from oncofed.node.config import load_node_config
     from oncofed.node.runner import NodeRunner
 
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format)
     install_process_identity()
     runner = NodeRunner(load_node_config(config))
     _stop_on_signals(runner.stop)
