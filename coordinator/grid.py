@@ -121,17 +121,18 @@ class GovernedGrid(Grid):
         received: list[Message] = []
         last_pull = False
         while pending:
+            seen = self._hub.progress_version()
             batch = list(self.pull_messages(pending))
             received.extend(batch)
             pending.difference_update(m.metadata.reply_to_message_id for m in batch)
-            if last_pull:
+            if last_pull or not pending:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 # One more pull turns messages that expired meanwhile into named errors.
                 last_pull = True
                 continue
-            self._hub.wait_reply(0.25 if remaining is None else min(0.25, remaining))
+            self._hub.wait_progress(0.25 if remaining is None else min(0.25, remaining), seen)
         return received
 
     def _check_cancelled(self) -> None:

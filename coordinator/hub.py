@@ -2,7 +2,7 @@
 
 The database holds every message and reply; the hub only saves the waiting
 side a polling delay: a node stream wakes when a message for it is queued, a
-task wakes when any reply arrives.
+task or a watching researcher wakes when a reply arrives or a task ends.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ class Hub:
         self._nodes: dict[int, threading.Event] = {}
         self._replies = threading.Condition()
         self._generation: dict[int, int] = {}
+        self._version = 0
 
     def connect(self, node_id: int) -> int:
         """Register a new stream for a node; the newest stream is the node's live one."""
@@ -35,13 +36,21 @@ class Hub:
     def notify_node(self, node_id: int) -> None:
         self.node_event(node_id).set()
 
-    def notify_reply(self) -> None:
+    def progress_version(self) -> int:
         with self._replies:
+            return self._version
+
+    def notify_progress(self) -> None:
+        """A reply arrived or a task changed state."""
+        with self._replies:
+            self._version += 1
             self._replies.notify_all()
 
-    def wait_reply(self, timeout: float) -> None:
+    def wait_progress(self, timeout: float, since: int) -> None:
+        """Wait for progress after version ``since`` (returns at once if it already came)."""
         with self._replies:
-            self._replies.wait(timeout)
+            if self._version == since:
+                self._replies.wait(timeout)
 
 
 __all__ = ["Hub"]

@@ -112,7 +112,7 @@ class NodeLink(NodeLinkServicer):
             log.warning("node %d sent an unreadable reply; dropped", node_id)
             return
         if self.store.put_reply(reply.metadata.reply_to_message_id, node_id, payload):
-            self.hub.notify_reply()
+            self.hub.notify_progress()
         else:
             log.warning(
                 "node %d answered message %s that it was not sent or already answered; dropped",

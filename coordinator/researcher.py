@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import NoReturn
 
 import grpc
 from pydantic import ValidationError
 
+from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store, TaskView
 from oncofed.errors import OncofedError, QueryError
@@ -17,7 +17,7 @@ from oncofed.tasks import get_task
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import ResearcherServicer
 
-WATCH_POLL_SECONDS = 0.2
+WATCH_POLL_SECONDS = 0.5  # upper bound; replies and task ends wake watchers at once
 
 
 def abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: OncofedError) -> NoReturn:
@@ -39,9 +39,10 @@ def status(view: TaskView) -> pb.TaskStatus:
 
 
 class Researcher(ResearcherServicer):
-    def __init__(self, store: Store, runner: TaskRunner) -> None:
+    def __init__(self, store: Store, runner: TaskRunner, hub: Hub) -> None:
         self.store = store
         self.runner = runner
+        self.hub = hub
 
     def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.TaskRef:  # noqa: N802
         try:
@@ -68,6 +69,7 @@ class Researcher(ResearcherServicer):
     def Watch(self, request: pb.TaskRef, context: grpc.ServicerContext) -> Iterator[pb.TaskStatus]:  # noqa: N802
         last: tuple[object, ...] | None = None
         while context.is_active():
+            seen = self.hub.progress_version()
             view = self._task(request.task_id, context)
             key = (view.state, view.replies, view.expected, view.detail)
             if key != last:
@@ -75,7 +77,7 @@ class Researcher(ResearcherServicer):
                 yield status(view)
             if view.finished:
                 return
-            time.sleep(WATCH_POLL_SECONDS)
+            self.hub.wait_progress(WATCH_POLL_SECONDS, seen)
 
     def Result(self, request: pb.TaskRef, context: grpc.ServicerContext) -> pb.TaskResult:  # noqa: N802
         view = self._task(request.task_id, context)

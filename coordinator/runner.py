@@ -40,6 +40,12 @@ class TaskRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, task_id: str) -> None:
+        try:
+            self._execute(task_id)
+        finally:
+            self.hub.notify_progress()
+
+    def _execute(self, task_id: str) -> None:
         view = self.store.task(task_id)
         if view is None or not self.store.start_task(task_id):
             return

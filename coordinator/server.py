@@ -48,7 +48,9 @@ class Coordinator:
         rpc.add_NodeLinkServicer_to_server(
             NodeLink(self.store, self.hub, heartbeat_seconds), self._server
         )
-        rpc.add_ResearcherServicer_to_server(Researcher(self.store, self.runner), self._server)
+        rpc.add_ResearcherServicer_to_server(
+            Researcher(self.store, self.runner, self.hub), self._server
+        )
         rpc.add_OperatorServicer_to_server(Operator(self.store), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
