@@ -17,18 +17,10 @@ from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store
 from oncofed.errors import ConfigError
 from oncofed.flower import install_process_identity
+from oncofed.wire import SERVER_OPTIONS
 from oncofed.wire import oncofed_pb2_grpc as rpc
 
 log = logging.getLogger(__name__)
-
-SERVER_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
 
 
 class Coordinator:

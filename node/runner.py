@@ -29,18 +29,11 @@ from oncofed.node.app import build_client_app
 from oncofed.node.audit import AuditLog
 from oncofed.node.config import NodeConfig
 from oncofed.node.data import Catalogue
+from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import NodeLinkStub
 
 log = logging.getLogger(__name__)
-
-KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
 
 
 class Backoff:
@@ -122,7 +115,7 @@ class NodeRunner:
             while not self._stop.wait(interval[0]) and alive.is_set():
                 outbox.put(pb.NodeFrame(heartbeat=pb.Heartbeat(sent_at=time.time())))
 
-        with grpc.insecure_channel(self.config.coordinator, options=KEEPALIVE_OPTIONS) as channel:
+        with grpc.insecure_channel(self.config.coordinator, options=CHANNEL_OPTIONS) as channel:
             responses = NodeLinkStub(channel).Connect(frames())
             self._call = responses
             node_id = 0

@@ -23,6 +23,7 @@ from oncofed.errors import (
 )
 from oncofed.tasks import get_task
 from oncofed.tasks.describe import DescribeResult
+from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
 
@@ -50,7 +51,7 @@ class Session:
         self.researcher = researcher or getpass.getuser()
         self.progress = progress
         self.console = console or Console(stderr=True)
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._researcher = ResearcherStub(self._channel)
         self._operator = OperatorStub(self._channel)
 
