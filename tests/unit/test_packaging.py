@@ -1,0 +1,41 @@
+"""One import root, no generic top-level modules, no PyTorch for a statistics node."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_top_level_folders_are_subpackages_of_oncofed() -> None:
+    import oncofed.coordinator
+    import oncofed.node
+    import oncofed.privacy
+    import oncofed.tasks
+
+    for module, folder in [
+        (oncofed.node, "node"),
+        (oncofed.coordinator, "coordinator"),
+        (oncofed.tasks, "tasks"),
+        (oncofed.privacy, "privacy"),
+    ]:
+        assert Path(module.__file__ or "").resolve().parent == ROOT / folder
+
+
+def test_no_generic_top_level_modules_are_installed() -> None:
+    for generic in ("node", "coordinator", "tasks", "privacy"):
+        spec = importlib.util.find_spec(generic)
+        assert spec is None or ROOT not in Path(spec.origin or "/").resolve().parents
+
+
+def test_a_statistics_node_and_the_coordinator_never_import_torch() -> None:
+    code = (
+        "import sys, oncofed.node.runner, oncofed.coordinator.server, oncofed.sandbox;"
+        "bad = [m for m in ('torch', 'opacus') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert run.returncode == 0, run.stderr
