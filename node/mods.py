@@ -24,6 +24,7 @@ from oncofed.node.config import format_validation_error
 from oncofed.schema import GROUPABLE_TYPES
 from oncofed.tasks import TASKS, task_for_action
 from oncofed.tasks.base import LocalDatasets, TaskParams
+from oncofed.tasks.filters import check_filter
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def check_against_schema(params: TaskParams, datasets: LocalDatasets) -> None:
             node=node,
             fix="ask the network operator which datasets each node offers",
         )
+    if params.where is not None:
+        check_filter(params.where, schema, node)
     for column, role in params.required_columns().items():
         spec = schema.columns.get(column)
         if spec is None:

@@ -212,6 +212,7 @@ def query_describe(
     categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
     min_nodes: Annotated[int, typer.Option(help="Wait for this many nodes.")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for nodes.")] = 120.0,
+    where: Annotated[str | None, typer.Option(help='Rows to keep, e.g. "age >= 60".')] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
 ) -> None:
     """Count, missing, mean, variance and standard deviation over all nodes."""
@@ -225,6 +226,7 @@ def query_describe(
             min_nodes=min_nodes,
             timeout=timeout,
             categories=categories.split(",") if categories else None,
+            where=where,
         )
     if csv:
         sys.stdout.write(result.to_frame().to_csv())

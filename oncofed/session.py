@@ -23,6 +23,7 @@ from oncofed.errors import (
 )
 from oncofed.tasks import get_task
 from oncofed.tasks.describe import DescribeResult
+from oncofed.tasks.filters import parse_filter
 from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
@@ -75,10 +76,15 @@ class Session:
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
+        where: str | None = None,
     ) -> DescribeResult:
-        """Count, missing, mean, variance and standard deviation, pooled over nodes."""
+        """Count, missing, mean, variance and standard deviation, pooled over nodes.
+
+        ``where`` keeps rows, e.g. ``"age >= 60 and ph.ecog is not null"``.
+        """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
+            "where": _filter(where),
             "columns": list(columns),
             "by": by,
             "categories": list(categories) if categories is not None else None,
@@ -219,6 +225,11 @@ class Session:
                 )
 
             yield show
+
+
+def _filter(where: str | None) -> dict[str, Any] | None:
+    """Parsed here so a typo fails before anything is sent."""
+    return None if where is None else parse_filter(where).model_dump(mode="json")
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.flower import params_content, reply_error
 from oncofed.schema import DatasetSchema
+from oncofed.tasks.filters import Filter, columns_of, evaluate
 
-ColumnRole = Literal["numeric", "group"]
+ColumnRole = Literal["numeric", "group", "filter"]
 
 P = TypeVar("P", bound="TaskParams")
 R = TypeVar("R", bound=BaseModel)
@@ -38,10 +39,11 @@ class TaskParams(BaseModel):
     timeout: float = Field(
         default=120.0, gt=0, le=86_400, description="Seconds to wait for nodes and replies."
     )
+    where: Filter | None = Field(default=None, description="Rows to include (see filters.py).")
 
     def required_columns(self) -> dict[str, ColumnRole]:
         """Columns the request reads, with the role each plays (checked by every node)."""
-        return {}
+        return dict.fromkeys(sorted(columns_of(self.where)), "filter") if self.where else {}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class LocalDatasets(Protocol):
     def schema(self, dataset: str) -> DatasetSchema | None: ...
 
     def load(self, dataset: str) -> LocalDataset: ...
+
+
+def selected_rows(params: TaskParams, local: LocalDataset) -> pd.DataFrame:
+    """The rows a request's ``where`` keeps (all rows without one)."""
+    if params.where is None:
+        return local.frame
+    return local.frame.loc[evaluate(params.where, local.frame)]
 
 
 NodeHandler = Callable[[P, LocalDataset], RecordDict]
@@ -160,5 +169,6 @@ __all__ = [
     "TaskParams",
     "TaskType",
     "broadcast",
+    "selected_rows",
     "wait_for_nodes",
 ]

@@ -27,6 +27,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     broadcast,
+    selected_rows,
     wait_for_nodes,
 )
 
@@ -56,7 +57,8 @@ class DescribeParams(TaskParams):
         return self
 
     def required_columns(self) -> dict[str, ColumnRole]:
-        roles: dict[str, ColumnRole] = dict.fromkeys(self.columns, "numeric")
+        roles = super().required_columns()
+        roles.update(dict.fromkeys(self.columns, "numeric"))
         if self.by is not None:
             roles[self.by] = "group"
         return roles
@@ -118,7 +120,7 @@ def agreed_groups(params: DescribeParams, local: LocalDataset) -> tuple[str, ...
 
 
 def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:
-    frame = local.frame
+    frame = selected_rows(params, local)
     groups = agreed_groups(params, local)
     if params.by is None:
         masks = [np.ones(len(frame), dtype=bool)]

@@ -141,3 +141,18 @@ def test_cancel_a_waiting_task(lung_net: Sandbox) -> None:
         assert session.cancel(task_id) == "cancelled"
         with pytest.raises(TaskCancelled):
             session.wait(task_id)
+
+
+def test_where_filter_equals_pandas_on_the_filtered_pooled_frame(
+    lung_net: Sandbox, lung: pd.DataFrame
+) -> None:
+    where = "age >= 60 and ph.ecog is not null and (sex == 2 or wt.loss > 5)"
+    expected = lung[
+        (lung["age"] >= 60) & lung["ph.ecog"].notna() & ((lung["sex"] == 2) | (lung["wt.loss"] > 5))
+    ]
+    with lung_net.session(progress=False) as session:
+        result = session.describe(["time", "meal.cal"], where=where)
+        with pytest.raises(QueryError) as caught:
+            session.describe(["time"], where="stage == 'IV'")
+    assert_describe_matches(result, expected, ["time", "meal.cal"])
+    assert caught.value.rule == "schema.unknown_column" and "stage" in str(caught.value)
