@@ -24,7 +24,6 @@ from oncofed.node.config import format_validation_error
 from oncofed.schema import GROUPABLE_TYPES
 from oncofed.tasks import TASKS, task_for_action
 from oncofed.tasks.base import LocalDatasets, TaskParams
-from oncofed.tasks.filters import check_filter
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,6 @@ def check_against_schema(params: TaskParams, datasets: LocalDatasets) -> None:
             node=node,
             fix="ask the network operator which datasets each node offers",
         )
-    if params.where is not None:
-        check_filter(params.where, schema, node)
     for column, role in params.required_columns().items():
         spec = schema.columns.get(column)
         if spec is None:
@@ -104,6 +101,7 @@ def check_against_schema(params: TaskParams, datasets: LocalDatasets) -> None:
                 fix="group by a category, integer, boolean or string column",
                 column=column,
             )
+    params.check_schema(schema, node)
 
 
 def validation_mod(catalogue_for: CatalogueFor) -> Mod:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.flower import params_content, reply_error
 from oncofed.schema import DatasetSchema
-from oncofed.tasks.filters import Filter, columns_of, evaluate
+from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate
 
 ColumnRole = Literal["numeric", "group", "filter"]
 
@@ -44,6 +44,15 @@ class TaskParams(BaseModel):
     def required_columns(self) -> dict[str, ColumnRole]:
         """Columns the request reads, with the role each plays (checked by every node)."""
         return dict.fromkeys(sorted(columns_of(self.where)), "filter") if self.where else {}
+
+    def check_schema(self, schema: DatasetSchema, node: str) -> None:
+        """Task-specific checks against a node's schema, run before any row is read.
+
+        The node has already checked that every ``required_columns`` column
+        exists in its role; tasks with formulas or other structure add theirs.
+        """
+        if self.where is not None:
+            check_filter(self.where, schema, node)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from oncofed.errors import QueryError
-from oncofed.schema import ColumnSpec
 from oncofed.tasks.base import (
     ColumnRole,
     LocalDataset,
@@ -30,6 +29,7 @@ from oncofed.tasks.base import (
     selected_rows,
     wait_for_nodes,
 )
+from oncofed.tasks.encoding import category_labels
 
 FloatArray = npt.NDArray[np.float64]
 ALL = "(all)"
@@ -92,17 +92,6 @@ class DescribeResult(BaseModel):
 
 
 # ---- node side ----------------------------------------------------------
-
-
-def category_labels(values: pd.Series, spec: ColumnSpec) -> pd.Series:
-    """Values as the text labels categories are agreed on (integers without '.0')."""
-    present = values.dropna()
-    if spec.type in ("integer", "boolean", "float"):
-        numbers = present.astype(float)
-        labels = [str(int(v)) if float(v).is_integer() else repr(float(v)) for v in numbers]
-    else:
-        labels = [str(v) for v in present]
-    return pd.Series(labels, index=present.index, dtype="object").reindex(values.index)
 
 
 def agreed_groups(params: DescribeParams, local: LocalDataset) -> tuple[str, ...]:

@@ -12,10 +12,10 @@ from oncofed.schema import ColumnSpec
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.describe import (
     DescribeParams,
-    category_labels,
     combine_moments,
     describe_node,
 )
+from oncofed.tasks.encoding import category_labels
 
 
 def _moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
