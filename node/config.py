@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oncofed.errors import ConfigError
+from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import NAME_PATTERN, ColumnSpec, DatasetSchema
 
 
@@ -56,6 +57,7 @@ class NodeConfig(BaseModel):
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     max_workers: int = Field(default=2, ge=1, le=32, description="Tasks computed at once.")
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
+    policy: NodePolicy = Field(default_factory=NodePolicy, description="What may leave.")
 
     def resolve(self, base: Path) -> NodeConfig:
         """Paths in the file are relative to the file itself."""

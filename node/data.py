@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from oncofed.errors import DataError, QueryError
 from oncofed.node.config import DatasetConfig
+from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import ColumnSpec, DatasetSchema
 from oncofed.tasks.base import LocalDataset
 
@@ -124,9 +125,15 @@ class _Cached:
 class Catalogue:
     """The datasets a node offers, read on first use and re-read when the file changes."""
 
-    def __init__(self, node_name: str, datasets: Mapping[str, DatasetConfig]) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        datasets: Mapping[str, DatasetConfig],
+        policy: NodePolicy | None = None,
+    ) -> None:
         self._node_name = node_name
         self._datasets = dict(datasets)
+        self._policy = policy or NodePolicy()
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
 
@@ -163,17 +170,23 @@ class Catalogue:
             if cached is None or cached.mtime_ns != mtime:
                 frame = read_dataset(dataset, config, self._node_name)
                 cached = self._cache[dataset] = _Cached(mtime, frame)
-        return LocalDataset(self._node_name, dataset, config.dataset_schema, cached.frame)
+        return LocalDataset(
+            self._node_name, dataset, config.dataset_schema, cached.frame, self._policy
+        )
 
 
 class FrameCatalogue:
     """In-memory datasets: the node side of Flower simulations and tests."""
 
     def __init__(
-        self, node_name: str, frames: Mapping[str, tuple[DatasetSchema, pd.DataFrame]]
+        self,
+        node_name: str,
+        frames: Mapping[str, tuple[DatasetSchema, pd.DataFrame]],
+        policy: NodePolicy | None = None,
     ) -> None:
         self._node_name = node_name
         self._frames = dict(frames)
+        self._policy = policy or NodePolicy()
 
     @property
     def node_name(self) -> str:
@@ -192,7 +205,7 @@ class FrameCatalogue:
                 fix=f"use one of: {', '.join(sorted(self._frames))}",
             )
         schema, frame = self._frames[dataset]
-        return LocalDataset(self._node_name, dataset, schema, frame)
+        return LocalDataset(self._node_name, dataset, schema, frame, self._policy)
 
 
 def infer_schema(frame: pd.DataFrame) -> DatasetSchema:

@@ -54,7 +54,7 @@ class Backoff:
 class NodeRunner:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.catalogue = Catalogue(config.name, config.datasets)
+        self.catalogue = Catalogue(config.name, config.datasets, config.policy)
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
         self.app = build_client_app(lambda _context: self.catalogue, self.audit)
         self._stop = threading.Event()

@@ -9,6 +9,7 @@ files and gRPC streams as a real deployment -- and hands out the same
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import pandas as pd
 
 from oncofed.errors import CoordinatorUnavailable, SandboxError
 from oncofed.node.data import infer_schema
+from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.session import Session
 
@@ -42,6 +44,7 @@ def node_config_toml(
     data_file: Path,
     schema: DatasetSchema,
     heartbeat_seconds: float,
+    policy: NodePolicy,
 ) -> str:
     lines = [
         f"name = {_toml_string(name)}",
@@ -60,6 +63,9 @@ def node_config_toml(
                 "categories = [" + ", ".join(_toml_string(c) for c in spec.categories) + "]"
             )
         lines.append(f"{_toml_string(column)} = {{ {', '.join(fields)} }}")
+    lines += ["", "[policy]"]
+    for key, value in policy.model_dump(mode="json").items():
+        lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -84,6 +90,7 @@ class Sandbox:
         database_url: str | None = None,
         heartbeat_seconds: float = 1.0,
         keep: bool = False,
+        policy: NodePolicy | None = None,
     ) -> None:
         if not partitions:
             raise SandboxError("a sandbox needs at least one partition", rule="sandbox.nodes")
@@ -95,6 +102,8 @@ class Sandbox:
         self.database_url = database_url or f"sqlite:///{self.workdir / 'coordinator.db'}"
         self.heartbeat_seconds = heartbeat_seconds
         self.keep = keep
+        # The same model as a real node's [policy] section, with the same safe defaults.
+        self.policy = policy or NodePolicy()
         self.port = 0
         self._coordinator: subprocess.Popen[bytes] | None = None
         self._nodes: dict[str, subprocess.Popen[bytes]] = {}
@@ -210,6 +219,7 @@ class Sandbox:
                 self.workdir / name / f"{self.dataset}.parquet",
                 self.schema,
                 self.heartbeat_seconds,
+                self.policy,
             )
         )
         self._nodes[name] = self._spawn(name, "node", "start", str(config))

@@ -1,8 +1,11 @@
 """Privacy rules a node enforces before anything leaves it.
 
-Disclosure control, differential privacy and the budget ledger live here and
-are applied by node mods (``oncofed.node.mods``) around every task handler, so
-no task can skip them. What a task type releases by design -- for example that
-``describe`` never releases a minimum or maximum -- is stated in the task's own
-module.
+The node's policy (``policy.py``) is set by the centre's operator in the
+node's config; node mods and task handlers read it, so no request can loosen
+it. What a task type releases by design -- for example that ``describe`` never
+releases a minimum or maximum -- is stated in the task's own module.
 """
+
+from oncofed.privacy.policy import NodePolicy
+
+__all__ = ["NodePolicy"]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.flower import params_content, reply_error
+from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import DatasetSchema
 from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate
 
@@ -63,6 +64,7 @@ class LocalDataset:
     name: str
     schema: DatasetSchema
     frame: pd.DataFrame
+    policy: NodePolicy = field(default_factory=NodePolicy)
 
 
 class LocalDatasets(Protocol):

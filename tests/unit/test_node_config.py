@@ -127,3 +127,13 @@ def test_node_check_prints_schema_and_rows_and_exits_with_documented_codes(site:
     assert bad_data.returncode == ExitCode.DATA
     assert "lung.csv" in bad_data.stderr and "Traceback" not in bad_data.stderr
     assert len(bad_data.stderr.strip().splitlines()) <= 3
+
+
+def test_policy_section_defaults_safe_and_rejects_unknown_knobs(site: Path) -> None:
+    assert load_node_config(site / "node.toml").policy.exact_event_times is False
+    (site / "node.toml").write_text(GOOD + "\n[policy]\nexact_event_times = true\n")
+    assert load_node_config(site / "node.toml").policy.exact_event_times is True
+    (site / "node.toml").write_text(GOOD + "\n[policy]\nexact_times = true\n")
+    with pytest.raises(ConfigError) as caught:
+        load_node_config(site / "node.toml")
+    assert "policy.exact_times" in str(caught.value)
