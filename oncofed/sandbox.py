@@ -73,8 +73,8 @@ def _node_name(split_by: str, value: Any) -> str:
     label = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if re.match(NAME_PATTERN, label) and not label.isdigit():
         return label
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{split_by}-{label}")[:64]
-    return name if re.match(NAME_PATTERN, name) else f"node-{abs(hash(label)) % 10**8}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{split_by}-{label}")
+    return (name if re.match(r"^[A-Za-z0-9]", name) else f"node-{name}")[:64]
 
 
 class Sandbox:
@@ -126,10 +126,16 @@ class Sandbox:
                 rule="sandbox.split_by",
                 fix=f"fill or drop rows with a missing {split_by!r} first",
             )
-        partitions = {
-            _node_name(split_by, value): part.reset_index(drop=True)
-            for value, part in frame.groupby(split_by, sort=True)
-        }
+        partitions: dict[str, pd.DataFrame] = {}
+        for value, part in frame.groupby(split_by, sort=True):
+            name = _node_name(split_by, value)
+            if name in partitions:
+                raise SandboxError(
+                    f"two values of {split_by!r} make the same node name {name!r}",
+                    rule="sandbox.split_by",
+                    fix="recode the column so its values differ in letters or digits",
+                )
+            partitions[name] = part.reset_index(drop=True)
         return cls(partitions, dataset=dataset, schema=infer_schema(frame), **options)
 
     # ---- lifecycle -------------------------------------------------------
