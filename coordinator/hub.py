@@ -22,10 +22,12 @@ class Hub:
         """Register a new stream for a node; the newest stream is the node's live one."""
         with self._lock:
             self._generation[node_id] = self._generation.get(node_id, 0) + 1
+            # Wake an older stream's sender so it sees it was superseded and stops.
+            self._nodes.setdefault(node_id, threading.Event()).set()
             return self._generation[node_id]
 
-    def disconnect(self, node_id: int, generation: int) -> bool:
-        """True when the closing stream was the node's live one (so the node is offline)."""
+    def is_current(self, node_id: int, generation: int) -> bool:
+        """Whether this stream is the node's newest; the closing one then means offline."""
         with self._lock:
             return self._generation.get(node_id) == generation
 

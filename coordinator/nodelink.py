@@ -69,19 +69,20 @@ class NodeLink(NodeLinkServicer):
             welcome=pb.Welcome(node_id=node_id, heartbeat_seconds=self.heartbeat_seconds)
         )
         try:
-            while not closed.is_set():
+            # A stream superseded by the node's reconnection must not take its messages.
+            while not closed.is_set() and self.hub.is_current(node_id, generation):
                 silent = time.monotonic() - heard[0]
                 if silent > MISSED_HEARTBEATS * self.heartbeat_seconds:
                     # A frozen node keeps its TCP connection open; silence is what tells.
                     log.warning("node %s silent for %.1f s; dropping it", hello.node_name, silent)
                     return
+                wake.clear()  # before reading the queue, so no notification is lost
                 for _message_id, payload in self.store.take_undelivered(node_id):
                     yield pb.CoordinatorFrame(task=payload)
                 if not wake.wait(self.heartbeat_seconds):
                     yield pb.CoordinatorFrame(heartbeat=pb.Heartbeat())
-                wake.clear()
         finally:
-            if self.hub.disconnect(node_id, generation):
+            if self.hub.is_current(node_id, generation):
                 self.store.set_online(node_id, False)
                 log.info("node %s disconnected", hello.node_name)
 
