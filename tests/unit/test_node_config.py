@@ -137,3 +137,10 @@ def test_policy_section_defaults_safe_and_rejects_unknown_knobs(site: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load_node_config(site / "node.toml")
     assert "policy.exact_times" in str(caught.value)
+
+
+def test_the_deploy_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "node.toml"
+    config = load_node_config(example)
+    assert config.datasets["lung"].columns["sex"].categories == ("1", "2")
+    assert config.policy.exact_event_times is False
