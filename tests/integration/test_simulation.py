@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -30,15 +32,21 @@ def test_describe_runs_unchanged_under_run_simulation(lung: pd.DataFrame) -> Non
     results: list[str] = []
     app = server_app(lambda grid: results.append(TASK.run_server(grid, params.model_dump_json())))
 
-    run_simulation(
-        server_app=app,
-        client_app=client_app,
-        num_supernodes=len(centres),
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "include_dashboard": False},
-        },
-    )
+    environment = dict(os.environ)
+    try:
+        run_simulation(
+            server_app=app,
+            client_app=client_app,
+            num_supernodes=len(centres),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2, "include_dashboard": False},
+            },
+        )
+    finally:
+        # Ray writes PYTHONPATH and other variables into this process; later tests spawn processes.
+        os.environ.clear()
+        os.environ.update(environment)
 
     assert len(results) == 1, "the server function did not finish under simulation"
     result = DescribeResult.model_validate_json(results[0])

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fresh_python(code: str) -> subprocess.CompletedProcess[str]:
+    """A new interpreter outside the checkout, without PYTHONPATH (Ray sets it in-process)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", env=env
+    )
 
 
 def test_top_level_folders_are_subpackages_of_oncofed() -> None:
@@ -31,7 +40,7 @@ def test_no_generic_top_level_modules_are_installed() -> None:
         "found = [m for m in ('node', 'coordinator', 'tasks', 'privacy') if u.find_spec(m)];"
         "assert not found, found"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    run = _fresh_python(code)
     assert run.returncode == 0, run.stderr
 
 
@@ -41,5 +50,5 @@ def test_a_statistics_node_and_the_coordinator_never_import_torch() -> None:
         "bad = [m for m in ('torch', 'opacus') if m in sys.modules];"
         "assert not bad, bad"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    run = _fresh_python(code)
     assert run.returncode == 0, run.stderr
