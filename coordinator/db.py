@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from oncofed.errors import ConfigError
+from oncofed.errors import ConfigError, DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -115,7 +115,8 @@ def open_database(url: str) -> Engine:
     try:
         migrate(engine)
     except OperationalError as exc:
-        raise ConfigError(
+        # Exit code 6, not 3: a supervisor should retry a database that is still starting.
+        raise DatabaseUnavailable(
             f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
             rule="coordinator.database",
             fix="check that the database server is running and the URL is right",

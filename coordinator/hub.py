@@ -15,21 +15,26 @@ class Hub:
         self._lock = threading.Lock()
         self._nodes: dict[int, threading.Event] = {}
         self._replies = threading.Condition()
-        self._generation: dict[int, int] = {}
+        self._connected: dict[str, object] = {}
         self._version = 0
 
-    def connect(self, node_id: int) -> int:
-        """Register a new stream for a node; the newest stream is the node's live one."""
-        with self._lock:
-            self._generation[node_id] = self._generation.get(node_id, 0) + 1
-            # Wake an older stream's sender so it sees it was superseded and stops.
-            self._nodes.setdefault(node_id, threading.Event()).set()
-            return self._generation[node_id]
+    def claim(self, node_name: str) -> object | None:
+        """Take the one stream a node name may have: a token, or None while another holds it.
 
-    def is_current(self, node_id: int, generation: int) -> bool:
-        """Whether this stream is the node's newest; the closing one then means offline."""
+        Two processes under one name would otherwise take the stream from each
+        other in turn, each takeover sending the other's messages again.
+        """
         with self._lock:
-            return self._generation.get(node_id) == generation
+            if node_name in self._connected:
+                return None
+            token = self._connected[node_name] = object()
+            return token
+
+    def release(self, node_name: str, token: object) -> None:
+        """Give the name back; only the stream holding ``token`` can (so twice is harmless)."""
+        with self._lock:
+            if self._connected.get(node_name) is token:
+                del self._connected[node_name]
 
     def node_event(self, node_id: int) -> threading.Event:
         with self._lock:

@@ -40,8 +40,27 @@ class NodeLink(NodeLinkServicer):
         if problem:
             log.warning("refused node hello: %s", problem)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        token = self.hub.claim(hello.node_name)
+        if token is None:
+            log.warning("refused a second connection for node %s", hello.node_name)
+            context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"a node named {hello.node_name!r} is already connected; "
+                "each node needs its own name",
+            )
+        try:
+            yield from self._serve(hello, token, request_iterator, context)
+        finally:
+            self.hub.release(hello.node_name, token)
+
+    def _serve(
+        self,
+        hello: pb.NodeHello,
+        token: object,
+        request_iterator: Iterator[pb.NodeFrame],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.CoordinatorFrame]:
         node_id = self.store.register_node(hello.node_name, hello.version, hello.datasets_json)
-        generation = self.hub.connect(node_id)
         again = self.store.requeue_unanswered(node_id)
         log.info(
             "node %s connected (id %d, version %s, %d message(s) to resend)",
@@ -54,9 +73,18 @@ class NodeLink(NodeLinkServicer):
         closed = threading.Event()
         heard = [time.monotonic()]  # last frame from the node, written by the reader
 
+        first_close = threading.Lock()
+
         def on_close() -> None:
+            # Runs from gRPC's termination callback, the reader and the generator; only the
+            # first may act, or a late one would mark a node offline that has reconnected.
+            if not first_close.acquire(blocking=False):
+                return
+            self.store.set_online(node_id, False)
+            self.hub.release(hello.node_name, token)
             closed.set()
             wake.set()
+            log.info("node %s disconnected", hello.node_name)
 
         context.add_callback(on_close)
         threading.Thread(
@@ -69,8 +97,7 @@ class NodeLink(NodeLinkServicer):
             welcome=pb.Welcome(node_id=node_id, heartbeat_seconds=self.heartbeat_seconds)
         )
         try:
-            # A stream superseded by the node's reconnection must not take its messages.
-            while not closed.is_set() and self.hub.is_current(node_id, generation):
+            while not closed.is_set():
                 silent = time.monotonic() - heard[0]
                 if silent > MISSED_HEARTBEATS * self.heartbeat_seconds:
                     # A frozen node keeps its TCP connection open; silence is what tells.
@@ -82,9 +109,7 @@ class NodeLink(NodeLinkServicer):
                 if not wake.wait(self.heartbeat_seconds):
                     yield pb.CoordinatorFrame(heartbeat=pb.Heartbeat())
         finally:
-            if self.hub.is_current(node_id, generation):
-                self.store.set_online(node_id, False)
-                log.info("node %s disconnected", hello.node_name)
+            on_close()
 
     def _read(
         self,

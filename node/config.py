@@ -15,11 +15,12 @@ Example::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from oncofed.errors import ConfigError
 from oncofed.privacy.policy import NodePolicy
@@ -58,6 +59,16 @@ class NodeConfig(BaseModel):
     max_workers: int = Field(default=2, ge=1, le=32, description="Tasks computed at once.")
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     policy: NodePolicy = Field(default_factory=NodePolicy, description="What may leave.")
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, datasets: dict[str, DatasetConfig]) -> dict[str, DatasetConfig]:
+        bad = [name for name in datasets if not re.match(NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(
+                f"dataset name(s) {bad} must be letters, digits, '_', '.' or '-' (at most 64)"
+            )
+        return datasets
 
     def resolve(self, base: Path) -> NodeConfig:
         """Paths in the file are relative to the file itself."""

@@ -21,7 +21,6 @@ from oncofed.errors import OncofedError, QueryError, UnknownTask
 from oncofed.flower import error_reply, params_json, reply_error, to_bytes
 from oncofed.node.audit import AuditLog
 from oncofed.node.config import format_validation_error
-from oncofed.schema import GROUPABLE_TYPES
 from oncofed.tasks import TASKS, task_for_action
 from oncofed.tasks.base import LocalDatasets, TaskParams
 
@@ -93,12 +92,13 @@ def check_against_schema(params: TaskParams, datasets: LocalDatasets) -> None:
                 fix="choose a float, integer or boolean column",
                 column=column,
             )
-        if role == "group" and spec.type not in GROUPABLE_TYPES:
+        if role == "group" and not spec.groupable:
             raise QueryError(
                 f"column {column!r} is {spec.type} and cannot define groups",
                 rule="schema.column_role",
                 node=node,
-                fix="group by a category, integer, boolean or string column",
+                fix="group by a category, integer, boolean or string column, "
+                "or declare categories for this column in the node schema",
                 column=column,
             )
     params.check_schema(schema, node)

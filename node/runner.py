@@ -81,7 +81,10 @@ class NodeRunner:
                 if self._stop.is_set():
                     break
                 code = exc.code() if isinstance(exc, grpc.Call) else None
-                log.warning("connection to %s lost (%s)", self.config.coordinator, code)
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    log.error("the coordinator refused this node: %s", exc.details())
+                else:
+                    log.warning("connection to %s lost (%s)", self.config.coordinator, code)
             delay = backoff.next_delay()
             log.info("reconnecting in %.1f s", delay)
             self._stop.wait(delay)

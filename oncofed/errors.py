@@ -128,6 +128,12 @@ class CoordinatorUnavailable(OncofedError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class DatabaseUnavailable(OncofedError):
+    """The coordinator's database server cannot be reached (retrying may help)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
 class TaskFailed(OncofedError):
     """A federated task ended without a result."""
 
@@ -200,6 +206,7 @@ _REGISTRY: dict[str, type[OncofedError]] = {
         NodeRefusal,
         NodeUnavailable,
         CoordinatorUnavailable,
+        DatabaseUnavailable,
         TaskFailed,
         TaskCancelled,
         UnknownTask,
@@ -212,6 +219,7 @@ __all__ = [
     "ConfigError",
     "CoordinatorUnavailable",
     "DataError",
+    "DatabaseUnavailable",
     "ExitCode",
     "FederatedErrors",
     "NodeRefusal",

@@ -44,6 +44,15 @@ class ColumnSpec(BaseModel):
     def numeric(self) -> bool:
         return self.type in NUMERIC_TYPES
 
+    @property
+    def groupable(self) -> bool:
+        """Can define groups: a discrete type, or any column with declared categories.
+
+        Integer codes with missing values often arrive as floats (ECOG 0.0-3.0);
+        declaring their categories makes them usable as groups.
+        """
+        return self.type in GROUPABLE_TYPES or self.categories is not None
+
 
 class DatasetSchema(BaseModel):
     """The declared columns of one dataset."""

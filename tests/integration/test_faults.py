@@ -105,3 +105,28 @@ def test_silent_node_goes_offline_and_returns_after_it_wakes(net: Sandbox) -> No
     finally:
         net.signal_node(victim, signal.SIGCONT)
     wait_until(True)
+
+
+def test_a_second_process_under_the_same_name_is_refused(net: Sandbox, lung: pd.DataFrame) -> None:
+    """Two processes claiming one centre would take the stream from each other forever."""
+    import subprocess
+    import sys
+
+    name = net.node_names[0]
+    impostor = subprocess.Popen(
+        [sys.executable, "-m", "oncofed", "node", "start", str(net.node_config(name))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(4)
+        with net.session(progress=False) as session:
+            result = session.describe(COLUMNS, min_nodes=4)
+            nodes = session.nodes()
+    finally:
+        impostor.terminate()
+        output, _ = impostor.communicate(timeout=20)
+    assert "already connected" in output
+    assert list(nodes["name"]).count(name) == 1 and nodes["online"].all()
+    assert_describe_matches(result, lung, COLUMNS)

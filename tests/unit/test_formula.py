@@ -18,7 +18,7 @@ def lung() -> pd.DataFrame:
     from lifelines.datasets import load_lung
 
     frame = load_lung()
-    return frame.assign(dead=frame["status"] - 1)
+    return frame.assign(dead=frame["status"])  # lifelines codes status 1 = died
 
 
 CASES = [

@@ -54,6 +54,11 @@ def test_good_config_resolves_paths_next_to_the_file(site: Path) -> None:
         (GOOD + "\nfavourite_colour = 'blue'\n", "config.schema", "favourite_colour"),
         (GOOD.replace('"integer"', '"integr"'), "config.schema", "datasets.lung.columns.age"),
         (GOOD.replace("127.0.0.1:7100", "nowhere"), "config.schema", "coordinator"),
+        (
+            GOOD.replace("datasets.lung", 'datasets."lung cancer"'),
+            "config.schema",
+            "dataset name",
+        ),
     ],
 )
 def test_bad_config_names_the_problem(site: Path, text: str, rule: str, fragment: str) -> None:

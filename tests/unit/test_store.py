@@ -105,10 +105,11 @@ class TestPostgresStore(StoreContract):
 
 
 def test_bad_database_url_is_a_config_error(tmp_path: Path) -> None:
-    from oncofed.errors import ConfigError
+    from oncofed.errors import ConfigError, DatabaseUnavailable, ExitCode
 
     with pytest.raises(ConfigError) as caught:
         open_database("nosuchdb://x")
     assert caught.value.rule == "coordinator.database"
-    with pytest.raises(ConfigError):
+    with pytest.raises(DatabaseUnavailable) as unreachable:
         open_database("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    assert unreachable.value.exit_code == ExitCode.UNAVAILABLE
