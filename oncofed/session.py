@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,12 +18,22 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from oncofed.errors import (
     CoordinatorUnavailable,
     OncofedError,
+    QueryError,
     TaskCancelled,
     TaskFailed,
 )
 from oncofed.tasks import get_task
+from oncofed.tasks.correlation import CorrelationResult
+from oncofed.tasks.coxph import CoxPHResult, covariate_formula
+from oncofed.tasks.crosstab import CrosstabResult
 from oncofed.tasks.describe import DescribeResult
 from oncofed.tasks.filters import parse_filter
+from oncofed.tasks.formula import parse_formula
+from oncofed.tasks.glm import GLMResult
+from oncofed.tasks.histogram import HistogramResult
+from oncofed.tasks.kaplan_meier import KaplanMeierResult
+from oncofed.tasks.logrank import LogrankResult
+from oncofed.tasks.quantiles import Method, QuantilesResult
 from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
@@ -93,6 +103,278 @@ class Session:
         }
         result = self.run("describe", params)
         assert isinstance(result, DescribeResult)
+        return result
+
+    def correlation(
+        self,
+        columns: Sequence[str],
+        *,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+        where: str | None = None,
+    ) -> CorrelationResult:
+        """Covariance and correlation matrices over complete cases, as np.cov / np.corrcoef."""
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "columns": list(columns),
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("correlation", params)
+        assert isinstance(result, CorrelationResult)
+        return result
+
+    def crosstab(
+        self,
+        row: str,
+        col: str,
+        *,
+        row_categories: Sequence[str] | None = None,
+        col_categories: Sequence[str] | None = None,
+        correction: bool = True,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+        where: str | None = None,
+    ) -> CrosstabResult:
+        """Counts on agreed categories and scipy's chi-square test of independence."""
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "row": row,
+            "col": col,
+            "row_categories": list(row_categories) if row_categories is not None else None,
+            "col_categories": list(col_categories) if col_categories is not None else None,
+            "correction": correction,
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("crosstab", params)
+        assert isinstance(result, CrosstabResult)
+        return result
+
+    def histogram(
+        self,
+        column: str,
+        bins: int | Sequence[float],
+        *,
+        range: tuple[float, float] | None = None,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+        where: str | None = None,
+    ) -> HistogramResult:
+        """Counts on agreed edges (or ``bins`` equal bins over ``range``), as numpy.histogram."""
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "column": column,
+            "bins": bins if isinstance(bins, int) else list(bins),
+            "range": list(range) if range is not None else None,
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("histogram", params)
+        assert isinstance(result, HistogramResult)
+        return result
+
+    def quantiles(
+        self,
+        column: str,
+        q: float | Sequence[float],
+        *,
+        lower: float,
+        upper: float,
+        tolerance: float | None = None,
+        method: Method = "linear",
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+        where: str | None = None,
+    ) -> QuantilesResult:
+        """numpy.quantile(pooled, q, method=method) within a stated bound, no value leaving a node.
+
+        ``lower`` and ``upper`` bound the search and must be agreed, not read
+        from the data; ``tolerance`` (default (upper - lower) / 1000) is the
+        largest absolute error accepted.
+        """
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "column": column,
+            "q": [q] if isinstance(q, int | float) else list(q),
+            "lower": lower,
+            "upper": upper,
+            "tolerance": tolerance,
+            "method": method,
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("quantiles", params)
+        assert isinstance(result, QuantilesResult)
+        return result
+
+    def glm(
+        self,
+        formula: str,
+        family: str = "gaussian",
+        *,
+        where: str | None = None,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+        max_iter: int = 50,
+        tol: float = 1e-8,
+        rtol: float = 0.0,
+    ) -> GLMResult:
+        """statsmodels' ``glm(formula, data, family).fit()`` on the pooled rows, by federated IRLS.
+
+        ``family`` is "gaussian" (identity link), "binomial" (logit) or
+        "poisson" (log), e.g. ``glm("status ~ age + C(sex) + ph.karno", "binomial")``.
+        IRLS stops when the deviance changes by at most ``tol + rtol * deviance``.
+        """
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            # Parsed here so a typo or a forbidden function fails before anything is sent.
+            "formula": parse_formula(formula).model_dump(mode="json"),
+            "family": family,
+            "max_iter": max_iter,
+            "tol": tol,
+            "rtol": rtol,
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("glm", params)
+        assert isinstance(result, GLMResult)
+        return result
+
+    def kaplan_meier(
+        self,
+        duration: str,
+        event: str,
+        by: str | None = None,
+        *,
+        categories: Sequence[str] | None = None,
+        grid: float | None = None,
+        time_points: Sequence[float] | None = None,
+        exact_times: bool = False,
+        alpha: float = 0.05,
+        where: str | None = None,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+    ) -> KaplanMeierResult:
+        """lifelines' ``KaplanMeierFitter`` on the pooled rows, per agreed group of ``by``.
+
+        Agree a time grid: ``grid=30`` rounds durations up to multiples of 30,
+        ``time_points=[...]`` moves them to the next agreed point, and
+        ``exact_times=True`` works only where every node's policy allows it.
+        ``event`` is a 0/1 column (1 = event observed).
+        """
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "duration": duration,
+            "event": event,
+            "by": by,
+            "categories": list(categories) if categories is not None else None,
+            "alpha": alpha,
+            **_time_grid(grid, time_points, exact_times),
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("kaplan_meier", params)
+        assert isinstance(result, KaplanMeierResult)
+        return result
+
+    def logrank(
+        self,
+        duration: str,
+        event: str,
+        group: str,
+        *,
+        categories: Sequence[str] | None = None,
+        grid: float | None = None,
+        time_points: Sequence[float] | None = None,
+        exact_times: bool = False,
+        where: str | None = None,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+    ) -> LogrankResult:
+        """``lifelines.statistics.multivariate_logrank_test`` across the agreed groups.
+
+        The time grid is agreed as for :meth:`kaplan_meier`.
+        """
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "duration": duration,
+            "event": event,
+            "by": group,
+            "categories": list(categories) if categories is not None else None,
+            **_time_grid(grid, time_points, exact_times),
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("logrank", params)
+        assert isinstance(result, LogrankResult)
+        return result
+
+    def coxph(
+        self,
+        duration: str,
+        event: str,
+        covariates: Sequence[str] | str,
+        *,
+        strata: str | Sequence[str] | None = None,
+        strata_categories: Mapping[str, Sequence[str]] | None = None,
+        grid: float | None = None,
+        time_points: Sequence[float] | None = None,
+        exact_times: bool = False,
+        alpha: float = 0.05,
+        max_iter: int = 50,
+        tol: float = 1e-12,
+        concordance: bool = True,
+        concordance_bins: int = 200,
+        where: str | None = None,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+    ) -> CoxPHResult:
+        """``lifelines.CoxPHFitter`` (Efron ties) on the pooled rows, by federated Newton-Raphson.
+
+        ``covariates`` is a list of numeric columns or a formula right-hand side,
+        e.g. ``"age + C(sex) + ph.ecog"``. ``strata`` columns need agreed levels
+        (``strata_categories={"ph.ecog": ["0", "1", "2", "3"]}`` or the schema's).
+        The time grid is agreed as for :meth:`kaplan_meier`. Newton-Raphson stops
+        when the Newton decrement is below ``tol`` (then takes one last step).
+        """
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "duration": duration,
+            "event": event,
+            # Parsed here so a typo or a forbidden function fails before anything is sent.
+            "formula": covariate_formula(covariates).model_dump(mode="json"),
+            "strata": [strata] if isinstance(strata, str) else list(strata or []),
+            "strata_categories": (
+                {k: list(v) for k, v in strata_categories.items()} if strata_categories else None
+            ),
+            "alpha": alpha,
+            "max_iter": max_iter,
+            "tol": tol,
+            "concordance": concordance,
+            "concordance_bins": concordance_bins,
+            **_time_grid(grid, time_points, exact_times),
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("coxph", params)
+        assert isinstance(result, CoxPHResult)
         return result
 
     # ---- generic task API ------------------------------------------------
@@ -174,7 +456,7 @@ class Session:
     def _dataset(self, dataset: str | None) -> str:
         chosen = dataset or self.dataset
         if not chosen:
-            raise OncofedError(
+            raise QueryError(
                 "no dataset given",
                 rule="session.dataset",
                 fix="pass dataset=... or create the Session with dataset=...",
@@ -230,6 +512,17 @@ class Session:
 def _filter(where: str | None) -> dict[str, Any] | None:
     """Parsed here so a typo fails before anything is sent."""
     return None if where is None else parse_filter(where).model_dump(mode="json")
+
+
+def _time_grid(
+    grid: float | None, time_points: Sequence[float] | None, exact_times: bool
+) -> dict[str, Any]:
+    """The survival tasks' agreed time grid (the task refuses anything but exactly one)."""
+    return {
+        "grid": grid,
+        "time_points": list(time_points) if time_points is not None else None,
+        "exact_times": exact_times,
+    }
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:

@@ -10,10 +10,33 @@ from __future__ import annotations
 from typing import Any
 
 from oncofed.errors import UnknownTask
-from oncofed.tasks import describe
+from oncofed.tasks import (
+    correlation,
+    coxph,
+    crosstab,
+    describe,
+    glm,
+    histogram,
+    kaplan_meier,
+    logrank,
+    quantiles,
+)
 from oncofed.tasks.base import TaskParams, TaskType
 
-TASKS: dict[str, TaskType[Any, Any]] = {task.name: task for task in (describe.TASK,)}
+TASKS: dict[str, TaskType[Any, Any]] = {
+    task.name: task
+    for task in (
+        describe.TASK,
+        correlation.TASK,
+        crosstab.TASK,
+        histogram.TASK,
+        quantiles.TASK,
+        glm.TASK,
+        kaplan_meier.TASK,
+        logrank.TASK,
+        coxph.TASK,
+    )
+}
 
 
 def get_task(name: str) -> TaskType[Any, Any]:

@@ -24,7 +24,8 @@ from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import DatasetSchema
 from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate
 
-ColumnRole = Literal["numeric", "group", "filter"]
+# "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
+ColumnRole = Literal["numeric", "group", "filter", "factor"]
 
 P = TypeVar("P", bound="TaskParams")
 R = TypeVar("R", bound=BaseModel)

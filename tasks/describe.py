@@ -29,7 +29,7 @@ from oncofed.tasks.base import (
     selected_rows,
     wait_for_nodes,
 )
-from oncofed.tasks.encoding import category_labels
+from oncofed.tasks.encoding import agreed_categories, category_labels
 
 FloatArray = npt.NDArray[np.float64]
 ALL = "(all)"
@@ -97,15 +97,14 @@ class DescribeResult(BaseModel):
 def agreed_groups(params: DescribeParams, local: LocalDataset) -> tuple[str, ...]:
     if params.by is None:
         return (ALL,)
-    categories = params.categories or local.schema.columns[params.by].categories
-    if not categories:
-        raise QueryError(
-            f"column {params.by!r} has no agreed categories",
-            rule="describe.categories_required",
-            node=local.node_name,
-            fix=f"pass categories=[...] for {params.by!r}, or declare them in the node's schema",
-        )
-    return tuple(categories)
+    return agreed_categories(
+        params.by,
+        params.categories,
+        local.schema,
+        local.node_name,
+        option="categories",
+        rule="describe.categories_required",
+    )
 
 
 def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:

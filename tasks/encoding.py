@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
-from oncofed.schema import ColumnSpec
+from oncofed.errors import QueryError
+from oncofed.schema import ColumnSpec, DatasetSchema
 
 
 def category_labels(values: pd.Series, spec: ColumnSpec) -> pd.Series:
@@ -18,4 +21,30 @@ def category_labels(values: pd.Series, spec: ColumnSpec) -> pd.Series:
     return pd.Series(labels, index=present.index, dtype="object").reindex(values.index)
 
 
-__all__ = ["category_labels"]
+def agreed_categories(
+    column: str,
+    requested: Sequence[str] | None,
+    schema: DatasetSchema,
+    node: str,
+    *,
+    option: str,
+    rule: str,
+) -> tuple[str, ...]:
+    """The categories a request agrees for a column: its own list, else the schema's.
+
+    Never the values found in the data: a category list read from one centre's
+    rows would tell every other party which values that centre holds.
+    """
+    categories = requested or schema.columns[column].categories
+    if not categories:
+        raise QueryError(
+            f"column {column!r} has no agreed categories",
+            rule=rule,
+            node=node,
+            fix=f"pass {option}=[...] for {column!r}, or declare them in the node's schema",
+            column=column,
+        )
+    return tuple(categories)
+
+
+__all__ = ["agreed_categories", "category_labels"]

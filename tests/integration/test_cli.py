@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,24 +13,29 @@ from oncofed.errors import ExitCode
 from oncofed.sandbox import Sandbox
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "oncofed", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        cwd=cwd,
     )
 
 
-def test_demo_runs_and_shows_federated_next_to_pooled() -> None:
-    run = _cli("demo", timeout=300)
+def test_demo_runs_and_shows_federated_next_to_pooled(tmp_path: Path) -> None:
+    run = _cli("demo", timeout=300, cwd=tmp_path)
     assert run.returncode == ExitCode.OK, run.stdout[-2000:] + run.stderr[-2000:]
     assert "federated = pooled" in run.stdout
     for header in ("federated", "pooled", "|difference|", "centre-A", "centre-E"):
         assert header in run.stdout
     worst = float(run.stdout.split("largest relative difference ")[1].split()[0])
     assert worst < 1e-9
+    plot = tmp_path / "oncofed-demo-kaplan-meier.png"
+    assert plot.stat().st_size > 10_000  # the Kaplan-Meier figure by sex
 
 
 def test_query_describe_prints_a_table_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:

@@ -1,0 +1,855 @@
+"""Cox proportional hazards with Efron's ties, fitted by federated Newton-Raphson.
+
+Rounds (each one message per node):
+
+1. ``coxph_setup``: each node builds its design matrix (the formula's right-hand
+   side, coded as with an intercept, which the baseline hazard absorbs, then
+   dropped) on its complete rows and releases its row count, column sums and
+   cross-products, the sum of the covariates over its events, and per stratum
+   and grid time its number of events. The server pools the event times.
+2. ``coxph`` at coefficients beta, once per Newton step: per stratum and pooled
+   event time, each node releases the sums over its rows still at risk of
+   ``w = exp(x'beta)``, ``w x`` and ``w x x'`` (S0, S1, S2), and at the times
+   where the pooled data have tied events the same sums over its events at
+   that time (T0, T1, T2). Risk sets span nodes, so the server adds the nodes'
+   sums per time and then evaluates Efron's log partial likelihood, gradient
+   and Hessian exactly -- as ``lifelines.CoxPHFitter`` does on the pooled rows.
+3. ``coxph_concordance`` at the fitted coefficients: Harrell's C needs every
+   pair of patients compared on their risk scores, which no sum gives. Each
+   node releases counts of its rows per (grid time, risk-score bin); the
+   server counts the pairs. Pairs whose scores share a bin are counted as
+   ties (1/2), so the result is within a stated bound of the exact C:
+   ``concordance_bound`` = half the share of comparable pairs in one bin.
+
+Centring the covariates at their pooled means leaves the partial likelihood
+unchanged and keeps ``exp(x'beta)`` finite. Steps are halved while the
+partial likelihood does not increase; the fit stops when the Newton decrement
+falls below ``tol``, fails after ``max_iter`` steps, and is refused when the
+coefficients run off to infinity (monotone likelihood: a covariate that
+separates events from non-events) or the information matrix is singular.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+from pydantic import BaseModel, Field, model_validator
+from scipy.stats import chi2
+
+from oncofed.errors import NodeRefusal, QueryError, TaskFailed
+from oncofed.schema import DatasetSchema
+from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, broadcast, wait_for_nodes
+from oncofed.tasks.formula import (
+    Factor,
+    Formula,
+    Term,
+    check_formula,
+    design_matrix,
+    parse_formula,
+)
+from oncofed.tasks.survival import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    SurvivalParams,
+    category_codes,
+    survival_rows,
+)
+
+MAX_STRATA = 1_000
+MAX_HALVINGS = 30
+# Releases that add up over nodes; the others (event cells, counts) are kept per node.
+SUMMED = frozenset({"sum_x", "xtx", "event_x", "s0", "s1", "s2", "t0", "t1", "t2"})
+# A step that still moves the linear predictor by this much (in standard
+# deviations of the covariate) after the likelihood has stopped rising means
+# the coefficient is running off to infinity.
+DIVERGING_STEP = 1e-4
+
+
+class CoxPHParams(SurvivalParams):
+    formula: Formula = Field(description="Right-hand side: the covariates (see formula.py).")
+    strata: tuple[str, ...] = Field(default=(), description="Columns whose levels are strata.")
+    strata_categories: dict[str, tuple[str, ...]] | None = Field(
+        default=None, description="Agreed levels per strata column (else the schema's)."
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - confidence level.")
+    max_iter: int = Field(default=50, ge=1, le=1000, description="Newton step cap.")
+    tol: float = Field(default=1e-12, gt=0, lt=1, description="Stop at this Newton decrement.")
+    concordance: bool = Field(default=True, description="Also estimate Harrell's C.")
+    concordance_bins: int = Field(
+        default=200, ge=2, le=10_000, description="Risk-score bins for the concordance."
+    )
+    # Iteration state, set by the server.
+    center: tuple[float, ...] | None = None
+    event_times: tuple[tuple[float, ...], ...] | None = None
+    tied_times: tuple[tuple[float, ...], ...] | None = None
+    beta: tuple[float, ...] | None = None
+    risk_edges: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _right_hand_side(self) -> CoxPHParams:
+        if self.formula.response is not None:
+            raise ValueError(
+                "give the covariates only (e.g. 'age + C(sex)'): duration and event "
+                "are separate parameters"
+            )
+        if not self.formula.terms:
+            raise ValueError("a Cox model needs at least one covariate")
+        if not self.formula.intercept:
+            raise ValueError(
+                "a Cox model has no intercept (the baseline hazard takes its place): "
+                "remove '- 1' / '+ 0' from the formula"
+            )
+        if len(set(self.strata)) != len(self.strata):
+            raise ValueError("strata must not repeat")
+        unknown = set(self.strata_categories or {}) - set(self.strata)
+        if unknown:
+            raise ValueError(f"strata_categories for columns not in strata: {sorted(unknown)}")
+        return self
+
+    def required_columns(self) -> dict[str, ColumnRole]:
+        roles = super().required_columns()
+        factors = self.formula.factors()
+        roles.update({f.column: "factor" for f in factors if f.categorical})
+        roles.update({f.column: "numeric" for f in factors if not f.categorical})
+        roles.update(dict.fromkeys(self.strata, "group"))
+        return roles
+
+    def check_schema(self, schema: DatasetSchema, node: str) -> None:
+        super().check_schema(schema, node)
+        check_formula(self.formula, schema, node)
+
+
+def covariate_formula(covariates: Sequence[str] | str) -> Formula:
+    """The model's right-hand side: a list of numeric columns, or formula text.
+
+    Text is parsed like a formula without a response, e.g. ``"age + C(sex) +
+    np.log(wt.loss)"`` (a leading ``~`` is fine).
+    """
+    if isinstance(covariates, str):
+        formula = parse_formula(covariates, needs_response=False)
+        if formula.response is not None:
+            raise QueryError(
+                f"the covariates {covariates!r} name a response",
+                rule="query.formula_syntax",
+                fix="give the right-hand side only, e.g. 'age + C(sex)': duration and "
+                "event are separate arguments",
+            )
+        return formula
+    if not covariates:
+        raise QueryError(
+            "no covariates given",
+            rule="coxph.covariates",
+            fix="pass a list of columns or a formula right-hand side such as 'age + C(sex)'",
+        )
+    terms = tuple(Term(factors=(Factor(column=column),)) for column in dict.fromkeys(covariates))
+    return Formula(terms=terms)
+
+
+class CoxPHResult(BaseModel):
+    """A fitted Cox model, read like ``lifelines.CoxPHFitter``."""
+
+    dataset: str
+    duration: str
+    event: str
+    formula: str
+    names: list[str]
+    coef: list[float]
+    cov: list[list[float]]
+    log_likelihood: float = Field(description="Log partial likelihood at the estimate.")
+    log_likelihood_null: float = Field(description="Log partial likelihood at beta = 0.")
+    n: int
+    events: int
+    strata: list[str]
+    strata_levels: list[str]
+    time_grid: str = Field(description="The agreed grid the durations were moved onto.")
+    grid: float | None
+    time_points: list[float] | None
+    exact_times: bool
+    alpha: float
+    concordance: float | None = Field(description="Harrell's C, from risk-score bins.")
+    concordance_bound: float | None = Field(description="|concordance - exact C| <= this.")
+    comparable_pairs: int | None
+    iterations: int
+    converged: bool
+    round_trips: int
+    nodes: list[str]
+    rows_used: dict[str, int]
+    rows_dropped: dict[str, int] = Field(description="Rows with a missing value, per node.")
+    rows_outside_strata: int = 0
+
+    @property
+    def params(self) -> pd.Series:
+        """Log hazard ratios."""
+        return pd.Series(self.coef, index=self.names, name="coef")
+
+    @property
+    def hazard_ratios(self) -> pd.Series:
+        return pd.Series(np.exp(self.coef), index=self.names, name="exp(coef)")
+
+    @property
+    def bse(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(np.array(self.cov))), index=self.names, name="se(coef)")
+
+    @property
+    def z(self) -> pd.Series:
+        return (self.params / self.bse).rename("z")
+
+    @property
+    def pvalues(self) -> pd.Series:
+        return pd.Series(
+            [math.erfc(abs(v) / math.sqrt(2.0)) for v in self.z], index=self.names, name="p"
+        )
+
+    @property
+    def aic_partial(self) -> float:
+        return -2.0 * self.log_likelihood + 2.0 * len(self.names)
+
+    def log_likelihood_ratio_test(self) -> tuple[float, int, float]:
+        """Statistic, degrees of freedom and p-value against the model without covariates."""
+        statistic = 2.0 * (self.log_likelihood - self.log_likelihood_null)
+        df = len(self.names)
+        return statistic, df, float(chi2.sf(statistic, df))
+
+    def conf_int(self, alpha: float | None = None) -> pd.DataFrame:
+        """Wald intervals for the coefficients (lifelines' ``confidence_intervals_``)."""
+        alpha = self.alpha if alpha is None else alpha
+        q = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+        level = f"{1 - alpha:.0%}"
+        return pd.DataFrame(
+            {
+                f"coef lower {level}": self.params - q * self.bse,
+                f"coef upper {level}": self.params + q * self.bse,
+            }
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """lifelines' ``summary`` columns: coef, exp(coef), se, intervals, z, p."""
+        ci = self.conf_int()
+        lower, upper = ci.columns
+        frame = pd.DataFrame(
+            {
+                "coef": self.params,
+                "exp(coef)": self.hazard_ratios,
+                "se(coef)": self.bse,
+                lower: ci[lower],
+                upper: ci[upper],
+                f"exp({lower})": np.exp(ci[lower]),
+                f"exp({upper})": np.exp(ci[upper]),
+                "z": self.z,
+                "p": self.pvalues,
+            }
+        )
+        frame.index.name = "covariate"
+        return frame
+
+    def summary(self) -> str:
+        statistic, df, p = self.log_likelihood_ratio_test()
+        strata = f", strata {', '.join(self.strata)}" if self.strata else ""
+        lines = [
+            f"Cox proportional hazards (Efron ties), federated over {len(self.nodes)} nodes",
+            f"dataset {self.dataset}: duration {self.duration!r}, event {self.event!r}{strata}",
+            f"covariates {self.formula}",
+            f"time grid: {self.time_grid}",
+            f"subjects {self.n}, events {self.events}, partial log-likelihood "
+            f"{self.log_likelihood:.4f}, {self.iterations} Newton steps "
+            f"({'converged' if self.converged else 'not converged'}), "
+            f"{self.round_trips} round trips",
+            "",
+            self.to_frame().to_string(float_format=lambda v: f"{v:.4g}"),
+            "",
+        ]
+        if self.concordance is not None and self.concordance_bound is not None:
+            lines.append(
+                f"concordance {self.concordance:.4f} (within {self.concordance_bound:.1e} of "
+                "Harrell's C: risk scores compared in bins)"
+            )
+        lines += [
+            f"partial AIC {self.aic_partial:.2f}",
+            f"log-likelihood ratio test {statistic:.2f} on {df} df, p = {p:.3g}",
+        ]
+        return "\n".join(lines)
+
+
+# ---- node side ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoxRows:
+    """A node's complete rows inside the agreed strata: grid times, events, covariates."""
+
+    time: FloatArray
+    event: BoolArray
+    x: FloatArray
+    stratum: IntArray
+    names: list[str]
+    levels: list[str]
+    rows_dropped: int
+    rows_outside_strata: int
+
+
+def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
+    node = local.node_name
+    columns = sorted(params.formula.columns()) + list(params.strata)
+    rows = survival_rows(params, local, columns)
+    # Rows are complete in every formula column, so the design keeps them all, in order.
+    design = design_matrix(params.formula, rows.frame, local.schema, node)
+    levels, stratum = _strata(params, local, rows.frame)
+    inside = stratum >= 0
+    x, names = design.x[inside, 1:], design.names[1:]
+    saturation = local.policy.max_model_saturation
+    if inside.any() and len(names) > saturation * int(inside.sum()):
+        raise NodeRefusal(
+            f"the model has {len(names)} coefficients for this node's {int(inside.sum())} "
+            f"complete rows; its risk-set sums could reveal single patients (limit: "
+            f"{saturation:g} coefficients per row)",
+            rule="privacy.model_saturation",
+            node=node,
+            fix="use fewer covariates, a wider where= filter, or fewer missing values",
+        )
+    return CoxRows(
+        time=rows.time[inside],
+        event=rows.event[inside],
+        x=x,
+        stratum=stratum[inside],
+        names=names,
+        levels=levels,
+        rows_dropped=rows.rows_dropped,
+        rows_outside_strata=int((~inside).sum()),
+    )
+
+
+def _strata(
+    params: CoxPHParams, local: LocalDataset, frame: pd.DataFrame
+) -> tuple[list[str], IntArray]:
+    """Stratum labels (every combination of agreed levels) and each row's stratum (-1: none)."""
+    if not params.strata:
+        return [""], np.zeros(len(frame), dtype=np.int64)
+    index = np.zeros(len(frame), dtype=np.int64)
+    outside = np.zeros(len(frame), dtype=bool)
+    per_column: list[tuple[str, ...]] = []
+    for column in params.strata:
+        levels, code = category_codes(
+            column,
+            (params.strata_categories or {}).get(column),
+            local,
+            frame,
+            option="strata_categories",
+            rule="coxph.strata_categories",
+        )
+        outside |= code < 0
+        index = index * len(levels) + np.maximum(code, 0)
+        per_column.append(levels)
+    combos = list(itertools.product(*per_column))
+    if len(combos) > MAX_STRATA:
+        raise QueryError(
+            f"{len(combos)} strata are more than {MAX_STRATA}",
+            rule="coxph.strata",
+            node=local.node_name,
+            fix="stratify by fewer columns or agree fewer levels",
+        )
+    names = [
+        ", ".join(f"{c}={v}" for c, v in zip(params.strata, combo, strict=True)) for combo in combos
+    ]
+    return names, np.where(outside, -1, index)
+
+
+def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
+    rows = cox_rows(params, local)
+    keys = np.stack([rows.stratum[rows.event].astype(float), rows.time[rows.event]], axis=1)
+    cells, counts = np.unique(keys, axis=0, return_counts=True)
+    return RecordDict(
+        {
+            "coxph": ArrayRecord(
+                {
+                    "n": Array(np.array([rows.time.size], dtype=np.int64)),
+                    "sum_x": Array(rows.x.sum(axis=0)),
+                    "xtx": Array(rows.x.T @ rows.x),
+                    "event_x": Array(rows.x[rows.event].sum(axis=0)),
+                    "event_stratum": Array(cells[:, 0].astype(np.int64)),
+                    "event_time": Array(cells[:, 1].astype(np.float64)),
+                    "event_count": Array(counts.astype(np.int64)),
+                }
+            ),
+            "meta": _meta(local, rows),
+        }
+    )
+
+
+def coxph_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
+    if params.beta is None or params.center is None or params.event_times is None:
+        raise _protocol_error(local.node_name, "coefficients and event times")
+    if params.tied_times is None:
+        raise _protocol_error(local.node_name, "tied event times")
+    rows = cox_rows(params, local)
+    x = rows.x - np.asarray(params.center)
+    with np.errstate(over="ignore"):
+        w = np.exp(x @ np.asarray(params.beta))
+    risk: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+    ties: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+    for s, times in enumerate(params.event_times):
+        mine = rows.stratum == s
+        t, e, xs, ws = rows.time[mine], rows.event[mine], x[mine], w[mine]
+        grid_times = np.asarray(times, dtype=float)
+        # A row is at risk at every event time up to its own; sum it in at the last one.
+        last = np.searchsorted(grid_times, t, side="right") - 1
+        at = last >= 0
+        s0, s1, s2 = _bucket_sums(last[at], ws[at], xs[at], grid_times.size)
+        risk.append((_from_end(s0), _from_end(s1), _from_end(s2)))
+        tied = np.asarray(params.tied_times[s], dtype=float)
+        position = np.searchsorted(tied, t, side="left")
+        hit = e & (position < tied.size)
+        hit[hit] = tied[position[hit]] == t[hit]
+        ties.append(_bucket_sums(position[hit], ws[hit], xs[hit], tied.size))
+    arrays = {
+        name: Array(np.concatenate([part[i] for part in parts]))
+        for parts, names in ((risk, ("s0", "s1", "s2")), (ties, ("t0", "t1", "t2")))
+        for i, name in enumerate(names)
+    }
+    return RecordDict({"coxph": ArrayRecord(arrays), "meta": _meta(local, rows)})
+
+
+def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
+    if params.beta is None or params.center is None or params.event_times is None:
+        raise _protocol_error(local.node_name, "coefficients and event times")
+    if params.risk_edges is None:
+        raise _protocol_error(local.node_name, "risk-score bins")
+    rows = cox_rows(params, local)
+    bins = len(params.risk_edges) + 1
+    score = (rows.x - np.asarray(params.center)) @ np.asarray(params.beta)
+    bin_of = np.searchsorted(np.asarray(params.risk_edges), score, side="right")
+    death_cells, risk_cells = [], []
+    death_offset = risk_offset = 0
+    for s, times in enumerate(params.event_times):
+        mine = rows.stratum == s
+        t, e, b = rows.time[mine], rows.event[mine], bin_of[mine]
+        grid_times = np.asarray(times, dtype=float)
+        earlier = np.searchsorted(grid_times, t, side="left")
+        at_event_time = earlier < grid_times.size
+        at_event_time[at_event_time] = grid_times[earlier[at_event_time]] == t[at_event_time]
+        # Comparable with the deaths at the first k event times: those strictly before
+        # the row's own time, and also those at it when the row was censored then.
+        k = earlier + (~e & at_event_time)
+        death_cells.append((death_offset + earlier[e]) * bins + b[e])
+        # Rows comparable with no event (k = 0) would add nothing: they are not released.
+        risk_cells.append((risk_offset + k[k > 0]) * bins + b[k > 0])
+        death_offset += grid_times.size
+        risk_offset += grid_times.size + 1
+    deaths, death_counts = np.unique(np.concatenate(death_cells), return_counts=True)
+    risks, risk_counts = np.unique(np.concatenate(risk_cells), return_counts=True)
+    return RecordDict(
+        {
+            "coxph": ArrayRecord(
+                {
+                    "death_cell": Array(deaths.astype(np.int64)),
+                    "death_count": Array(death_counts.astype(np.int64)),
+                    "risk_cell": Array(risks.astype(np.int64)),
+                    "risk_count": Array(risk_counts.astype(np.int64)),
+                }
+            ),
+            "meta": _meta(local, rows),
+        }
+    )
+
+
+def _bucket_sums(
+    index: IntArray, w: FloatArray, x: FloatArray, size: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per bucket: sum of w, of w x and of w x x' (bincount per entry: no n x p x p array)."""
+    p = x.shape[1]
+    wx = x * w[:, None]
+    s1 = np.zeros((size, p))
+    s2 = np.zeros((size, p, p))
+    for j in range(p):
+        s1[:, j] = _bincount(index, wx[:, j], size)
+        for k in range(j, p):
+            s2[:, j, k] = s2[:, k, j] = _bincount(index, wx[:, j] * x[:, k], size)
+    return _bincount(index, w, size), s1, s2
+
+
+def _bincount(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
+    """Sums of ``weights`` per index in ``range(size)``."""
+    return np.bincount(index, weights=weights, minlength=size).astype(np.float64, copy=False)
+
+
+def _from_end(values: FloatArray) -> FloatArray:
+    """Sums over this bucket and all later ones (the risk set at each event time)."""
+    out: FloatArray = np.cumsum(values[::-1], axis=0)[::-1]
+    return out
+
+
+def _meta(local: LocalDataset, rows: CoxRows) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "node": local.node_name,
+            "names": rows.names,
+            "levels": rows.levels,
+            "rows_dropped": rows.rows_dropped,
+            "rows_outside_strata": rows.rows_outside_strata,
+        }
+    )
+
+
+def _protocol_error(node: str, missing: str) -> TaskFailed:
+    return TaskFailed(
+        f"the request carries no {missing}",
+        rule="coxph.protocol",
+        node=node,
+        fix="submit Cox models through Session.coxph; the server sets the iteration state",
+    )
+
+
+# ---- server side --------------------------------------------------------
+
+
+@dataclass
+class _Replies:
+    sums: dict[str, npt.NDArray[np.float64]]
+    parts: dict[str, list[npt.NDArray[np.float64]]]
+    names: list[str]
+    levels: list[str]
+    nodes: list[str]
+    rows_dropped: dict[str, int]
+    rows_outside_strata: int
+
+
+def _round(
+    grid: Grid, action: str, params: CoxPHParams, nodes: Sequence[int], label: str
+) -> _Replies:
+    replies = broadcast(grid, action, params, nodes, group_id=f"coxph/{label}")
+    names: list[str] | None = None
+    levels: list[str] = []
+    sums: dict[str, FloatArray] = {}
+    parts: dict[str, list[FloatArray]] = {}
+    nodes_seen: list[str] = []
+    dropped: dict[str, int] = {}
+    outside = 0
+    for node_id in sorted(replies):
+        arrays = replies[node_id].array_records["coxph"]
+        meta = replies[node_id].config_records["meta"]
+        node = str(meta["node"])
+        node_names = [str(n) for n in meta["names"]]  # type: ignore[union-attr]
+        if names is not None and node_names != names:
+            raise QueryError(
+                f"nodes build different design columns: {names} versus {node_names}",
+                rule="coxph.levels_disagree",
+                node=node,
+                fix="write every categorical factor as C(column, levels=[...]) so all "
+                "nodes use the same levels",
+            )
+        names = node_names
+        levels = [str(v) for v in meta["levels"]]  # type: ignore[union-attr]
+        nodes_seen.append(node)
+        dropped[node] = int(str(meta["rows_dropped"]))
+        outside += int(str(meta["rows_outside_strata"]))
+        for key in arrays:
+            value = arrays[key].numpy()
+            parts.setdefault(key, []).append(value)
+            if key in SUMMED:
+                sums[key] = value if key not in sums else sums[key] + value
+    if names is None:
+        raise AssertionError("broadcast returns at least one reply")
+    return _Replies(sums, parts, names, levels, nodes_seen, dropped, outside)
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    loglik: float
+    gradient: FloatArray
+    hessian: FloatArray
+
+
+@dataclass(frozen=True)
+class _EventTimes:
+    times: list[FloatArray]
+    counts: IntArray
+    tied: list[FloatArray]
+    tied_index: IntArray
+
+
+def _event_times(setup: _Replies, n_strata: int) -> _EventTimes:
+    stratum = np.concatenate(setup.parts["event_stratum"]).astype(np.int64)
+    time = np.concatenate(setup.parts["event_time"]).astype(np.float64)
+    count = np.concatenate(setup.parts["event_count"]).astype(np.int64)
+    times, counts, tied, tied_index = [], [], [], []
+    offset = 0
+    for s in range(n_strata):
+        mine = stratum == s
+        unique, inverse = np.unique(time[mine], return_inverse=True)
+        d = np.bincount(inverse, weights=count[mine], minlength=unique.size).astype(np.int64)
+        times.append(unique)
+        counts.append(d)
+        tied.append(unique[d > 1])
+        tied_index.append(offset + np.flatnonzero(d > 1))
+        offset += unique.size
+    return _EventTimes(
+        times, np.concatenate(counts), tied, np.concatenate(tied_index).astype(np.int64)
+    )
+
+
+def _efron(
+    replies: _Replies, beta: FloatArray, events: _EventTimes, event_x: FloatArray
+) -> _Evaluation:
+    """Efron's log partial likelihood, gradient and Hessian from pooled risk-set sums."""
+    s0, s1, s2 = replies.sums["s0"], replies.sums["s1"], replies.sums["s2"]
+    t0, t1, t2 = (np.zeros_like(a) for a in (s0, s1, s2))
+    t0[events.tied_index] = replies.sums["t0"]
+    t1[events.tied_index] = replies.sums["t1"]
+    t2[events.tied_index] = replies.sums["t2"]
+    d = events.counts
+    time_of = np.repeat(np.arange(d.size), d)
+    first = np.concatenate([[0], np.cumsum(d)[:-1]])
+    # Efron: the l-th of d tied deaths sees the risk set minus l/d of the tied rows.
+    phi = (np.arange(time_of.size) - first[time_of]) / d[time_of]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = s0[time_of] - phi * t0[time_of]
+        loglik = float(beta @ event_x - np.sum(np.log(den)))
+
+        def per_time(values: FloatArray) -> FloatArray:
+            return _bincount(time_of, values, d.size)
+
+        c1, c2 = per_time(1.0 / den), per_time(phi / den)
+        e0, e1, e2 = per_time(den**-2.0), per_time(phi / den**2), per_time(phi**2 / den**2)
+    gradient = event_x - (c1 @ s1 - c2 @ t1)
+    outer = (
+        np.einsum("i,ij,ik->jk", e0, s1, s1)
+        - np.einsum("i,ij,ik->jk", e1, s1, t1)
+        - np.einsum("i,ij,ik->jk", e1, t1, s1)
+        + np.einsum("i,ij,ik->jk", e2, t1, t1)
+    )
+    hessian = outer - np.einsum("i,ijk->jk", c1, s2) + np.einsum("i,ijk->jk", c2, t2)
+    return _Evaluation(loglik, gradient, hessian)
+
+
+def _newton_step(information: FloatArray, gradient: FloatArray) -> FloatArray | None:
+    """The Newton step, or None when the information matrix is not positive definite."""
+    scale = np.sqrt(np.diag(information))
+    if not np.all(np.isfinite(information)) or np.any(scale <= 0):
+        return None
+    try:
+        factor = np.linalg.cholesky(information / np.outer(scale, scale))
+    except np.linalg.LinAlgError:
+        return None
+    y = np.linalg.solve(factor, gradient / scale)
+    step: FloatArray = np.linalg.solve(factor.T, y) / scale
+    return step
+
+
+def _null_space_terms(information: FloatArray, names: list[str]) -> list[str]:
+    """The covariates in the (near) null space of a singular information matrix."""
+    scale = np.sqrt(np.clip(np.diag(information), 0.0, None))
+    zero = [name for name, s in zip(names, scale, strict=True) if not s > 0]
+    if zero:
+        return zero
+    _, vectors = np.linalg.eigh(information / np.outer(scale, scale))
+    null = np.abs(vectors[:, 0])
+    return [name for name, v in zip(names, null, strict=True) if v > 0.1 * null.max()]
+
+
+def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
+    nodes = wait_for_nodes(grid, params)
+    setup = _round(grid, "coxph_setup", params, nodes, "setup")
+    everyone, names = ", ".join(setup.nodes), setup.names
+    n = int(sum(int(v[0]) for v in setup.parts["n"]))
+    events = _event_times(setup, len(setup.levels))
+    total_events = int(events.counts.sum())
+    if total_events == 0:
+        raise QueryError(
+            "no events in the rows used, so there is no partial likelihood",
+            rule="coxph.no_events",
+            node=everyone,
+            fix="check the event column, the where= filter and missing values",
+            column=params.event,
+        )
+    mean = setup.sums["sum_x"] / n
+    covariance = setup.sums["xtx"] / n - np.outer(mean, mean)
+    sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    state = params.model_copy(
+        update={
+            "center": tuple(float(v) for v in mean),
+            "event_times": tuple(tuple(float(t) for t in ts) for ts in events.times),
+            "tied_times": tuple(tuple(float(t) for t in ts) for ts in events.tied),
+        }
+    )
+    event_x = setup.sums["event_x"] - total_events * mean
+    round_trips = 1
+
+    def evaluate(beta: FloatArray, label: str) -> _Evaluation:
+        nonlocal round_trips
+        round_trips += 1
+        at = state.model_copy(update={"beta": tuple(float(b) for b in beta)})
+        return _efron(_round(grid, "coxph", at, nodes, label), beta, events, event_x)
+
+    beta = np.zeros(len(names))
+    current = evaluate(beta, "evaluate-0")
+    loglik_null = current.loglik
+    iterations, converged = 0, False
+    step = _newton_step(-current.hessian, current.gradient)
+    while step is not None and not converged and iterations < params.max_iter:
+        iterations += 1
+        # Newton converges quadratically near the optimum: once the decrement is below
+        # tol, one more full step takes the error to rounding level, and the fit ends.
+        converged = float(current.gradient @ step) / 2.0 < params.tol
+        for halving in range(1 if converged else MAX_HALVINGS):
+            candidate = beta + step / 2.0**halving
+            trial = evaluate(candidate, f"step-{iterations}-{halving}")
+            if converged or (
+                np.isfinite(trial.loglik)
+                and trial.loglik >= current.loglik - 1e-12 * abs(current.loglik)
+            ):
+                break
+        else:
+            raise TaskFailed(
+                f"Newton step {iterations} found no higher partial likelihood after "
+                f"{MAX_HALVINGS} halvings",
+                rule="coxph.step",
+                node=everyone,
+                fix="rescale covariates (e.g. years instead of days) or simplify the model",
+            )
+        beta, current = candidate, trial
+        step = _newton_step(-current.hessian, current.gradient)
+    if step is None:
+        terms = _null_space_terms(-current.hessian, names)
+        if iterations == 0:
+            raise QueryError(
+                f"the covariates {', '.join(terms)} are constant or collinear in the risk "
+                "sets, so their effects cannot be told apart",
+                rule="coxph.collinear",
+                node=everyone,
+                fix="remove one of these terms (or a redundant level) from the formula",
+                terms=terms,
+            )
+        raise _separation(terms, everyone)
+    diverging = [
+        names[j] for j in np.argsort(-np.abs(step) * sd) if abs(step[j]) * sd[j] > DIVERGING_STEP
+    ]
+    if diverging and converged:
+        raise _separation(diverging, everyone)
+    if not converged:
+        remaining = float(current.gradient @ step) / 2.0
+        raise TaskFailed(
+            f"Newton-Raphson did not converge in {params.max_iter} steps: the Newton "
+            f"decrement is still {remaining:.2g} (tol {params.tol:g})",
+            rule="coxph.not_converged",
+            node=everyone,
+            fix="raise max_iter, rescale covariates, or simplify the model",
+            terms=diverging,
+        )
+    covariance_beta = np.linalg.inv(-current.hessian)
+    concordance = bound = pairs = None
+    if params.concordance:
+        lp_sd = math.sqrt(max(float(beta @ covariance @ beta), 0.0))
+        edges = [
+            lp_sd * NormalDist().inv_cdf(i / params.concordance_bins)
+            for i in range(1, params.concordance_bins)
+        ]
+        at = state.model_copy(
+            update={"beta": tuple(float(b) for b in beta), "risk_edges": tuple(edges)}
+        )
+        round_trips += 1
+        concordance, bound, pairs = _concordance(
+            _round(grid, "coxph_concordance", at, nodes, "concordance"),
+            [ts.size for ts in events.times],
+            params.concordance_bins,
+        )
+    used = {node: int(v[0]) for node, v in zip(setup.nodes, setup.parts["n"], strict=True)}
+    return CoxPHResult(
+        dataset=params.dataset,
+        duration=params.duration,
+        event=params.event,
+        formula=params.formula.text.removeprefix("~ "),
+        names=names,
+        coef=beta.tolist(),
+        cov=covariance_beta.tolist(),
+        log_likelihood=current.loglik,
+        log_likelihood_null=loglik_null,
+        n=n,
+        events=total_events,
+        strata=list(params.strata),
+        strata_levels=setup.levels if params.strata else [],
+        time_grid=params.time_grid,
+        grid=params.grid,
+        time_points=list(params.time_points) if params.time_points is not None else None,
+        exact_times=params.exact_times,
+        alpha=params.alpha,
+        concordance=concordance,
+        concordance_bound=bound,
+        comparable_pairs=pairs,
+        iterations=iterations,
+        converged=converged,
+        round_trips=round_trips,
+        nodes=setup.nodes,
+        rows_used=used,
+        rows_dropped=setup.rows_dropped,
+        rows_outside_strata=setup.rows_outside_strata,
+    )
+
+
+def _separation(terms: list[str], everyone: str) -> TaskFailed:
+    return TaskFailed(
+        f"the coefficients of {', '.join(terms)} grow without bound: the partial likelihood "
+        "keeps rising towards a limit (monotone likelihood, e.g. a covariate that separates "
+        "the patients who had the event from those who did not), so no estimate exists",
+        rule="coxph.separation",
+        node=everyone,
+        fix="drop or merge the terms or levels that predict the event perfectly, "
+        "or fit a simpler model",
+        terms=terms,
+    )
+
+
+def _concordance(
+    replies: _Replies, sizes: list[int], bins: int
+) -> tuple[float | None, float | None, int]:
+    """Harrell's C from (time, risk bin) counts; same-bin pairs count 1/2, bounding the error."""
+    total_times = sum(sizes)
+    deaths = np.zeros(total_times * bins)
+    risks = np.zeros((total_times + len(sizes)) * bins)
+    for cells, counts in zip(
+        replies.parts["death_cell"], replies.parts["death_count"], strict=True
+    ):
+        deaths += np.bincount(cells, weights=counts, minlength=deaths.size)
+    for cells, counts in zip(replies.parts["risk_cell"], replies.parts["risk_count"], strict=True):
+        risks += np.bincount(cells, weights=counts, minlength=risks.size)
+    deaths_by = deaths.reshape(total_times, bins)
+    risks_by = risks.reshape(total_times + len(sizes), bins)
+    pairs = correct = same = 0.0
+    death_offset = risk_offset = 0
+    for m in sizes:
+        dead = deaths_by[death_offset : death_offset + m]
+        # Comparable with the deaths at event time i: rows with k >= i + 1.
+        comparable = _from_end(risks_by[risk_offset : risk_offset + m + 1])[1:]
+        lower = np.cumsum(comparable, axis=1) - comparable
+        pairs += float(np.sum(dead * comparable.sum(axis=1, keepdims=True)))
+        correct += float(np.sum(dead * lower))
+        same += float(np.sum(dead * comparable))
+        death_offset += m
+        risk_offset += m + 1
+    if pairs == 0:
+        return None, None, 0
+    return (correct + 0.5 * same) / pairs, 0.5 * same / pairs, int(pairs)
+
+
+TASK: TaskType[CoxPHParams, CoxPHResult] = TaskType(
+    name="coxph",
+    params=CoxPHParams,
+    result=CoxPHResult,
+    serve=coxph_serve,
+    node_handlers={
+        "coxph_setup": coxph_setup_node,
+        "coxph": coxph_node,
+        "coxph_concordance": coxph_concordance_node,
+    },
+    summary="Cox proportional hazards (Efron ties) by federated Newton-Raphson",
+)
+
+__all__ = ["TASK", "CoxPHParams", "CoxPHResult", "covariate_formula"]

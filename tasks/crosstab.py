@@ -1,0 +1,264 @@
+"""Contingency tables on agreed categories, with the chi-square test of independence.
+
+Categories are agreed before any row is read: the request lists them
+(``row_categories`` / ``col_categories``) or the node's schema declares them,
+as ``describe`` does for its groups. Each node releases only its table of
+counts on those categories, plus how many rows it left out because a value was
+missing or outside the agreed categories (reported, never hidden).
+
+The server adds the tables (integer sums: exact) and runs
+``scipy.stats.chi2_contingency`` on the pooled table with scipy's defaults,
+so statistic, p-value, degrees of freedom and expected counts are scipy's on
+the pooled data. That includes scipy's default Yates continuity correction,
+which scipy applies only when the test has one degree of freedom (2x2
+tables); pass ``correction=False`` for the uncorrected statistic.
+
+A category with no rows at any node gives an all-zero row or column; the
+expected counts there are zero and the statistic is undefined, so the task
+refuses (``crosstab.empty_category``) and names the column and category.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+from pydantic import BaseModel, Field, field_validator, model_validator
+from scipy.stats import chi2_contingency
+
+from oncofed.errors import QueryError
+from oncofed.schema import DatasetSchema
+from oncofed.tasks.base import (
+    ColumnRole,
+    LocalDataset,
+    TaskParams,
+    TaskType,
+    broadcast,
+    selected_rows,
+    wait_for_nodes,
+)
+from oncofed.tasks.encoding import agreed_categories, category_labels
+
+IntArray = npt.NDArray[np.int64]
+TOTAL = "All"
+"""Label of the margins, as ``pd.crosstab(margins=True)`` writes them."""
+
+
+class CrosstabParams(TaskParams):
+    row: str = Field(min_length=1, description="Column whose categories make the table's rows.")
+    col: str = Field(min_length=1, description="Column whose categories make the columns.")
+    row_categories: tuple[str, ...] | None = Field(
+        default=None, description="Agreed row labels; defaults to the schema's categories."
+    )
+    col_categories: tuple[str, ...] | None = Field(
+        default=None, description="Agreed column labels; defaults to the schema's categories."
+    )
+    correction: bool = Field(
+        default=True,
+        description="Yates' continuity correction when dof == 1 (scipy's default).",
+    )
+
+    @field_validator("row_categories", "col_categories")
+    @classmethod
+    def _distinct(cls, categories: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if categories is not None and len(set(categories)) != len(categories):
+            raise ValueError("categories must not repeat")
+        return categories
+
+    @model_validator(mode="after")
+    def _two_columns(self) -> CrosstabParams:
+        if self.row == self.col:
+            raise ValueError("row and col must be different columns")
+        return self
+
+    def required_columns(self) -> dict[str, ColumnRole]:
+        roles = super().required_columns()
+        roles.update({self.row: "group", self.col: "group"})
+        return roles
+
+    def check_schema(self, schema: DatasetSchema, node: str) -> None:
+        super().check_schema(schema, node)
+        for (column, _, option), categories in zip(
+            self._axes(), self.categories(schema, node), strict=True
+        ):
+            if len(categories) < 2:
+                raise QueryError(
+                    f"column {column!r} has only the category {categories[0]!r}; "
+                    "a table needs two or more",
+                    rule="crosstab.categories",
+                    node=node,
+                    fix=f"pass {option}=[...] with at least two labels",
+                    column=column,
+                )
+
+    def categories(self, schema: DatasetSchema, node: str) -> tuple[tuple[str, ...], ...]:
+        """Agreed (row, col) categories for a node with this schema."""
+        return tuple(
+            agreed_categories(
+                column, requested, schema, node, option=option, rule="crosstab.categories"
+            )
+            for column, requested, option in self._axes()
+        )
+
+    def _axes(self) -> tuple[tuple[str, tuple[str, ...] | None, str], ...]:
+        return (
+            (self.row, self.row_categories, "row_categories"),
+            (self.col, self.col_categories, "col_categories"),
+        )
+
+
+class CrosstabResult(BaseModel):
+    dataset: str
+    row: str
+    col: str
+    row_categories: list[str]
+    col_categories: list[str]
+    counts: list[list[int]]
+    expected: list[list[float]] = Field(description="Expected counts under independence.")
+    statistic: float
+    pvalue: float
+    dof: int
+    correction: bool = Field(description="Whether Yates' correction was applied (dof == 1).")
+    n: int
+    rows_missing: int = Field(description="Rows with the row or column value missing.")
+    rows_outside_categories: int = Field(description="Rows with a value not agreed.")
+    rows_missing_by_node: dict[str, int]
+    rows_outside_by_node: dict[str, int]
+    nodes: list[str]
+
+    def to_frame(self, margins: bool = False) -> pd.DataFrame:
+        """The counts, as ``pd.crosstab``; ``margins=True`` adds 'All' totals."""
+        table = pd.DataFrame(
+            self.counts,
+            index=pd.Index(self.row_categories, name=self.row),
+            columns=pd.Index(self.col_categories, name=self.col),
+        )
+        if margins:
+            table[TOTAL] = table.sum(axis=1)
+            table.loc[TOTAL] = table.sum(axis=0)
+        return table
+
+    def expected_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            self.expected,
+            index=pd.Index(self.row_categories, name=self.row),
+            columns=pd.Index(self.col_categories, name=self.col),
+        )
+
+
+# ---- node side ----------------------------------------------------------
+
+
+def crosstab_node(params: CrosstabParams, local: LocalDataset) -> RecordDict:
+    frame = selected_rows(params, local)
+    row_categories, col_categories = params.categories(local.schema, local.node_name)
+    row_labels = category_labels(frame[params.row], local.schema.columns[params.row])
+    col_labels = category_labels(frame[params.col], local.schema.columns[params.col])
+    missing = (row_labels.isna() | col_labels.isna()).to_numpy()
+    # Codes are -1 for a value outside the agreed categories (and for missing ones).
+    row_codes = pd.Categorical(row_labels, categories=row_categories).codes
+    col_codes = pd.Categorical(col_labels, categories=col_categories).codes
+    inside = (row_codes >= 0) & (col_codes >= 0)
+    counts = np.zeros((len(row_categories), len(col_categories)), dtype=np.int64)
+    np.add.at(counts, (row_codes[inside], col_codes[inside]), 1)
+    return RecordDict(
+        {
+            "table": ArrayRecord({"counts": Array(counts)}),
+            "meta": ConfigRecord(
+                {
+                    "node": local.node_name,
+                    "row_categories": list(row_categories),
+                    "col_categories": list(col_categories),
+                    "rows_missing": int(missing.sum()),
+                    "rows_outside_categories": int((~inside & ~missing).sum()),
+                }
+            ),
+        }
+    )
+
+
+# ---- server side --------------------------------------------------------
+
+
+def crosstab_serve(grid: Grid, params: CrosstabParams) -> CrosstabResult:
+    nodes = wait_for_nodes(grid, params)
+    replies = broadcast(grid, "crosstab", params, nodes)
+    counts: IntArray | None = None
+    axes: tuple[list[str], list[str]] | None = None
+    missing: dict[str, int] = {}
+    outside: dict[str, int] = {}
+    for node_id in sorted(replies):
+        meta = replies[node_id].config_records["meta"]
+        name = str(meta["node"])
+        node_axes = (
+            [str(c) for c in meta["row_categories"]],  # type: ignore[union-attr]
+            [str(c) for c in meta["col_categories"]],  # type: ignore[union-attr]
+        )
+        if axes is not None and node_axes != axes:
+            raise QueryError(
+                f"nodes disagree on the categories of {params.row!r} or {params.col!r}: "
+                f"{axes} versus {node_axes}",
+                rule="crosstab.categories_disagree",
+                node=name,
+                fix="pass row_categories=[...] and col_categories=[...] explicitly",
+            )
+        axes = node_axes
+        part = replies[node_id].array_records["table"]["counts"].numpy().astype(np.int64)
+        counts = part if counts is None else counts + part
+        missing[name] = int(str(meta["rows_missing"]))
+        outside[name] = int(str(meta["rows_outside_categories"]))
+    if counts is None or axes is None:
+        raise AssertionError("broadcast returns at least one reply")
+    _refuse_empty_categories(params, counts, axes)
+    test = chi2_contingency(counts, correction=params.correction)
+    return CrosstabResult(
+        dataset=params.dataset,
+        row=params.row,
+        col=params.col,
+        row_categories=axes[0],
+        col_categories=axes[1],
+        counts=counts.tolist(),
+        expected=np.asarray(test.expected_freq, dtype=float).tolist(),
+        statistic=float(test.statistic),
+        pvalue=float(test.pvalue),
+        dof=int(test.dof),
+        correction=params.correction and int(test.dof) == 1,
+        n=int(counts.sum()),
+        rows_missing=sum(missing.values()),
+        rows_outside_categories=sum(outside.values()),
+        rows_missing_by_node=dict(sorted(missing.items())),
+        rows_outside_by_node=dict(sorted(outside.items())),
+        nodes=sorted(missing),
+    )
+
+
+def _refuse_empty_categories(
+    params: CrosstabParams, counts: IntArray, axes: tuple[list[str], list[str]]
+) -> None:
+    for column, labels, totals, option in (
+        (params.row, axes[0], counts.sum(axis=1), "row_categories"),
+        (params.col, axes[1], counts.sum(axis=0), "col_categories"),
+    ):
+        empty = [label for label, total in zip(labels, totals, strict=True) if total == 0]
+        if empty:
+            raise QueryError(
+                f"category {', '.join(map(repr, empty))} of {column!r} has no rows at any node, "
+                "so the chi-square test is undefined",
+                rule="crosstab.empty_category",
+                fix=f"leave {', '.join(map(repr, empty))} out of {option}=[...], "
+                "or widen the where filter",
+                column=column,
+                categories=empty,
+            )
+
+
+TASK: TaskType[CrosstabParams, CrosstabResult] = TaskType(
+    name="crosstab",
+    params=CrosstabParams,
+    result=CrosstabResult,
+    serve=crosstab_serve,
+    node_handlers={"crosstab": crosstab_node},
+    summary="contingency table on agreed categories with the chi-square test",
+)

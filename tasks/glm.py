@@ -1,0 +1,759 @@
+"""Generalised linear models (gaussian, binomial/logit, poisson/log) by federated IRLS.
+
+Iteratively reweighted least squares is Fisher scoring; with a canonical link
+it is Newton-Raphson. Each iteration needs only sums over rows: the weighted
+cross-products X'WX and X'Wz of the design matrix and the working response,
+and the deviance. Every node computes these on its own complete cases for the
+coefficients the server broadcasts; the server adds them up, solves for the
+next coefficients and broadcasts again until the deviance stops changing.
+Sums over nodes are the sums over the pooled rows, so each iteration -- and
+hence the fit -- is the pooled fit, iteration for iteration.
+
+The iteration is statsmodels' ``GLM.fit()`` (IRLS), step for step: it starts
+from ``family.starting_mu(y)`` (for gaussian and poisson that needs the pooled
+mean of the response, so those families spend one extra round on it), stops
+when ``|D_k - D_k-1| <= tol + rtol * |D_k|`` (statsmodels' rule and defaults:
+absolute 1e-8), and the covariance is the inverse of the last X'WX solved --
+at the previous iterate, as statsmodels has it -- times the scale. Stopping
+at the same iteration is what makes the standard errors equal too.
+
+What a node releases per round: its row counts, the sum of the response,
+X'WX, X'Wz, the deviance, Pearson chi-square and log-likelihood of its rows
+at the given coefficients, and the null deviance at the pooled mean; in the
+first round also the unweighted X'X (for the design checks). No row leaves it,
+and it refuses while the model is close to saturated on its rows.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+from pydantic import BaseModel, Field, model_validator
+
+from oncofed.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
+from oncofed.schema import DatasetSchema
+from oncofed.tasks.base import (
+    ColumnRole,
+    LocalDataset,
+    TaskParams,
+    TaskType,
+    broadcast,
+    selected_rows,
+    wait_for_nodes,
+)
+from oncofed.tasks.formula import Formula, check_formula, design_matrix
+
+FloatArray = npt.NDArray[np.float64]
+FamilyName = Literal["gaussian", "binomial", "poisson"]
+
+FLOAT_EPS = float(np.finfo(float).eps)
+# Eigenvalue ratio of the unit-diagonal cross-product matrix below which the
+# design (or the information) counts as singular; beyond it a float64 solve
+# could no longer give coefficients to 1e-6 anyway.
+SINGULAR_RATIO = 1e-12
+# Size, on the scale of the linear predictor, of a further Newton step above
+# which the coefficients are still moving after the deviance stopped changing:
+# at a true optimum that step is ~1e-10; under separation it is ~1 per iteration.
+DIVERGING_STEP = 1e-4
+NOISE_FLOOR = 64 * FLOAT_EPS
+WEIGHT_RULE = "privacy.weight_concentration"
+
+
+# ---- families --------------------------------------------------------------
+
+
+class Family(ABC):
+    """Variance, canonical link and deviance of one exponential family, as statsmodels has them."""
+
+    name: FamilyName
+    link_name: str
+    # statsmodels starts from (y + mean(y)) / 2: the pooled mean, one round before IRLS.
+    needs_mean = True
+
+    def starting_mu(self, y: FloatArray, mean: float) -> FloatArray:
+        return (y + mean) / 2.0
+
+    @abstractmethod
+    def link(self, mu: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def inverse(self, eta: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def deriv(self, mu: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def variance(self, mu: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def deviance(self, y: FloatArray, mu: FloatArray) -> float: ...
+
+    @abstractmethod
+    def loglike(self, y: FloatArray, mu: FloatArray) -> float | None:
+        """Log-likelihood at scale 1; None where it needs the pooled scale (gaussian)."""
+
+    @abstractmethod
+    def check_response(self, y: FloatArray, label: str, node: str) -> None:
+        """Refuse a response outside the family's domain."""
+
+
+class Gaussian(Family):
+    name = "gaussian"
+    link_name = "Identity"
+
+    def link(self, mu: FloatArray) -> FloatArray:
+        return mu
+
+    def inverse(self, eta: FloatArray) -> FloatArray:
+        return eta
+
+    def deriv(self, mu: FloatArray) -> FloatArray:
+        return np.ones_like(mu)
+
+    def variance(self, mu: FloatArray) -> FloatArray:
+        return np.ones_like(mu)
+
+    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
+        return float(np.sum((y - mu) ** 2))
+
+    def loglike(self, y: FloatArray, mu: FloatArray) -> float | None:
+        return None
+
+    def check_response(self, y: FloatArray, label: str, node: str) -> None:
+        """Any real number is a gaussian response; design_matrix already refused NaN."""
+
+
+class Binomial(Family):
+    name = "binomial"
+    link_name = "Logit"
+    needs_mean = False
+
+    def starting_mu(self, y: FloatArray, mean: float) -> FloatArray:
+        return (y + 0.5) / 2.0
+
+    @staticmethod
+    def _clean(p: FloatArray) -> FloatArray:
+        return np.clip(p, FLOAT_EPS, 1.0 - FLOAT_EPS)
+
+    def link(self, mu: FloatArray) -> FloatArray:
+        p = self._clean(mu)
+        return np.log(p / (1.0 - p))
+
+    def inverse(self, eta: FloatArray) -> FloatArray:
+        with np.errstate(over="ignore"):  # exp overflow is a probability of exactly 0
+            return 1.0 / (1.0 + np.exp(-eta))
+
+    def deriv(self, mu: FloatArray) -> FloatArray:
+        p = self._clean(mu)
+        return 1.0 / (p * (1.0 - p))
+
+    def variance(self, mu: FloatArray) -> FloatArray:
+        p = self._clean(mu)
+        return p * (1.0 - p)
+
+    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
+        ones = np.clip(y / (mu + 1e-20), FLOAT_EPS, np.inf)
+        zeros = np.clip((1.0 - y) / (1.0 - mu + 1e-20), FLOAT_EPS, np.inf)
+        return float(2.0 * np.sum(y * np.log(ones) + (1.0 - y) * np.log(zeros)))
+
+    def loglike(self, y: FloatArray, mu: FloatArray) -> float:
+        odds = (mu + 1e-20) / (1.0 - mu + 1e-20)
+        return float(np.sum(y * np.log(odds) + np.log(1.0 - mu + 1e-20)))
+
+    def check_response(self, y: FloatArray, label: str, node: str) -> None:
+        if not np.all((y == 0.0) | (y == 1.0)):
+            raise QueryError(
+                f"the binomial response {label} has values other than 0 and 1",
+                rule="glm.response_domain",
+                node=node,
+                fix=f"use a 0/1 outcome, e.g. a column coded 1 = event, 0 = none, or "
+                f'keep only 0/1 rows with where="{label} in (0, 1)"',
+                column=label,
+            )
+
+
+class Poisson(Family):
+    name = "poisson"
+    link_name = "Log"
+
+    def link(self, mu: FloatArray) -> FloatArray:
+        return np.log(np.clip(mu, FLOAT_EPS, np.inf))
+
+    def inverse(self, eta: FloatArray) -> FloatArray:
+        return np.exp(eta)
+
+    def deriv(self, mu: FloatArray) -> FloatArray:
+        return 1.0 / np.clip(mu, FLOAT_EPS, np.inf)
+
+    def variance(self, mu: FloatArray) -> FloatArray:
+        return np.abs(mu)
+
+    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
+        ratio = np.clip(y / mu, FLOAT_EPS, np.inf)
+        return float(2.0 * np.sum(y * np.log(ratio) - (y - mu)))
+
+    def loglike(self, y: FloatArray, mu: FloatArray) -> float:
+        # log(y!) over distinct counts: math.lgamma, as scipy is no runtime dependency.
+        values, times = np.unique(y, return_counts=True)
+        log_factorials = sum(
+            int(k) * math.lgamma(v + 1.0) for v, k in zip(values, times, strict=True)
+        )
+        return float(np.sum(y * np.log(mu) - mu) - log_factorials)
+
+    def check_response(self, y: FloatArray, label: str, node: str) -> None:
+        if not np.all((y >= 0.0) & (y == np.floor(y))):
+            raise QueryError(
+                f"the poisson response {label} has values that are not counts "
+                "(non-negative whole numbers)",
+                rule="glm.response_domain",
+                node=node,
+                fix="model a count such as a number of events, or use family='gaussian'",
+                column=label,
+            )
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (Gaussian(), Binomial(), Poisson())}
+
+
+# ---- parameters and result ---------------------------------------------------
+
+
+class GLMParams(TaskParams):
+    formula: Formula = Field(description="Model formula with a response (see formula.py).")
+    family: FamilyName = "gaussian"
+    max_iter: int = Field(default=50, ge=1, le=1000, description="Iteration cap.")
+    tol: float = Field(
+        default=1e-8, gt=0, lt=1, description="Stop when the deviance changes less (absolute)."
+    )
+    rtol: float = Field(
+        default=0.0, ge=0, lt=1, description="Relative part of the stop rule, times |deviance|."
+    )
+    coefficients: tuple[float, ...] | None = Field(
+        default=None, description="Iteration state: the coefficients to evaluate at."
+    )
+    response_mean: float | None = Field(
+        default=None, description="Iteration state: pooled mean of the response."
+    )
+
+    @model_validator(mode="after")
+    def _needs_response(self) -> GLMParams:
+        if self.formula.response is None:
+            raise ValueError("a GLM formula needs a response: 'outcome ~ predictors'")
+        return self
+
+    def required_columns(self) -> dict[str, ColumnRole]:
+        roles = super().required_columns()
+        factors = self.formula.factors()
+        roles.update({f.column: "factor" for f in factors if f.categorical})
+        roles.update({f.column: "numeric" for f in factors if not f.categorical})
+        return roles
+
+    def check_schema(self, schema: DatasetSchema, node: str) -> None:
+        super().check_schema(schema, node)
+        check_formula(self.formula, schema, node)
+
+
+class GLMResult(BaseModel):
+    """A fitted GLM, read like statsmodels' ``GLMResults``."""
+
+    dataset: str
+    formula: str
+    family: FamilyName
+    link: str
+    names: list[str]
+    coef: list[float]
+    cov: list[list[float]]
+    deviance: float
+    null_deviance: float
+    pearson_chi2: float
+    scale: float
+    llf: float
+    aic: float
+    bic: float
+    df_model: int
+    df_resid: int
+    nobs: int
+    iterations: int
+    converged: bool
+    round_trips: int
+    nodes: list[str]
+    rows_used: dict[str, int]
+    rows_dropped: dict[str, int]
+
+    @property
+    def params(self) -> pd.Series:
+        return pd.Series(self.coef, index=self.names, name="coef")
+
+    @property
+    def bse(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(np.array(self.cov))), index=self.names, name="bse")
+
+    @property
+    def tvalues(self) -> pd.Series:
+        """Wald z statistics (statsmodels' name; GLM uses the normal distribution)."""
+        return (self.params / self.bse).rename("z")
+
+    @property
+    def pvalues(self) -> pd.Series:
+        z = self.tvalues.abs().to_numpy()
+        return pd.Series([math.erfc(v / math.sqrt(2.0)) for v in z], index=self.names, name="P>|z|")
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald confidence intervals; columns 0 and 1 as in statsmodels."""
+        q = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+        return pd.DataFrame({0: self.params - q * self.bse, 1: self.params + q * self.bse})
+
+    def cov_params(self) -> pd.DataFrame:
+        return pd.DataFrame(self.cov, index=self.names, columns=self.names)
+
+    def to_frame(self, alpha: float = 0.05) -> pd.DataFrame:
+        """The coefficient table: coef, std err, z, P>|z| and the confidence limits."""
+        ci = self.conf_int(alpha)
+        return pd.DataFrame(
+            {
+                "coef": self.params,
+                "std err": self.bse,
+                "z": self.tvalues,
+                "P>|z|": self.pvalues,
+                f"[{alpha / 2:g}": ci[0],
+                f"{1 - alpha / 2:g}]": ci[1],
+            }
+        )
+
+    def summary(self, alpha: float = 0.05) -> str:
+        """A text table laid out like statsmodels' ``GLMResults.summary()``."""
+        left = [
+            ("Dep. Variable:", self.formula.split("~")[0].strip()),
+            ("Model:", "GLM (federated)"),
+            ("Model Family:", self.family.capitalize()),
+            ("Link Function:", self.link),
+            ("Method:", "IRLS"),
+            ("No. Iterations:", str(self.iterations)),
+            ("Nodes:", str(len(self.nodes))),
+            ("Rows dropped:", str(sum(self.rows_dropped.values()))),
+        ]
+        right = [
+            ("No. Observations:", str(self.nobs)),
+            ("Df Residuals:", str(self.df_resid)),
+            ("Df Model:", str(self.df_model)),
+            ("Scale:", f"{self.scale:#.5g}"),
+            ("Log-Likelihood:", f"{self.llf:#.5g}"),
+            ("Deviance:", f"{self.deviance:#.5g}"),
+            ("Pearson chi2:", f"{self.pearson_chi2:#.3g}"),
+            ("AIC:", f"{self.aic:#.5g}"),
+        ]
+        width = 78
+        lines = [
+            "Generalized Linear Model Regression Results".center(width),
+            "=" * width,
+        ]
+        for (lk, lv), (rk, rv) in zip(left, right, strict=True):
+            lines.append(f"{lk:<17}{lv:>20}   {rk:<20}{rv:>18}")
+        table = self.to_frame(alpha)
+        label = max([len(n) for n in self.names] + [10])
+        header = f"{'':<{label}}" + "".join(f"{c:>11}" for c in table.columns)
+        rule_width = max(width, len(header))
+        lines += ["=" * rule_width, header, "-" * rule_width]
+        for name, row in table.iterrows():
+            cells = [_number(float(v)) for v in row]
+            lines.append(f"{name!s:<{label}}" + "".join(f"{c:>11}" for c in cells))
+        lines.append("=" * rule_width)
+        lines.append(f"Formula: {self.formula}    dataset: {self.dataset}")
+        lines.append(f"Nodes: {', '.join(self.nodes)}; {self.round_trips} round trips")
+        return "\n".join(lines)
+
+
+def _number(number: float, digits: int = 4) -> str:
+    if number != 0 and (abs(number) >= 1e5 or abs(number) < 10**-digits):
+        return f"{number:.{digits - 1}e}"
+    return f"{number:.{digits}f}"
+
+
+# ---- node side -----------------------------------------------------------
+
+
+def glm_node(params: GLMParams, local: LocalDataset) -> RecordDict:
+    node = local.node_name
+    family = FAMILIES[params.family]
+    design = design_matrix(params.formula, selected_rows(params, local), local.schema, node)
+    x, y = design.x, design.y
+    if y is None:
+        raise AssertionError("GLMParams requires a response")
+    rows, p = x.shape
+    label = params.formula.response.label if params.formula.response else ""
+    family.check_response(y, label, node)
+    saturation = local.policy.max_model_saturation
+    if rows and p > saturation * rows:
+        raise NodeRefusal(
+            # The row count stays out of the message: it is a small count itself.
+            f"the model has {p} coefficients, too many for this node's complete rows "
+            f"(at most {saturation:g} per row): its cross-products could reveal single patients",
+            rule="privacy.model_saturation",
+            node=node,
+            fix="use fewer terms, a wider where= filter, or fewer missing values",
+        )
+    arrays: dict[str, Array] = {
+        "n": Array(np.array([rows], dtype=np.int64)),
+        "sum_y": Array(np.array([float(np.sum(y))])),
+    }
+    if params.coefficients is None:
+        arrays["xtx"] = Array(x.T @ x)
+    mu, eta = _node_mu(params, family, x, y, node)
+    if mu is not None and eta is not None:
+        w = 1.0 / (family.deriv(mu) ** 2 * family.variance(mu))
+        # Coefficients can make the weights vanish on all but a few rows (a diverging
+        # fit, or coefficients chosen to single patients out); X'WX would then describe
+        # those rows. So the saturation limit also applies to the weights' effective
+        # number of rows (Kish): (sum w)^2 / sum w^2.
+        square = float(np.sum(w**2))
+        effective = float(np.sum(w)) ** 2 / square if square > 0 else 0.0
+        if rows and p > saturation * effective:
+            raise NodeRefusal(
+                f"at these coefficients the model's {p} coefficients rest on too few "
+                f"effectively weighted rows (at most {saturation:g} per row): its "
+                "cross-products would describe single patients",
+                rule=WEIGHT_RULE,
+                node=node,
+                fix="the fit is diverging (e.g. perfect separation): simplify the model; "
+                "coefficients are only accepted from a fit that spreads over the rows",
+            )
+        z = eta + family.deriv(mu) * (y - mu)
+        arrays["xtwx"] = Array((x * w[:, None]).T @ x)
+        arrays["xtwz"] = Array(x.T @ (w * z))
+        arrays["deviance"] = Array(np.array([family.deviance(y, mu)]))
+        arrays["pearson"] = Array(np.array([float(np.sum((y - mu) ** 2 / family.variance(mu)))]))
+        loglike = family.loglike(y, mu)
+        if loglike is not None:
+            arrays["loglike"] = Array(np.array([loglike]))
+    if params.response_mean is not None:
+        null_mu = np.full_like(y, params.response_mean)
+        arrays["null_deviance"] = Array(np.array([family.deviance(y, null_mu)]))
+    return RecordDict(
+        {
+            "glm": ArrayRecord(arrays),
+            "meta": ConfigRecord(
+                {"node": node, "names": design.names, "rows_dropped": design.rows_dropped}
+            ),
+        }
+    )
+
+
+def _node_mu(
+    params: GLMParams, family: Family, x: FloatArray, y: FloatArray, node: str
+) -> tuple[FloatArray | None, FloatArray | None]:
+    """Fitted means and linear predictor at this round's state (None: not yet known)."""
+    if params.coefficients is not None:
+        beta = np.asarray(params.coefficients, dtype=float)
+        if beta.size != x.shape[1]:
+            raise QueryError(
+                f"{beta.size} coefficients were sent for {x.shape[1]} design columns",
+                rule="glm.state",
+                node=node,
+                fix="submit GLMs through the session's glm(); do not send iteration state",
+            )
+        eta = x @ beta
+        return family.inverse(eta), eta
+    if family.needs_mean and params.response_mean is None:
+        return None, None
+    mu = family.starting_mu(y, params.response_mean or 0.0)
+    return mu, family.link(mu)
+
+
+# ---- server side -----------------------------------------------------------
+
+
+@dataclass
+class _Round:
+    """One round's node releases, summed over nodes."""
+
+    names: list[str]
+    nodes: list[str]
+    n: int
+    sum_y: float
+    rows_used: dict[str, int]
+    rows_dropped: dict[str, int]
+    sums: dict[str, FloatArray]
+
+    def get(self, key: str) -> FloatArray:
+        if key not in self.sums:
+            raise TaskFailed(
+                f"the nodes did not release {key!r} in this round",
+                rule="glm.protocol",
+                fix="upgrade every node to the same oncofed version",
+            )
+        return self.sums[key]
+
+    def scalar(self, key: str) -> float:
+        return float(self.get(key)[0])
+
+
+def _round(grid: Grid, params: GLMParams, nodes: Sequence[int], label: str) -> _Round:
+    replies = broadcast(grid, "glm", params, nodes, group_id=f"glm/{label}")
+    names: list[str] | None = None
+    sums: dict[str, FloatArray] = {}
+    used: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for node_id in sorted(replies):
+        arrays = replies[node_id].array_records["glm"]
+        meta = replies[node_id].config_records["meta"]
+        node = str(meta["node"])
+        node_names = [str(n) for n in meta["names"]]  # type: ignore[union-attr]
+        if names is not None and node_names != names:
+            raise QueryError(
+                f"nodes build different design columns: {names} versus {node_names}",
+                rule="glm.levels_disagree",
+                node=node,
+                fix="write every categorical factor as C(column, levels=[...]) so all "
+                "nodes use the same levels",
+            )
+        names = node_names
+        used[node] = int(arrays["n"].numpy()[0])
+        dropped[node] = int(str(meta["rows_dropped"]))
+        for key in arrays:
+            if key != "n":
+                value = arrays[key].numpy().astype(np.float64)
+                sums[key] = value if key not in sums else sums[key] + value
+    if names is None:
+        raise AssertionError("broadcast returns at least one reply")
+    return _Round(
+        names=names,
+        nodes=sorted(used),
+        n=sum(used.values()),
+        sum_y=float(sums["sum_y"][0]),
+        rows_used=dict(sorted(used.items())),
+        rows_dropped=dict(sorted(dropped.items())),
+        sums=sums,
+    )
+
+
+def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
+    family = FAMILIES[params.family]
+    nodes = wait_for_nodes(grid, params)
+    first = _round(grid, params, nodes, "start")
+    names, everyone = first.names, ", ".join(first.nodes)
+    xtx = first.get("xtx")
+    _check_design(xtx, first.n, names, everyone)
+    state = params.model_copy(update={"response_mean": first.sum_y / first.n})
+    current = first
+    round_trips = 1
+    if "xtwx" not in first.sums:
+        current = _round(grid, state, nodes, "start-mean")
+        round_trips += 1
+    # Steps are compared on the linear predictor's scale: the change of a coefficient
+    # times the root mean square of its design column.
+    rms = np.sqrt(np.diag(xtx) / first.n)
+    previous_deviance = current.scalar("deviance")
+    beta = previous_beta = np.zeros(len(names))
+    information = current.get("xtwx")
+    converged = False
+    iteration = 0
+    while iteration < params.max_iter and not converged:
+        iteration += 1
+        information = current.get("xtwx")
+        previous_beta = beta
+        beta = _solve(information, current.get("xtwz"), names, family, everyone)
+        update = {"coefficients": tuple(float(b) for b in beta)}
+        try:
+            current = _round(grid, state.model_copy(update=update), nodes, f"iteration-{iteration}")
+        except OncofedError as refusal:
+            # Weights that collapse onto a few rows mid-fit are the mark of a diverging fit.
+            last_step = np.abs(beta - previous_beta) * rms
+            moving = [names[j] for j in np.argsort(-last_step) if last_step[j] > DIVERGING_STEP]
+            if WEIGHT_RULE in refusal.rule.split(",") and iteration > 1 and moving:
+                raise _separation_error(family, moving, everyone) from refusal
+            raise
+        round_trips += 1
+        deviance = current.scalar("deviance")
+        if not math.isfinite(deviance):
+            raise TaskFailed(
+                f"the deviance became {deviance} at iteration {iteration}",
+                rule="glm.numerical",
+                node=everyone,
+                fix="rescale covariates (e.g. years instead of days) or simplify the model",
+            )
+        change = abs(deviance - previous_deviance)
+        converged = (
+            # IRLS with the identity link is one exact least-squares solve (W = 1, z = y).
+            family.name == "gaussian"
+            or change <= params.tol + params.rtol * abs(deviance)
+            # A sum over millions of rows cannot resolve changes below its rounding.
+            or change <= NOISE_FLOOR * abs(deviance)
+        )
+        previous_deviance = deviance
+    # The final round released X'WX and X'Wz at the fitted coefficients, so the next
+    # Newton step costs no round trip.
+    next_step = (
+        np.abs(_solve(current.get("xtwx"), current.get("xtwz"), names, family, everyone) - beta)
+        * rms
+    )
+    moving = [names[j] for j in np.argsort(-next_step) if next_step[j] > DIVERGING_STEP]
+    if converged and not moving:
+        return _result(params, family, current, first, beta, information, iteration, round_trips)
+    # Near an optimum Newton steps shrink fast; when no optimum exists they stay ~1.
+    last_step = np.abs(beta - previous_beta) * rms
+    if moving and (converged or (iteration > 1 and next_step.max() >= 0.5 * last_step.max())):
+        raise _separation_error(family, moving, everyone)
+    raise TaskFailed(
+        f"IRLS did not converge in {iteration} iterations (the deviance is still changing"
+        + (f"; still moving: {', '.join(moving)})" if moving else ")"),
+        rule="glm.not_converged",
+        node=everyone,
+        fix="raise max_iter, rescale covariates, or simplify the model",
+    )
+
+
+def _check_design(xtx: FloatArray, n: int, names: list[str], everyone: str) -> None:
+    """Refuse designs without a unique fit, naming the columns at fault."""
+    p = len(names)
+    if n <= p:
+        raise QueryError(
+            f"{n} complete rows over all nodes for {p} coefficients",
+            rule="glm.too_few_rows",
+            node=everyone,
+            fix="use fewer terms, a wider where= filter, or columns with fewer missing values",
+        )
+    empty = [name for name, d in zip(names, np.diag(xtx), strict=True) if d == 0.0]
+    if empty:
+        raise QueryError(
+            f"design column(s) {', '.join(empty)} are zero in every row at every node "
+            "(a level no row has, or a column that is always 0)",
+            rule="glm.empty_column",
+            node=everyone,
+            fix="drop the absent level from levels=[...] or remove the term",
+        )
+    involved = _singular_columns(xtx, names)
+    if involved:
+        raise QueryError(
+            f"design columns {', '.join(involved)} are collinear: "
+            "one is a combination of the others in the pooled data",
+            rule="glm.collinear",
+            node=everyone,
+            fix="remove one of these terms (or a redundant level) from the formula",
+        )
+
+
+def _singular_columns(matrix: FloatArray, names: list[str]) -> list[str]:
+    """Columns in the near-null space of a cross-product matrix ([] if it is regular)."""
+    d = np.sqrt(np.diag(matrix))
+    if np.any(d == 0.0):
+        return [name for name, v in zip(names, d, strict=True) if v == 0.0]
+    values, vectors = np.linalg.eigh(matrix / np.outer(d, d))
+    if values[0] > SINGULAR_RATIO * values[-1]:
+        return []
+    null = np.abs(vectors[:, 0])
+    return [name for name, v in zip(names, null, strict=True) if v > 0.1 * null.max()]
+
+
+def _solve(
+    information: FloatArray, score: FloatArray, names: list[str], family: Family, everyone: str
+) -> FloatArray:
+    """The next IRLS coefficients, solved with unit-diagonal scaling for accuracy."""
+    involved = _singular_columns(information, names)
+    if involved:
+        # The design itself was checked regular: the weights of these columns vanished.
+        raise _separation_error(family, involved, everyone)
+    d = np.sqrt(np.diag(information))
+    solution: FloatArray = np.linalg.solve(information / np.outer(d, d), score / d) / d
+    return solution
+
+
+def _separation_error(family: Family, terms: list[str], everyone: str) -> TaskFailed:
+    listed = ", ".join(terms)
+    if family.name == "binomial":
+        return TaskFailed(
+            "perfect separation: the outcome is predicted exactly for some rows, so fitted "
+            f"probabilities go to 0 or 1 and the coefficients of {listed} grow without bound "
+            "(no maximum-likelihood estimate exists)",
+            rule="glm.separation",
+            node=everyone,
+            fix="drop or merge the terms or levels that predict the outcome perfectly "
+            "(e.g. a level where everyone had the event), or fit a simpler model",
+            terms=terms,
+        )
+    if family.name == "poisson":
+        return TaskFailed(
+            f"the coefficients of {listed} grow without bound: fitted means go to 0 "
+            "(e.g. a level with only zero counts), so no maximum-likelihood estimate exists",
+            rule="glm.separation",
+            node=everyone,
+            fix="drop or merge levels without any counts, or fit a simpler model",
+            terms=terms,
+        )
+    return TaskFailed(
+        f"the information matrix is singular in {listed}",
+        rule="glm.singular",
+        node=everyone,
+        fix="remove redundant terms from the formula",
+        terms=terms,
+    )
+
+
+def _result(
+    params: GLMParams,
+    family: Family,
+    final: _Round,
+    first: _Round,
+    beta: FloatArray,
+    information: FloatArray,
+    iterations: int,
+    round_trips: int,
+) -> GLMResult:
+    p = len(beta)
+    n = final.n
+    df_resid = n - p
+    deviance = final.scalar("deviance")
+    pearson = final.scalar("pearson")
+    if family.name == "gaussian":
+        scale = pearson / df_resid
+        # statsmodels' gaussian llf is the concentrated one: the scale profiled out at RSS/n.
+        llf = -n / 2.0 * (math.log(deviance / n) + 1.0 + math.log(2.0 * math.pi))
+    else:
+        scale = 1.0
+        llf = final.scalar("loglike")
+    d = np.sqrt(np.diag(information))
+    cov = np.linalg.inv(information / np.outer(d, d)) / np.outer(d, d) * scale
+    return GLMResult(
+        dataset=params.dataset,
+        formula=params.formula.text,
+        family=family.name,
+        link=family.link_name,
+        names=final.names,
+        coef=[float(b) for b in beta],
+        cov=[[float(v) for v in row] for row in cov],
+        deviance=deviance,
+        null_deviance=final.scalar("null_deviance"),
+        pearson_chi2=pearson,
+        scale=scale,
+        llf=llf,
+        aic=-2.0 * llf + 2.0 * p,
+        bic=-2.0 * llf + p * math.log(n),
+        df_model=p - 1,
+        df_resid=df_resid,
+        nobs=n,
+        iterations=iterations,
+        converged=True,
+        round_trips=round_trips,
+        nodes=first.nodes,
+        rows_used=final.rows_used,
+        rows_dropped=final.rows_dropped,
+    )
+
+
+TASK: TaskType[GLMParams, GLMResult] = TaskType(
+    name="glm",
+    params=GLMParams,
+    result=GLMResult,
+    serve=glm_serve,
+    node_handlers={"glm": glm_node},
+    summary="generalised linear models (gaussian, binomial, poisson) by federated IRLS",
+)

@@ -1,0 +1,219 @@
+"""Histograms on bin edges agreed in the request.
+
+The edges are part of the request -- a strictly increasing list, or a number
+of equal bins over a ``range=(lo, hi)`` the researcher states -- and are never
+derived from the data (a data-driven range would publish the smallest and
+largest patient values). Each node releases its counts per bin, the number of
+present values below the first and above the last edge, and its number of
+missing values. Bins follow ``numpy.histogram``: ``[a, b)`` except the last,
+which is ``[a, b]``. Counts add exactly, so the pooled counts equal
+``numpy.histogram(pooled, bins=edges)``; with ``bins=k, range=(lo, hi)`` the
+edges are ``np.linspace(lo, hi, k + 1)``, exactly those ``numpy.histogram``
+uses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+from pydantic import BaseModel, Field, model_validator
+
+from oncofed.errors import QueryError
+from oncofed.tasks.base import (
+    ColumnRole,
+    LocalDataset,
+    TaskParams,
+    TaskType,
+    broadcast,
+    selected_rows,
+    wait_for_nodes,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FloatArray = npt.NDArray[np.float64]
+MAX_BINS = 10_000
+"""Caps the size of a release; finer bins would approach a list of values."""
+
+
+class HistogramParams(TaskParams):
+    column: str = Field(min_length=1, description="Numeric column.")
+    bins: int | tuple[float, ...] = Field(
+        description="Agreed edges (strictly increasing), or a number of equal bins over range."
+    )
+    range: tuple[float, float] | None = Field(
+        default=None, description="(lo, hi) for bins=<number>; agreed, never read from data."
+    )
+
+    @model_validator(mode="after")
+    def _agreed_edges(self) -> HistogramParams:
+        self.edges()
+        return self
+
+    def required_columns(self) -> dict[str, ColumnRole]:
+        roles = super().required_columns()
+        roles[self.column] = "numeric"
+        return roles
+
+    def edges(self) -> FloatArray:
+        """The agreed bin edges, or a ``histogram.edges`` refusal saying what is wrong."""
+        if isinstance(self.bins, int):
+            if self.range is None:
+                raise _edges_error(
+                    "bins=<number> needs range=(lo, hi) in the request",
+                    "pass range=(lo, hi), e.g. range=(40, 90) for age in years",
+                )
+            lo, hi = self.range
+            if not 1 <= self.bins <= MAX_BINS:
+                raise _edges_error(
+                    f"bins={self.bins} is not between 1 and {MAX_BINS}", "choose fewer bins"
+                )
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise _edges_error(
+                    f"range=({lo:g}, {hi:g}) is not a finite interval with lo < hi",
+                    "pass range=(lo, hi) with lo < hi",
+                )
+            return np.linspace(lo, hi, self.bins + 1)
+        if self.range is not None:
+            raise _edges_error(
+                "range=(lo, hi) applies only to bins=<number>; explicit edges already say it",
+                "drop range, or pass bins as a number of bins",
+            )
+        edges = np.asarray(self.bins, dtype=np.float64)
+        if not 2 <= edges.size <= MAX_BINS + 1:
+            raise _edges_error(
+                f"{edges.size} edge(s) given; a histogram needs 2 to {MAX_BINS + 1}",
+                "pass at least two edges, e.g. bins=[40, 50, 60, 70, 80]",
+            )
+        if not np.all(np.isfinite(edges)):
+            raise _edges_error("the edges must be finite numbers", "leave out inf and nan")
+        steps = np.diff(edges)
+        if np.any(steps <= 0):
+            at = int(np.argmax(steps <= 0))
+            raise _edges_error(
+                f"the edges are not strictly increasing: {edges[at]:g} is followed by "
+                f"{edges[at + 1]:g} (positions {at} and {at + 1})",
+                "sort the edges and remove repeated ones",
+            )
+        return edges
+
+
+def _edges_error(problem: str, fix: str) -> QueryError:
+    return QueryError(f"cannot use these bins: {problem}", rule="histogram.edges", fix=fix)
+
+
+class HistogramResult(BaseModel):
+    dataset: str
+    column: str
+    edges: list[float]
+    counts: list[int] = Field(description="Values per bin; the last bin includes its right edge.")
+    below: int = Field(description="Present values below the first edge.")
+    above: int = Field(description="Present values above the last edge.")
+    missing: int
+    n: int = Field(description="Present values, inside the edges or not.")
+    rows_missing_by_node: dict[str, int]
+    nodes: list[str]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per bin: left and right edge, count, and density as numpy's density=True."""
+        edges = np.asarray(self.edges)
+        counts = np.asarray(self.counts, dtype=np.float64)
+        inside = counts.sum()
+        widths = np.diff(edges)
+        density = counts / (inside * widths) if inside else np.full(len(counts), np.nan)
+        return pd.DataFrame(
+            {"left": edges[:-1], "right": edges[1:], "count": self.counts, "density": density}
+        )
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """Draw the counts over the agreed edges; returns the matplotlib figure."""
+        from oncofed.render import pyplot
+
+        if ax is None:
+            ax = pyplot().figure(figsize=(6.4, 4.0)).add_subplot()
+        ax.stairs(self.counts, self.edges, fill=True, alpha=0.7)
+        ax.set_xlabel(self.column)
+        ax.set_ylabel("count")
+        outside = (
+            f"; {self.below} below, {self.above} above the edges"
+            if (self.below or self.above)
+            else ""
+        )
+        ax.set_title(
+            f"{self.dataset}: {self.column}, {len(self.nodes)} nodes, n = {self.n}{outside}"
+        )
+        figure = ax.get_figure(root=True)
+        assert figure is not None, "an Axes made by matplotlib belongs to a figure"
+        return figure
+
+
+# ---- node side ----------------------------------------------------------
+
+
+def histogram_node(params: HistogramParams, local: LocalDataset) -> RecordDict:
+    values = selected_rows(params, local)[params.column].to_numpy(dtype=float, na_value=np.nan)
+    present = values[~np.isnan(values)]
+    edges = params.edges()
+    counts, _ = np.histogram(present, bins=edges)
+    outside = [int((present < edges[0]).sum()), int((present > edges[-1]).sum())]
+    return RecordDict(
+        {
+            "histogram": ArrayRecord(
+                {
+                    "counts": Array(counts.astype(np.int64)),
+                    "outside": Array(np.array(outside, dtype=np.int64)),
+                }
+            ),
+            "meta": ConfigRecord(
+                {"node": local.node_name, "missing": int(values.size - present.size)}
+            ),
+        }
+    )
+
+
+# ---- server side --------------------------------------------------------
+
+
+def histogram_serve(grid: Grid, params: HistogramParams) -> HistogramResult:
+    nodes = wait_for_nodes(grid, params)
+    replies = broadcast(grid, "histogram", params, nodes)
+    edges = params.edges()
+    counts = np.zeros(edges.size - 1, dtype=np.int64)
+    outside = np.zeros(2, dtype=np.int64)
+    missing: dict[str, int] = {}
+    for node_id in sorted(replies):
+        arrays = replies[node_id].array_records["histogram"]
+        meta = replies[node_id].config_records["meta"]
+        counts += arrays["counts"].numpy().astype(np.int64)
+        outside += arrays["outside"].numpy().astype(np.int64)
+        missing[str(meta["node"])] = int(str(meta["missing"]))
+    below, above = (int(v) for v in outside)
+    return HistogramResult(
+        dataset=params.dataset,
+        column=params.column,
+        edges=edges.tolist(),
+        counts=counts.tolist(),
+        below=below,
+        above=above,
+        missing=sum(missing.values()),
+        n=int(counts.sum()) + below + above,
+        rows_missing_by_node=dict(sorted(missing.items())),
+        nodes=sorted(missing),
+    )
+
+
+TASK: TaskType[HistogramParams, HistogramResult] = TaskType(
+    name="histogram",
+    params=HistogramParams,
+    result=HistogramResult,
+    serve=histogram_serve,
+    node_handlers={"histogram": histogram_node},
+    summary="counts of a numeric column on agreed bin edges",
+)

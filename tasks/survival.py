@@ -1,0 +1,406 @@
+"""What the survival tasks share: the agreed time grid and per-node event tables.
+
+Event and censoring times are a patient's own dates in disguise, so a node
+never releases them unless its policy says so. Every survival request agrees
+a time grid instead, and each node moves its durations onto it before
+counting anything:
+
+* ``grid=w``: a duration ``d`` becomes ``ceil(d / w) * w``, the end of its
+  ``w``-wide cell (``grid=30`` on days: monthly);
+* ``time_points=[t1, ..., tk]``: ``d`` becomes the first point ``>= d``;
+  follow-up ends at ``tk``, so a later event or censoring counts as censored
+  at ``tk``;
+* ``exact_times=True``: durations as they are, only at nodes whose policy has
+  ``exact_event_times = true``; any other node refuses.
+
+Results are therefore exactly lifelines' on the pooled rows with their
+durations replaced by the grid values -- a statement the tests check. A
+node also refuses a grid finer than its policy's ``min_grid_width``, which
+would otherwise hand exact times back (a 1-day grid on durations in days).
+
+Missing values: complete cases on every column a task uses; each node reports
+how many rows it dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+from pydantic import Field, model_validator
+
+from oncofed.errors import NodeRefusal, QueryError
+from oncofed.tasks.base import (
+    ColumnRole,
+    LocalDataset,
+    TaskParams,
+    broadcast,
+    selected_rows,
+    wait_for_nodes,
+)
+from oncofed.tasks.encoding import agreed_categories, category_labels
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+ALL = "(all)"
+MAX_TIME_POINTS = 10_000
+
+
+class SurvivalParams(TaskParams):
+    duration: str = Field(min_length=1, description="Numeric column: time to event or censoring.")
+    event: str = Field(min_length=1, description="0/1 (or boolean) column: 1 = event observed.")
+    grid: float | None = Field(
+        default=None, gt=0, description="Grid width: durations are rounded up to multiples."
+    )
+    time_points: tuple[float, ...] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TIME_POINTS,
+        description="Agreed time points: durations move to the first point at or after them.",
+    )
+    exact_times: bool = Field(
+        default=False, description="Exact durations; only nodes whose policy allows it answer."
+    )
+
+    @model_validator(mode="after")
+    def _one_time_grid(self) -> SurvivalParams:
+        chosen = [self.grid is not None, self.time_points is not None, self.exact_times]
+        if sum(chosen) != 1:
+            raise ValueError(
+                "agree exactly one time grid: grid=<width> (e.g. grid=30 for months on "
+                "durations in days), time_points=[...], or exact_times=True where every "
+                "node's policy allows exact event times"
+            )
+        if self.time_points is not None:
+            points = np.asarray(self.time_points)
+            if not (np.all(np.isfinite(points)) and points[0] >= 0 and np.all(np.diff(points) > 0)):
+                raise ValueError("time_points must be finite, >= 0 and strictly increasing")
+        return self
+
+    def required_columns(self) -> dict[str, ColumnRole]:
+        roles = super().required_columns()
+        roles[self.duration] = "numeric"
+        roles[self.event] = "numeric"
+        return roles
+
+    @property
+    def time_grid(self) -> str:
+        """The agreed grid in words, stated in every result."""
+        if self.grid is not None:
+            return f"durations rounded up to multiples of {self.grid:g}"
+        if self.time_points is not None:
+            shown = ", ".join(f"{t:g}" for t in self.time_points[:8])
+            more = ", ..." if len(self.time_points) > 8 else ""
+            return (
+                f"durations moved to the next of the time points {shown}{more}; "
+                f"follow-up ends at {self.time_points[-1]:g}"
+            )
+        return "exact event and censoring times (allowed by every node's policy)"
+
+    def grid_width(self) -> float | None:
+        """The narrowest cell of the grid (None for exact times)."""
+        if self.grid is not None:
+            return self.grid
+        if self.time_points is not None:
+            return float(np.min(np.diff(np.concatenate([[0.0], self.time_points]))))
+        return None
+
+
+class GroupedSurvivalParams(SurvivalParams):
+    by: str | None = Field(default=None, description="Column whose agreed categories are groups.")
+    categories: tuple[str, ...] | None = Field(
+        default=None,
+        description="Agreed group labels; defaults to the categories the schema declares.",
+    )
+
+    @model_validator(mode="after")
+    def _categories_need_by(self) -> GroupedSurvivalParams:
+        if self.categories is not None and self.by is None:
+            raise ValueError("categories only make sense with a grouping column")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError("categories must not repeat")
+        return self
+
+    def required_columns(self) -> dict[str, ColumnRole]:
+        roles = super().required_columns()
+        if self.by is not None:
+            roles[self.by] = "group"
+        return roles
+
+
+# ---- node side ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SurvivalRows:
+    """A node's complete rows, with durations on the agreed grid."""
+
+    frame: pd.DataFrame
+    time: FloatArray
+    event: BoolArray
+    rows_dropped: int
+
+
+def survival_rows(
+    params: SurvivalParams, local: LocalDataset, columns: Sequence[str] = ()
+) -> SurvivalRows:
+    """Rows kept by ``where`` and complete in every column used, on the agreed grid.
+
+    Refuses, before reading a row, a request for exact times that the node's
+    policy forbids, or a grid finer than the policy allows.
+    """
+    node = local.node_name
+    check_time_grid(params, local)
+    frame = selected_rows(params, local)
+    used = list(dict.fromkeys([params.duration, params.event, *columns]))
+    complete = frame[used].notna().all(axis=1).to_numpy(dtype=bool)
+    kept = frame.loc[complete]
+    duration = kept[params.duration].to_numpy(dtype=float, na_value=np.nan)
+    event = kept[params.event].to_numpy(dtype=float, na_value=np.nan)
+    if not np.all(np.isfinite(duration) & (duration >= 0)):
+        raise QueryError(
+            f"duration column {params.duration!r} has negative or infinite values",
+            rule="survival.duration_values",
+            node=node,
+            fix=f'fix the data or filter the rows, e.g. where="{params.duration} >= 0"',
+            column=params.duration,
+        )
+    if not np.all((event == 0) | (event == 1)):
+        raise QueryError(
+            f"event column {params.event!r} has values other than 0 and 1",
+            rule="survival.event_values",
+            node=node,
+            fix="use a 0/1 or boolean column where 1 means the event (e.g. death) was observed",
+            column=params.event,
+        )
+    time, observed = on_grid(params, duration, event == 1)
+    return SurvivalRows(kept, time, observed, int((~complete).sum()))
+
+
+def check_time_grid(params: SurvivalParams, local: LocalDataset) -> None:
+    policy, node = local.policy, local.node_name
+    if params.exact_times and not policy.exact_event_times:
+        raise NodeRefusal(
+            "this node's policy does not release exact event times",
+            rule="privacy.exact_event_times",
+            node=node,
+            fix="agree a time grid instead (e.g. grid=30 for months on days), or ask the "
+            "node's operator to set exact_event_times = true in its [policy]",
+        )
+    width = params.grid_width()
+    if width is not None and width < policy.min_grid_width:
+        raise NodeRefusal(
+            f"the time grid has a cell {width:g} wide; this node's policy needs at least "
+            f"{policy.min_grid_width:g}, as finer cells come close to exact event times",
+            rule="privacy.min_grid_width",
+            node=node,
+            fix=f"use grid={policy.min_grid_width:g} or wider, or time points at least "
+            f"{policy.min_grid_width:g} apart",
+        )
+
+
+def on_grid(
+    params: SurvivalParams, duration: FloatArray, event: BoolArray
+) -> tuple[FloatArray, BoolArray]:
+    """Durations and event flags moved onto the agreed grid (see the module docstring)."""
+    if params.grid is not None:
+        return np.ceil(duration / params.grid) * params.grid, event
+    if params.time_points is not None:
+        points = np.asarray(params.time_points, dtype=float)
+        index = np.searchsorted(points, duration, side="left")
+        beyond = index == points.size
+        time = points[np.minimum(index, points.size - 1)]
+        return time, event & ~beyond
+    return duration, event
+
+
+def category_codes(
+    column: str,
+    requested: Sequence[str] | None,
+    local: LocalDataset,
+    frame: pd.DataFrame,
+    *,
+    option: str,
+    rule: str,
+) -> tuple[tuple[str, ...], IntArray]:
+    """A column's agreed categories and each row's position in them (-1: outside)."""
+    levels = agreed_categories(
+        column, requested, local.schema, local.node_name, option=option, rule=rule
+    )
+    labels = category_labels(frame[column], local.schema.columns[column])
+    position = {label: i for i, label in enumerate(levels)}
+    codes: IntArray = np.asarray(labels.map(position).fillna(-1), dtype=np.int64)
+    return levels, codes
+
+
+def group_index(
+    params: GroupedSurvivalParams, local: LocalDataset, frame: pd.DataFrame
+) -> tuple[tuple[str, ...], IntArray]:
+    """The agreed groups and each row's group (-1 outside the agreed categories)."""
+    if params.by is None:
+        return (ALL,), np.zeros(len(frame), dtype=np.int64)
+    return category_codes(
+        params.by,
+        params.categories,
+        local,
+        frame,
+        option="categories",
+        rule="survival.categories_required",
+    )
+
+
+def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> RecordDict:
+    """Per agreed group and grid time: events and censorings (counts only).
+
+    The number at risk is not released separately: it is each group's total
+    minus the rows removed at earlier times, which the server sums over nodes.
+    """
+    rows = survival_rows(params, local, [params.by] if params.by else [])
+    groups, index = group_index(params, local, rows.frame)
+    inside = index >= 0
+    keys = np.stack([index[inside].astype(float), rows.time[inside]], axis=1)
+    cells, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    events = np.bincount(inverse, weights=rows.event[inside], minlength=len(cells))
+    censored = np.bincount(inverse, minlength=len(cells)) - events
+    return RecordDict(
+        {
+            "events": ArrayRecord(
+                {
+                    "group": Array(cells[:, 0].astype(np.int64)),
+                    "time": Array(cells[:, 1].astype(np.float64)),
+                    "events": Array(np.asarray(events, dtype=np.int64)),
+                    "censored": Array(np.asarray(censored, dtype=np.int64)),
+                }
+            ),
+            "meta": ConfigRecord(
+                {
+                    "node": local.node_name,
+                    "groups": list(groups),
+                    "rows_dropped": rows.rows_dropped,
+                    "rows_outside_categories": int((~inside).sum()),
+                }
+            ),
+        }
+    )
+
+
+# ---- server side --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """One group's pooled counts at each grid time where anything happened."""
+
+    time: FloatArray
+    at_risk: IntArray
+    events: IntArray
+    censored: IntArray
+
+    @property
+    def n(self) -> int:
+        return int(self.events.sum() + self.censored.sum())
+
+    def at_risk_on(self, times: FloatArray) -> IntArray:
+        """Number still at risk at each of ``times`` (rows removed strictly before)."""
+        removed = np.concatenate([[0], np.cumsum(self.events + self.censored)])
+        before = np.searchsorted(self.time, times, side="left")
+        return (self.n - removed[before]).astype(np.int64)
+
+    def events_on(self, times: FloatArray) -> IntArray:
+        """Events at each of ``times`` (0 where this group has none)."""
+        position = np.searchsorted(self.time, times, side="left")
+        found = position < self.time.size
+        found[found] = self.time[position[found]] == times[found]
+        out = np.zeros(times.size, dtype=np.int64)
+        out[found] = self.events[position[found]]
+        return out
+
+
+@dataclass(frozen=True)
+class PooledEvents:
+    groups: tuple[str, ...]
+    tables: list[EventTable]
+    nodes: list[str]
+    rows_dropped: dict[str, int]
+    rows_outside_categories: int
+
+
+def pooled_event_tables(grid: Grid, params: GroupedSurvivalParams, action: str) -> PooledEvents:
+    """Broadcast the event-table request and add the nodes' counts per group and time."""
+    nodes = wait_for_nodes(grid, params)
+    replies = broadcast(grid, action, params, nodes)
+    groups: tuple[str, ...] | None = None
+    parts: list[tuple[IntArray, FloatArray, IntArray, IntArray]] = []
+    names: list[str] = []
+    dropped: dict[str, int] = {}
+    outside = 0
+    for node_id in sorted(replies):
+        arrays = replies[node_id].array_records["events"]
+        meta = replies[node_id].config_records["meta"]
+        node = str(meta["node"])
+        node_groups = tuple(str(g) for g in meta["groups"])  # type: ignore[union-attr]
+        if groups is not None and node_groups != groups:
+            raise QueryError(
+                f"nodes disagree on the categories of {params.by!r}: "
+                f"{list(groups)} versus {list(node_groups)}",
+                rule="survival.categories_disagree",
+                node=node,
+                fix="pass categories=[...] explicitly so every node groups the same way",
+            )
+        groups = node_groups
+        parts.append(
+            (
+                arrays["group"].numpy().astype(np.int64),
+                arrays["time"].numpy().astype(np.float64),
+                arrays["events"].numpy().astype(np.int64),
+                arrays["censored"].numpy().astype(np.int64),
+            )
+        )
+        names.append(node)
+        dropped[node] = int(str(meta["rows_dropped"]))
+        outside += int(str(meta["rows_outside_categories"]))
+    if groups is None:
+        raise AssertionError("broadcast returns at least one reply")
+    group, time, events, censored = (np.concatenate(column) for column in zip(*parts, strict=True))
+    tables = []
+    for g in range(len(groups)):
+        mine = group == g
+        times, inverse = np.unique(time[mine], return_inverse=True)
+        d = np.bincount(inverse, weights=events[mine], minlength=times.size).astype(np.int64)
+        c = np.bincount(inverse, weights=censored[mine], minlength=times.size).astype(np.int64)
+        removed_before = np.concatenate([[0], np.cumsum(d + c)[:-1]])
+        tables.append(EventTable(times, int(d.sum() + c.sum()) - removed_before, d, c))
+    empty = [label for label, table in zip(groups, tables, strict=True) if table.n == 0]
+    if empty:
+        raise QueryError(
+            f"no rows at any node in group(s) {', '.join(map(repr, empty))} of {params.by!r}",
+            rule="survival.empty_group",
+            node=", ".join(names),
+            fix="remove the empty categories from categories=[...] or widen where=",
+            column=params.by,
+        )
+    return PooledEvents(groups, tables, names, dropped, outside)
+
+
+__all__ = [
+    "ALL",
+    "EventTable",
+    "GroupedSurvivalParams",
+    "PooledEvents",
+    "SurvivalParams",
+    "SurvivalRows",
+    "category_codes",
+    "check_time_grid",
+    "event_table_node",
+    "group_index",
+    "on_grid",
+    "pooled_event_tables",
+    "survival_rows",
+]
