@@ -45,7 +45,8 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
 from scipy.stats import chi2
 
-from oncofed.errors import NodeRefusal, QueryError, TaskFailed
+from oncofed.errors import QueryError, TaskFailed
+from oncofed.privacy.saturation import check_model_saturation
 from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, broadcast, wait_for_nodes
 from oncofed.tasks.formula import (
@@ -306,16 +307,13 @@ def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
     levels, stratum = _strata(params, local, rows.frame)
     inside = stratum >= 0
     x, names = design.x[inside, 1:], design.names[1:]
-    saturation = local.policy.max_model_saturation
-    if inside.any() and len(names) > saturation * int(inside.sum()):
-        raise NodeRefusal(
-            f"the model has {len(names)} coefficients for this node's {int(inside.sum())} "
-            f"complete rows; its risk-set sums could reveal single patients (limit: "
-            f"{saturation:g} coefficients per row)",
-            rule="privacy.model_saturation",
-            node=node,
-            fix="use fewer covariates, a wider where= filter, or fewer missing values",
-        )
+    check_model_saturation(
+        len(names),
+        int(inside.sum()),
+        local.policy,
+        node,
+        "use fewer covariates, a wider where= filter, or fewer missing values",
+    )
     return CoxRows(
         time=rows.time[inside],
         event=rows.event[inside],

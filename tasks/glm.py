@@ -41,6 +41,7 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
 
 from oncofed.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
+from oncofed.privacy.saturation import check_model_saturation
 from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import (
     ColumnRole,
@@ -392,16 +393,13 @@ def glm_node(params: GLMParams, local: LocalDataset) -> RecordDict:
     rows, p = x.shape
     label = params.formula.response.label if params.formula.response else ""
     family.check_response(y, label, node)
-    saturation = local.policy.max_model_saturation
-    if rows and p > saturation * rows:
-        raise NodeRefusal(
-            # The row count stays out of the message: it is a small count itself.
-            f"the model has {p} coefficients, too many for this node's complete rows "
-            f"(at most {saturation:g} per row): its cross-products could reveal single patients",
-            rule="privacy.model_saturation",
-            node=node,
-            fix="use fewer terms, a wider where= filter, or fewer missing values",
-        )
+    check_model_saturation(
+        p,
+        rows,
+        local.policy,
+        node,
+        "use fewer terms, a wider where= filter, or fewer missing values",
+    )
     arrays: dict[str, Array] = {
         "n": Array(np.array([rows], dtype=np.int64)),
         "sum_y": Array(np.array([float(np.sum(y))])),
@@ -417,6 +415,7 @@ def glm_node(params: GLMParams, local: LocalDataset) -> RecordDict:
         # number of rows (Kish): (sum w)^2 / sum w^2.
         square = float(np.sum(w**2))
         effective = float(np.sum(w)) ** 2 / square if square > 0 else 0.0
+        saturation = local.policy.max_model_saturation
         if rows and p > saturation * effective:
             raise NodeRefusal(
                 f"at these coefficients the model's {p} coefficients rest on too few "
