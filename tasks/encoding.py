@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from oncofed.errors import QueryError
@@ -14,10 +15,15 @@ def category_labels(values: pd.Series, spec: ColumnSpec) -> pd.Series:
     """Values as text labels: integers without '.0', text as it is, missing stays missing."""
     present = values.dropna()
     if spec.type in ("integer", "boolean", "float"):
-        numbers = present.astype(float)
-        labels = [str(int(v)) if float(v).is_integer() else repr(float(v)) for v in numbers]
+        numbers = present.to_numpy(dtype=float)
+        integral = np.isfinite(numbers) & (numbers == np.round(numbers))
+        # Vectorised for the common integer codes; only fractional values need repr().
+        labels = np.where(integral, np.where(integral, numbers, 0).astype(np.int64).astype(str), "")
+        labels = labels.astype(object)
+        for i in np.flatnonzero(~integral):
+            labels[i] = repr(float(numbers[i]))
     else:
-        labels = [str(v) for v in present]
+        labels = present.astype(str).to_numpy(dtype=object)
     return pd.Series(labels, index=present.index, dtype="object").reindex(values.index)
 
 
