@@ -56,6 +56,7 @@ from oncofed.tasks.formula import (
     check_formula,
     design_matrix,
     parse_formula,
+    same_design,
 )
 from oncofed.tasks.survival import (
     BoolArray,
@@ -536,15 +537,7 @@ def _round(
         meta = replies[node_id].config_records["meta"]
         node = str(meta["node"])
         node_names = [str(n) for n in meta["names"]]  # type: ignore[union-attr]
-        if names is not None and node_names != names:
-            raise QueryError(
-                f"nodes build different design columns: {names} versus {node_names}",
-                rule="coxph.levels_disagree",
-                node=node,
-                fix="write every categorical factor as C(column, levels=[...]) so all "
-                "nodes use the same levels",
-            )
-        names = node_names
+        names = same_design(names, node_names, node, "coxph")
         levels = [str(v) for v in meta["levels"]]  # type: ignore[union-attr]
         nodes_seen.append(node)
         dropped[node] = int(str(meta["rows_dropped"]))

@@ -280,6 +280,23 @@ class Design:
     rows_dropped: int
 
 
+def same_design(agreed: list[str] | None, names: list[str], node: str, task: str) -> list[str]:
+    """The design columns every node built; a node that built others is refused by name.
+
+    Nodes agree by construction when levels are agreed; this catches levels taken
+    from schemas that differ between centres.
+    """
+    if agreed is not None and names != agreed:
+        raise QueryError(
+            f"nodes build different design columns: {agreed} versus {names}",
+            rule=f"{task}.levels_disagree",
+            node=node,
+            fix="write every categorical factor as C(column, levels=[...]) so all "
+            "nodes use the same levels",
+        )
+    return names
+
+
 def agreed_levels(factor: Factor, schema: DatasetSchema, node: str) -> tuple[str, ...]:
     levels = factor.levels or schema.columns[factor.column].categories
     if not levels or len(levels) < 2:
@@ -409,4 +426,5 @@ __all__ = [
     "check_formula",
     "design_matrix",
     "parse_formula",
+    "same_design",
 ]

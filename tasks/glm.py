@@ -52,7 +52,7 @@ from oncofed.tasks.base import (
     selected_rows,
     wait_for_nodes,
 )
-from oncofed.tasks.formula import Formula, check_formula, design_matrix
+from oncofed.tasks.formula import Formula, check_formula, design_matrix, same_design
 
 FloatArray = npt.NDArray[np.float64]
 FamilyName = Literal["gaussian", "binomial", "poisson"]
@@ -507,15 +507,7 @@ def _round(grid: Grid, params: GLMParams, nodes: Sequence[int], label: str) -> _
         meta = replies[node_id].config_records["meta"]
         node = str(meta["node"])
         node_names = [str(n) for n in meta["names"]]  # type: ignore[union-attr]
-        if names is not None and node_names != names:
-            raise QueryError(
-                f"nodes build different design columns: {names} versus {node_names}",
-                rule="glm.levels_disagree",
-                node=node,
-                fix="write every categorical factor as C(column, levels=[...]) so all "
-                "nodes use the same levels",
-            )
-        names = node_names
+        names = same_design(names, node_names, node, "glm")
         used[node] = int(arrays["n"].numpy()[0])
         dropped[node] = int(str(meta["rows_dropped"]))
         for key in arrays:
