@@ -42,7 +42,7 @@ import numpy.typing as npt
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from scipy.stats import chi2
 
 from oncofed.errors import QueryError, TaskFailed
@@ -66,6 +66,7 @@ from oncofed.tasks.survival import (
     category_codes,
     survival_rows,
 )
+from oncofed.tasks.wald import WaldCoefficients
 
 MAX_STRATA = 1_000
 MAX_HALVINGS = 30
@@ -157,16 +158,13 @@ def covariate_formula(covariates: Sequence[str] | str) -> Formula:
     return Formula(terms=terms)
 
 
-class CoxPHResult(BaseModel):
+class CoxPHResult(WaldCoefficients):
     """A fitted Cox model, read like ``lifelines.CoxPHFitter``."""
 
     dataset: str
     duration: str
     event: str
     formula: str
-    names: list[str]
-    coef: list[float]
-    cov: list[list[float]]
     log_likelihood: float = Field(description="Log partial likelihood at the estimate.")
     log_likelihood_null: float = Field(description="Log partial likelihood at beta = 0.")
     n: int
@@ -190,27 +188,16 @@ class CoxPHResult(BaseModel):
     rows_outside_strata: int = 0
 
     @property
-    def params(self) -> pd.Series:
-        """Log hazard ratios."""
-        return pd.Series(self.coef, index=self.names, name="coef")
-
-    @property
     def hazard_ratios(self) -> pd.Series:
         return pd.Series(np.exp(self.coef), index=self.names, name="exp(coef)")
 
     @property
-    def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(np.array(self.cov))), index=self.names, name="se(coef)")
-
-    @property
     def z(self) -> pd.Series:
-        return (self.params / self.bse).rename("z")
+        return self.wald_z()
 
     @property
     def pvalues(self) -> pd.Series:
-        return pd.Series(
-            [math.erfc(abs(v) / math.sqrt(2.0)) for v in self.z], index=self.names, name="p"
-        )
+        return self.wald_pvalues().rename("p")
 
     @property
     def aic_partial(self) -> float:
@@ -225,14 +212,9 @@ class CoxPHResult(BaseModel):
     def conf_int(self, alpha: float | None = None) -> pd.DataFrame:
         """Wald intervals for the coefficients (lifelines' ``confidence_intervals_``)."""
         alpha = self.alpha if alpha is None else alpha
-        q = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+        lower, upper = self.wald_interval(alpha)
         level = f"{1 - alpha:.0%}"
-        return pd.DataFrame(
-            {
-                f"coef lower {level}": self.params - q * self.bse,
-                f"coef upper {level}": self.params + q * self.bse,
-            }
-        )
+        return pd.DataFrame({f"coef lower {level}": lower, f"coef upper {level}": upper})
 
     def to_frame(self) -> pd.DataFrame:
         """lifelines' ``summary`` columns: coef, exp(coef), se, intervals, z, p."""

@@ -30,7 +30,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -38,7 +37,7 @@ import numpy.typing as npt
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from oncofed.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.privacy.saturation import check_model_saturation
@@ -53,6 +52,7 @@ from oncofed.tasks.base import (
     wait_for_nodes,
 )
 from oncofed.tasks.formula import Formula, check_formula, design_matrix, same_design
+from oncofed.tasks.wald import WaldCoefficients
 
 FloatArray = npt.NDArray[np.float64]
 FamilyName = Literal["gaussian", "binomial", "poisson"]
@@ -264,16 +264,13 @@ class GLMParams(TaskParams):
         check_formula(self.formula, schema, node)
 
 
-class GLMResult(BaseModel):
+class GLMResult(WaldCoefficients):
     """A fitted GLM, read like statsmodels' ``GLMResults``."""
 
     dataset: str
     formula: str
     family: FamilyName
     link: str
-    names: list[str]
-    coef: list[float]
-    cov: list[list[float]]
     deviance: float
     null_deviance: float
     pearson_chi2: float
@@ -292,30 +289,18 @@ class GLMResult(BaseModel):
     rows_dropped: dict[str, int]
 
     @property
-    def params(self) -> pd.Series:
-        return pd.Series(self.coef, index=self.names, name="coef")
-
-    @property
-    def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(np.array(self.cov))), index=self.names, name="bse")
-
-    @property
     def tvalues(self) -> pd.Series:
         """Wald z statistics (statsmodels' name; GLM uses the normal distribution)."""
-        return (self.params / self.bse).rename("z")
+        return self.wald_z()
 
     @property
     def pvalues(self) -> pd.Series:
-        z = self.tvalues.abs().to_numpy()
-        return pd.Series([math.erfc(v / math.sqrt(2.0)) for v in z], index=self.names, name="P>|z|")
+        return self.wald_pvalues().rename("P>|z|")
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Wald confidence intervals; columns 0 and 1 as in statsmodels."""
-        q = NormalDist().inv_cdf(1.0 - alpha / 2.0)
-        return pd.DataFrame({0: self.params - q * self.bse, 1: self.params + q * self.bse})
-
-    def cov_params(self) -> pd.DataFrame:
-        return pd.DataFrame(self.cov, index=self.names, columns=self.names)
+        lower, upper = self.wald_interval(alpha)
+        return pd.DataFrame({0: lower, 1: upper})
 
     def to_frame(self, alpha: float = 0.05) -> pd.DataFrame:
         """The coefficient table: coef, std err, z, P>|z| and the confidence limits."""
