@@ -35,6 +35,7 @@ class NodeLink(NodeLinkServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("frame") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be a hello")
+            return  # abort raises; this line tells the type checker so
         hello = first.hello
         problem = _check_hello(hello)
         if problem:

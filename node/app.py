@@ -8,6 +8,7 @@ node side is exactly the same code in both.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from flwr.app import Context, Message
@@ -16,7 +17,7 @@ from flwr.clientapp import ClientApp
 from oncofed.errors import OncofedError, TaskFailed
 from oncofed.flower import error_reply, params_json
 from oncofed.node.audit import AuditLog
-from oncofed.node.mods import CatalogueFor, audit_mod, validation_mod
+from oncofed.node.mods import CatalogueFor, audit_mod, privacy_mod, validation_mod
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import NodeHandler, TaskType
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def build_client_app(catalogue_for: CatalogueFor, audit: AuditLog | None = None) -> ClientApp:
-    mods = [validation_mod(catalogue_for)]
+    mods = [validation_mod(catalogue_for), privacy_mod(catalogue_for)]
     if audit is not None:
         mods.insert(0, audit_mod(audit))
     app = ClientApp(mods=mods)
@@ -41,7 +42,10 @@ def _guarded(
         datasets = catalogue_for(context)
         try:
             params = task.params.model_validate_json(params_json(message))
-            content = handler(params, datasets.load(params.dataset))
+            local = datasets.load(params.dataset)
+            privacy = datasets.policy.privacy_for(params.dataset)
+            budget = datasets.ledger.budget(params.study, params.dataset, privacy)
+            content = handler(params, replace(local, budget=budget))
         except OncofedError as exc:
             return error_reply(message, exc)
         except Exception as exc:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from oncofed.errors import DataError, QueryError
 from oncofed.node.config import DatasetConfig
+from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import ColumnSpec, DatasetSchema
 from oncofed.tasks.base import LocalDataset
@@ -122,7 +123,31 @@ class _Cached:
     frame: pd.DataFrame
 
 
-class Catalogue:
+class _NodeCatalogue:
+    """What both catalogues share: the node's name, its policy and its privacy ledger."""
+
+    def __init__(
+        self, node_name: str, policy: NodePolicy | None, ledger: PrivacyLedger | None
+    ) -> None:
+        self._node_name = node_name
+        self._policy = policy or NodePolicy()
+        # Without a state directory (checks, simulations) the ledger lives in memory.
+        self._ledger = ledger or PrivacyLedger.in_memory(node_name)
+
+    @property
+    def node_name(self) -> str:
+        return self._node_name
+
+    @property
+    def policy(self) -> NodePolicy:
+        return self._policy
+
+    @property
+    def ledger(self) -> PrivacyLedger:
+        return self._ledger
+
+
+class Catalogue(_NodeCatalogue):
     """The datasets a node offers, read on first use and re-read when the file changes."""
 
     def __init__(
@@ -130,16 +155,12 @@ class Catalogue:
         node_name: str,
         datasets: Mapping[str, DatasetConfig],
         policy: NodePolicy | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
-        self._node_name = node_name
+        super().__init__(node_name, policy, ledger)
         self._datasets = dict(datasets)
-        self._policy = policy or NodePolicy()
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
-
-    @property
-    def node_name(self) -> str:
-        return self._node_name
 
     @property
     def names(self) -> list[str]:
@@ -175,7 +196,7 @@ class Catalogue:
         )
 
 
-class FrameCatalogue:
+class FrameCatalogue(_NodeCatalogue):
     """In-memory datasets: the node side of Flower simulations and tests."""
 
     def __init__(
@@ -183,14 +204,10 @@ class FrameCatalogue:
         node_name: str,
         frames: Mapping[str, tuple[DatasetSchema, pd.DataFrame]],
         policy: NodePolicy | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
-        self._node_name = node_name
+        super().__init__(node_name, policy, ledger)
         self._frames = dict(frames)
-        self._policy = policy or NodePolicy()
-
-    @property
-    def node_name(self) -> str:
-        return self._node_name
 
     def schema(self, dataset: str) -> DatasetSchema | None:
         entry = self._frames.get(dataset)

@@ -1,26 +1,42 @@
 """Flower mods the node wraps around every task handler.
 
-Order (outermost first): audit, then validation. The audit mod records every
-message and its outcome, refusals included; the validation mod refuses any
-request that is not an installed task, or that names a dataset or column the
-node does not offer, before a handler reads a single row. The permit and
-privacy mods slot in between them in the same way.
+Order (outermost first): audit, validation, privacy. The audit mod records
+every message and its outcome, refusals included; the validation mod refuses
+any request that is not an installed task, or that names a dataset or column
+the node does not offer, before a handler reads a single row; the privacy mod
+applies the rules that hold for every task -- minimum sites, DP required,
+budget -- and charges the ledger before a DP release leaves. The permit mod
+slots in the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from pydantic import ValidationError
 
-from oncofed.errors import OncofedError, QueryError, UnknownTask
-from oncofed.flower import error_reply, params_json, reply_error, to_bytes
+from oncofed.errors import NodeRefusal, OncofedError, QueryError, UnknownTask
+from oncofed.flower import (
+    content_from_bytes,
+    content_to_bytes,
+    error_reply,
+    params_json,
+    participants_of,
+    reply_error,
+    to_bytes,
+)
 from oncofed.node.audit import AuditLog
 from oncofed.node.config import format_validation_error
+from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
+from oncofed.privacy.disclosure import check_factor_levels, check_participants
+from oncofed.privacy.ledger import budget_exhausted
+from oncofed.privacy.policy import DatasetPrivacy
 from oncofed.tasks import TASKS, task_for_action
 from oncofed.tasks.base import LocalDatasets, TaskParams
 
@@ -101,6 +117,11 @@ def check_against_schema(params: TaskParams, datasets: LocalDatasets) -> None:
                 "or declare categories for this column in the node schema",
                 column=column,
             )
+    declared = params.declared_levels()
+    for column, role in params.required_columns().items():
+        if role in ("group", "factor"):
+            levels = declared.get(column) or schema.columns[column].categories or ()
+            check_factor_levels(column, levels, datasets.policy, node)
     params.check_schema(schema, node)
 
 
@@ -116,6 +137,114 @@ def validation_mod(catalogue_for: CatalogueFor) -> Mod:
     return mod
 
 
+FAILPOINT = "ONCOFED_FAILPOINT"
+"""Set to ``after-ledger-charge`` to make the node exit between charge and reply (crash tests)."""
+
+
+def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
+    """Rules for every task, and the charge of every DP release before it leaves.
+
+    Runs after validation, so the parameters are known to be valid. A message
+    the ledger has already charged gets its stored reply back without running
+    the handler: the same release again, never a fresh sample.
+    """
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        datasets = catalogue_for(context)
+        node, ledger = datasets.node_name, datasets.ledger
+        message_id = message.metadata.message_id
+        stored = ledger.stored_reply(message_id)
+        if stored is not None:
+            return Message(content_from_bytes(stored), reply_to=message)
+        try:
+            params = decode_params(message, node)
+            privacy = datasets.policy.privacy_for(params.dataset)
+            check_participants(participants_of(message), datasets.policy, node)
+            if params.dp is None and privacy.dp_required:
+                raise _dp_required(params.dataset, node)
+            asked = params.release_loss()
+            if asked is not None:
+                _check_release_size(asked.epsilon(privacy.delta), privacy, node)
+                budget = ledger.budget(params.study, params.dataset, privacy)
+                if not budget.allows(asked):
+                    raise budget_exhausted(
+                        budget, asked, study=params.study, dataset=params.dataset, node=node
+                    )
+        except OncofedError as exc:
+            return error_reply(message, exc)
+        reply = call_next(message, context)
+        if reply.has_error():
+            return reply  # refused or failed: nothing left the node, nothing is charged
+        loss = loss_of(reply.content)
+        try:
+            if loss is None:
+                if params.dp is not None or privacy.dp_required:
+                    raise _no_dp_mechanism(action_of(message), params.dataset, node)
+                return reply
+            _check_release_size(loss.epsilon(privacy.delta), privacy, node)
+            record = reply.content.config_records[PRIVACY_RECORD]
+            on_record = ledger.charge(
+                message_id=message_id,
+                study=params.study,
+                dataset=params.dataset,
+                task=action_of(message),
+                mechanism=str(record["mechanism"]),
+                loss=loss,
+                privacy=privacy,
+                reply=content_to_bytes(reply.content),
+            )
+        except OncofedError as exc:
+            return error_reply(message, exc)
+        if os.environ.get(FAILPOINT) == "after-ledger-charge":
+            os._exit(137)
+        return Message(content_from_bytes(on_record), reply_to=message)
+
+    return mod
+
+
+def _study_and_dataset(request: str) -> dict[str, str]:
+    """Who the release is charged to, for the audit entry (empty for unreadable requests)."""
+    try:
+        fields = json.loads(request)
+    except ValueError:
+        return {}
+    if not isinstance(fields, dict):
+        return {}
+    return {"study": str(fields.get("study", "default")), "dataset": str(fields.get("dataset", ""))}
+
+
+def _check_release_size(epsilon: float, privacy: DatasetPrivacy, node: str) -> None:
+    if epsilon > privacy.max_epsilon_per_release * (1 + 1e-9):
+        raise NodeRefusal(
+            f"one release may cost at most epsilon {privacy.max_epsilon_per_release:g} at this "
+            f"node; the request asks for {epsilon:.4g}",
+            rule="privacy.max_epsilon_per_release",
+            node=node,
+            fix=f"ask for dp epsilon <= {privacy.max_epsilon_per_release:g}",
+            setting=privacy.max_epsilon_per_release,
+        )
+
+
+def _dp_required(dataset: str, node: str) -> NodeRefusal:
+    return NodeRefusal(
+        f"dataset {dataset!r} is released only with differential privacy at this node",
+        rule="privacy.dp_required",
+        node=node,
+        fix='add dp={"epsilon": ..., "delta": ...} to the request',
+    )
+
+
+def _no_dp_mechanism(task: str, dataset: str, node: str) -> NodeRefusal:
+    return NodeRefusal(
+        f"task {task!r} has no differentially private release, and dataset {dataset!r} "
+        "needs one here (or the request asked for dp)",
+        rule="privacy.dp_unsupported",
+        node=node,
+        fix="use a task with a DP mechanism (describe, histogram, crosstab, kaplan_meier), "
+        "or drop dp= where the node does not require it",
+    )
+
+
 def audit_mod(audit: AuditLog) -> Mod:
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
@@ -123,14 +252,17 @@ def audit_mod(audit: AuditLog) -> Mod:
             request = params_json(message)
         except KeyError:
             request = ""
-        outcome, rule, size = "released", "", 0
+        outcome, rule, size, epsilon = "released", "", 0, 0.0
         if reply.has_error():
             error = reply_error(reply)
             outcome, rule = type(error).__name__, error.rule
         else:
             size = len(to_bytes(reply))
+            privacy = reply.content.config_records.get(PRIVACY_RECORD)
+            epsilon = float(str(privacy["epsilon"])) if privacy is not None else 0.0
         audit.append(
             task_run=message.metadata.run_id,
+            **_study_and_dataset(request),
             message_id=message.metadata.message_id,
             action=action_of(message),
             params_sha256=hashlib.sha256(request.encode()).hexdigest(),
@@ -138,10 +270,19 @@ def audit_mod(audit: AuditLog) -> Mod:
             outcome=outcome,
             rule=rule,
             released_bytes=size,
+            epsilon=epsilon,
         )
         return reply
 
     return mod
 
 
-__all__ = ["CatalogueFor", "audit_mod", "check_against_schema", "decode_params", "validation_mod"]
+__all__ = [
+    "FAILPOINT",
+    "CatalogueFor",
+    "audit_mod",
+    "check_against_schema",
+    "decode_params",
+    "privacy_mod",
+    "validation_mod",
+]

@@ -29,6 +29,7 @@ from oncofed.node.app import build_client_app
 from oncofed.node.audit import AuditLog
 from oncofed.node.config import NodeConfig
 from oncofed.node.data import Catalogue
+from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import NodeLinkStub
@@ -54,7 +55,12 @@ class Backoff:
 class NodeRunner:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.catalogue = Catalogue(config.name, config.datasets, config.policy)
+        self.catalogue = Catalogue(
+            config.name,
+            config.datasets,
+            config.policy,
+            PrivacyLedger.at(config.state_dir, config.name),
+        )
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
         self.app = build_client_app(lambda _context: self.catalogue, self.audit)
         self._stop = threading.Event()

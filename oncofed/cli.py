@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -189,6 +191,42 @@ def node_check(
             table.add_row(column, spec.type, str(int(frame[column].isna().sum())), categories)
         console.print(table)
     console.print("[green]ok[/]: config and data are valid")
+
+
+@node_app.command("budget")
+def node_budget(
+    config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead.")] = False,
+) -> None:
+    """Privacy spent and remaining per study and dataset, from the node's ledger."""
+    from oncofed.node.config import load_node_config
+    from oncofed.privacy.ledger import LEDGER_FILE, PrivacyLedger
+
+    cfg = load_node_config(config)
+    if not (cfg.state_dir / LEDGER_FILE).exists():
+        console.print(f"node [bold]{cfg.name}[/]: no differentially private release yet")
+        return
+    ledger = PrivacyLedger.at(cfg.state_dir, cfg.name)
+    rows = ledger.summary({name: cfg.policy.privacy_for(name) for name in cfg.datasets})
+    ledger.close()
+    if as_json:
+        for row in rows:
+            print(json.dumps({**asdict(row), "remaining_epsilon": row.remaining_epsilon}))
+        return
+    table = Table(title=f"privacy budget at node {cfg.name}", title_justify="left")
+    for column in ("study", "dataset", "releases", "spent ε", "cap ε", "remaining ε", "δ"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.study,
+            row.dataset,
+            str(row.releases),
+            f"{row.spent_epsilon:.4g}",
+            f"{row.epsilon:g}",
+            f"{row.remaining_epsilon:.4g}",
+            f"{row.delta:g}",
+        )
+    console.print(table)
 
 
 @app.command()

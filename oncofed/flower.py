@@ -17,8 +17,14 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import message_from_proto, message_to_proto, recorddict_to_proto
+from flwr.common.serde import (
+    message_from_proto,
+    message_to_proto,
+    recorddict_from_proto,
+    recorddict_to_proto,
+)
 from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -62,9 +68,23 @@ def from_bytes(payload: bytes) -> Message:
     return message_from_proto(ProtoMessage.FromString(payload))
 
 
-def params_content(params_json: str) -> RecordDict:
-    """Message content carrying a task's validated parameters as JSON."""
-    return RecordDict({PARAMS_RECORD: ConfigRecord({"json": params_json})})
+def content_to_bytes(content: RecordDict) -> bytes:
+    return bytes(recorddict_to_proto(content).SerializeToString(deterministic=True))
+
+
+def content_from_bytes(payload: bytes) -> RecordDict:
+    return recorddict_from_proto(ProtoRecordDict.FromString(payload))
+
+
+def params_content(params_json: str, participants: int) -> RecordDict:
+    """Message content carrying a task's validated parameters as JSON.
+
+    ``participants`` is how many nodes the server sends this step to; each
+    node's minimum-sites rule reads it.
+    """
+    return RecordDict(
+        {PARAMS_RECORD: ConfigRecord({"json": params_json, "participants": participants})}
+    )
 
 
 def params_json(message: Message) -> str:
@@ -72,6 +92,15 @@ def params_json(message: Message) -> str:
     if not isinstance(record, ConfigRecord) or "json" not in record:
         raise KeyError(PARAMS_RECORD)
     return str(record["json"])
+
+
+def participants_of(message: Message) -> int:
+    """The number of nodes the server says it sent this step to (0 if unstated)."""
+    record = message.content.get(PARAMS_RECORD)
+    if not isinstance(record, ConfigRecord):
+        return 0
+    value = record.get("participants", 0)
+    return value if isinstance(value, int) else 0
 
 
 def error_reply(message: Message, error: OncofedError) -> Message:
@@ -126,6 +155,8 @@ __all__ = [
     "COORDINATOR_NODE_ID",
     "ERROR_CODE",
     "content_digest",
+    "content_from_bytes",
+    "content_to_bytes",
     "empty_run",
     "error_reply",
     "from_bytes",
@@ -133,6 +164,7 @@ __all__ = [
     "node_context",
     "params_content",
     "params_json",
+    "participants_of",
     "reply_error",
     "server_app",
     "server_context",

@@ -37,6 +37,19 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _toml_value(value: Any) -> str:
+    """A JSON-compatible value as TOML (objects become inline tables)."""
+    if isinstance(value, dict):
+        return (
+            "{ "
+            + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items())
+            + " }"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return _toml_string(value) if isinstance(value, str) else json.dumps(value)
+
+
 def node_config_toml(
     name: str,
     coordinator: str,
@@ -57,15 +70,11 @@ def node_config_toml(
         f"[datasets.{_toml_string(dataset)}.columns]",
     ]
     for column, spec in schema.columns.items():
-        fields = [f"type = {_toml_string(spec.type)}"]
-        if spec.categories is not None:
-            fields.append(
-                "categories = [" + ", ".join(_toml_string(c) for c in spec.categories) + "]"
-            )
-        lines.append(f"{_toml_string(column)} = {{ {', '.join(fields)} }}")
+        declared = spec.model_dump(mode="json", exclude_defaults=True)
+        lines.append(f"{_toml_string(column)} = {_toml_value(declared)}")
     lines += ["", "[policy]"]
     for key, value in policy.model_dump(mode="json").items():
-        lines.append(f"{key} = {json.dumps(value)}")
+        lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +224,8 @@ class Sandbox:
             _terminate(self._coordinator, kill)
             self._coordinator = None
 
-    def start_node(self, name: str) -> None:
+    def start_node(self, name: str, env: Mapping[str, str] | None = None) -> None:
+        """Start (or restart) a node; ``env`` adds environment variables to its process."""
         config = self.workdir / name / "node.toml"
         config.write_text(
             node_config_toml(
@@ -228,12 +238,19 @@ class Sandbox:
                 self.policy,
             )
         )
-        self._nodes[name] = self._spawn(name, "node", "start", str(config))
+        self._nodes[name] = self._spawn(name, "node", "start", str(config), env=env)
 
     def stop_node(self, name: str, kill: bool = False) -> None:
         process = self._nodes.pop(name, None)
         if process is not None:
             _terminate(process, kill)
+
+    def wait_node_exit(self, name: str, timeout: float = START_TIMEOUT) -> int | None:
+        """Wait for a node process to end by itself; its exit code (None if still running)."""
+        try:
+            return self._nodes[name].wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def signal_node(self, name: str, signum: signal.Signals) -> None:
         """Send a signal to a node process (tests freeze and kill nodes with it)."""
@@ -270,18 +287,19 @@ class Sandbox:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         handle = (logs / f"{name}.log").open("ab")
         self._logs.append(handle)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen(
             [sys.executable, "-m", "oncofed", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
 

@@ -7,6 +7,7 @@ every request is validated against.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,7 +32,22 @@ class ColumnSpec(BaseModel):
         default=None,
         description="Agreed category labels; groups are only formed on these.",
     )
+    bounds: tuple[float, float] | None = Field(
+        default=None,
+        description=(
+            "Public range (lo, hi) that differentially private sums clamp values to; "
+            "declared by the operator because bounds read from the data would leak."
+        ),
+    )
     description: str = ""
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ColumnSpec:
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"bounds must be finite with lo < hi, got {self.bounds}")
+        return self
 
     @model_validator(mode="before")
     @classmethod

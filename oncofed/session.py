@@ -54,11 +54,14 @@ class Session:
         *,
         dataset: str | None = None,
         researcher: str | None = None,
+        study: str = "default",
         progress: bool = True,
         console: Console | None = None,
     ) -> None:
         self.address = address
         self.dataset = dataset
+        # Each node keeps a privacy budget per (study, dataset); tasks carry the study.
+        self.study = study
         self.researcher = researcher or getpass.getuser()
         self.progress = progress
         self.console = console or Console(stderr=True)
@@ -87,10 +90,14 @@ class Session:
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> DescribeResult:
         """Count, missing, mean, variance and standard deviation, pooled over nodes.
 
         ``where`` keeps rows, e.g. ``"age >= 60 and ph.ecog is not null"``.
+        ``dp={"epsilon": 0.5, "delta": 1e-6}`` asks every node for a differentially
+        private release; values are clamped to ``bounds`` (or the schema's).
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
@@ -100,6 +107,8 @@ class Session:
             "categories": list(categories) if categories is not None else None,
             "min_nodes": min_nodes,
             "timeout": timeout,
+            "dp": dict(dp) if dp is not None else None,
+            "bounds": {k: list(v) for k, v in (bounds or {}).items()},
         }
         result = self.run("describe", params)
         assert isinstance(result, DescribeResult)
@@ -138,8 +147,12 @@ class Session:
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> CrosstabResult:
-        """Counts on agreed categories and scipy's chi-square test of independence."""
+        """Counts on agreed categories and scipy's chi-square test of independence.
+
+        With ``dp=`` the counts are noisy and the test is not computed.
+        """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
             "where": _filter(where),
@@ -150,6 +163,7 @@ class Session:
             "correction": correction,
             "min_nodes": min_nodes,
             "timeout": timeout,
+            "dp": dict(dp) if dp is not None else None,
         }
         result = self.run("crosstab", params)
         assert isinstance(result, CrosstabResult)
@@ -165,8 +179,12 @@ class Session:
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> HistogramResult:
-        """Counts on agreed edges (or ``bins`` equal bins over ``range``), as numpy.histogram."""
+        """Counts on agreed edges (or ``bins`` equal bins over ``range``), as numpy.histogram.
+
+        With ``dp=`` every count carries noise (and may be negative).
+        """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
             "where": _filter(where),
@@ -175,6 +193,7 @@ class Session:
             "range": list(range) if range is not None else None,
             "min_nodes": min_nodes,
             "timeout": timeout,
+            "dp": dict(dp) if dp is not None else None,
         }
         result = self.run("histogram", params)
         assert isinstance(result, HistogramResult)
@@ -393,6 +412,7 @@ class Session:
         return result
 
     def submit(self, task_type: str, params: dict[str, Any]) -> str:
+        params = {"study": self.study, **params}
         request = pb.SubmitRequest(
             task_type=task_type, params_json=json.dumps(params), researcher=self.researcher
         )

@@ -1,17 +1,86 @@
 """A node's privacy policy: what this centre lets leave it, set by its operator.
 
 It is the ``[policy]`` section of the node's TOML file. Defaults are the safe
-choice a centre gets without writing anything.
+choice a centre gets without writing anything; docs/privacy.md explains each
+rule for a data protection officer.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DatasetPrivacy(BaseModel):
+    """Differential-privacy requirement and budget for one dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dp_required: bool = Field(
+        default=False,
+        description=(
+            "Release only with differential-privacy noise: tasks without a DP mechanism, "
+            "and requests without dp=, are refused."
+        ),
+    )
+    epsilon: float = Field(
+        default=3.0,
+        gt=0,
+        le=100,
+        description="Total privacy loss one study may spend on this dataset at this node.",
+    )
+    delta: float = Field(
+        default=1e-5, gt=0, lt=1e-2, description="The delta at which epsilon is stated."
+    )
+    max_epsilon_per_release: float = Field(
+        default=1.0,
+        gt=0,
+        description="Largest loss a single release (one reply, or one training round) may cost.",
+    )
+
+    @model_validator(mode="after")
+    def _release_within_total(self) -> DatasetPrivacy:
+        if self.max_epsilon_per_release > self.epsilon:
+            raise ValueError("max_epsilon_per_release cannot exceed epsilon")
+        return self
 
 
 class NodePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    min_cell_count: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Smallest non-zero count the node releases: a table cell, histogram bin, "
+            "group or factor level with 1 to min_cell_count - 1 rows is refused."
+        ),
+    )
+    min_subset_size: int = Field(
+        default=10,
+        ge=1,
+        description="Fewest rows an analysis may use (after its where filter) at this node.",
+    )
+    min_complement_size: int = Field(
+        default=10,
+        ge=1,
+        description=(
+            "Fewest rows a where filter may exclude, unless it excludes none: comparing a "
+            "subset with the whole would otherwise reveal the few rows left out."
+        ),
+    )
+    min_nodes: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Fewest nodes a task must be sent to for this node to take part; with fewer, "
+            "the others' contributions could be subtracted from the total."
+        ),
+    )
+    max_factor_levels: int = Field(
+        default=20,
+        ge=2,
+        description="Most levels a grouping column or model factor may have.",
+    )
     exact_event_times: bool = Field(
         default=False,
         description=(
@@ -29,15 +98,23 @@ class NodePolicy(BaseModel):
         ),
     )
     max_model_saturation: float = Field(
-        default=0.37,
+        default=0.33,
         gt=0,
         le=1,
         description=(
             "Largest ratio of a regression model's coefficients to this node's rows that "
             "the node releases cross-products for; closer to saturation they could pin "
-            "down single patients (DataSHIELD's nfilter.glm default)."
+            "down single patients."
         ),
     )
+    dp: dict[str, DatasetPrivacy] = Field(
+        default_factory=dict,
+        description="Per-dataset differential-privacy requirement and budget ([policy.dp.<name>]).",
+    )
+
+    def privacy_for(self, dataset: str) -> DatasetPrivacy:
+        """The DP settings of a dataset; datasets not listed get the defaults."""
+        return self.dp.get(dataset, DatasetPrivacy())
 
 
-__all__ = ["NodePolicy"]
+__all__ = ["DatasetPrivacy", "NodePolicy"]

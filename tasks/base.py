@@ -8,6 +8,7 @@ contract, so adding a task never touches the node or the coordinator.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.flower import params_content, reply_error
+from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
+from oncofed.privacy.disclosure import check_subset
+from oncofed.privacy.dp import DPRequest
+from oncofed.privacy.ledger import Budget, PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
-from oncofed.schema import DatasetSchema
+from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate
 
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
@@ -42,6 +47,28 @@ class TaskParams(BaseModel):
         default=120.0, gt=0, le=86_400, description="Seconds to wait for nodes and replies."
     )
     where: Filter | None = Field(default=None, description="Rows to include (see filters.py).")
+    study: str = Field(
+        default="default",
+        pattern=NAME_PATTERN,
+        description="Study the work belongs to; each node keeps a privacy budget per study.",
+    )
+    dp: DPRequest | None = Field(
+        default=None,
+        description="Differential privacy for this release: the loss it may cost at each node.",
+    )
+
+    def release_loss(self) -> PrivacyLoss | None:
+        """The loss one reply to this request will cost, known before it is computed.
+
+        The node refuses up front a request its budget cannot pay for. Tasks
+        whose loss per reply depends on the node (e.g. DP-SGD sized to the
+        remaining budget) return None and state the loss in the reply instead.
+        """
+        return self.dp.loss() if self.dp is not None else None
+
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        """Category lists the request itself states, by column (others use the schema's)."""
+        return {}
 
     def required_columns(self) -> dict[str, ColumnRole]:
         """Columns the request reads, with the role each plays (checked by every node)."""
@@ -66,6 +93,8 @@ class LocalDataset:
     schema: DatasetSchema
     frame: pd.DataFrame
     policy: NodePolicy = field(default_factory=NodePolicy)
+    # The request's (study, dataset) budget, set per message by the node.
+    budget: Budget | None = None
 
 
 class LocalDatasets(Protocol):
@@ -74,19 +103,77 @@ class LocalDatasets(Protocol):
     @property
     def node_name(self) -> str: ...
 
+    @property
+    def policy(self) -> NodePolicy: ...
+
+    @property
+    def ledger(self) -> PrivacyLedger: ...
+
     def schema(self, dataset: str) -> DatasetSchema | None: ...
 
     def load(self, dataset: str) -> LocalDataset: ...
 
 
 def selected_rows(params: TaskParams, local: LocalDataset) -> pd.DataFrame:
-    """The rows a request's ``where`` keeps (all rows without one)."""
-    if params.where is None:
-        return local.frame
-    return local.frame.loc[evaluate(params.where, local.frame)]
+    """The rows a request's ``where`` keeps (all rows without one).
+
+    An exact release must pass the subset and complement rules here, before
+    any statistic is computed; a DP release skips them (see privacy/disclosure.py).
+    """
+    frame = (
+        local.frame
+        if params.where is None
+        else local.frame.loc[evaluate(params.where, local.frame)]
+    )
+    if params.dp is None:
+        check_subset(len(frame), len(local.frame), local.policy, local.node_name)
+    return frame
 
 
 NodeHandler = Callable[[P, LocalDataset], RecordDict]
+
+
+class DPReport(BaseModel):
+    """What a DP result cost and how noisy it is, so a researcher can form intervals."""
+
+    mechanism: str
+    epsilon: dict[str, float] = Field(description="Loss charged at each node, at delta.")
+    delta: float
+    noise_std: dict[str, float] = Field(
+        description="Standard deviation of the noise in each released total (all nodes added)."
+    )
+
+
+def dp_report(replies: Mapping[int, RecordDict]) -> DPReport | None:
+    """The nodes' privacy records combined; None when no node added DP noise.
+
+    Independent noise adds across nodes, so a total's noise variance is the
+    sum of the nodes' scales squared.
+    """
+    records = {
+        node_id: content.config_records[PRIVACY_RECORD]
+        for node_id, content in replies.items()
+        if PRIVACY_RECORD in content.config_records
+    }
+    if not records:
+        return None
+    variance: dict[str, float] = {}
+    epsilon: dict[str, float] = {}
+    for node_id, record in sorted(records.items()):
+        meta = replies[node_id].config_records.get("meta")
+        name = str(meta["node"]) if meta is not None and "node" in meta else str(node_id)
+        epsilon[name] = float(str(record["epsilon"]))
+        for key, value in record.items():
+            if key.startswith("scale."):
+                quantity = key.removeprefix("scale.")
+                variance[quantity] = variance.get(quantity, 0.0) + float(str(value)) ** 2
+    first = next(iter(records.values()))
+    return DPReport(
+        mechanism=str(first["mechanism"]),
+        epsilon=epsilon,
+        delta=float(str(first["delta"])),
+        noise_std={quantity: math.sqrt(v) for quantity, v in sorted(variance.items())},
+    )
 
 
 @dataclass(frozen=True)
@@ -139,7 +226,7 @@ def broadcast(
     content_json = params.model_dump_json()
     messages = [
         Message(
-            params_content(content_json),
+            params_content(content_json, participants=len(node_ids)),
             node_id,
             f"query.{action}",
             group_id=group_id,
@@ -175,12 +262,14 @@ def broadcast(
 
 __all__ = [
     "ColumnRole",
+    "DPReport",
     "LocalDataset",
     "LocalDatasets",
     "NodeHandler",
     "TaskParams",
     "TaskType",
     "broadcast",
+    "dp_report",
     "selected_rows",
     "wait_for_nodes",
 ]

@@ -127,6 +127,9 @@ class CoxPHParams(SurvivalParams):
         roles.update(dict.fromkeys(self.strata, "group"))
         return roles
 
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        return self.formula.declared_levels()
+
     def check_schema(self, schema: DatasetSchema, node: str) -> None:
         super().check_schema(schema, node)
         check_formula(self.formula, schema, node)

@@ -29,13 +29,18 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from scipy.stats import chi2_contingency
 
 from oncofed.errors import QueryError
+from oncofed.privacy.accounting import PRIVACY_RECORD
+from oncofed.privacy.disclosure import check_cells
+from oncofed.privacy.dp import release_for
 from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import (
     ColumnRole,
+    DPReport,
     LocalDataset,
     TaskParams,
     TaskType,
     broadcast,
+    dp_report,
     selected_rows,
     wait_for_nodes,
 )
@@ -78,6 +83,11 @@ class CrosstabParams(TaskParams):
         roles.update({self.row: "group", self.col: "group"})
         return roles
 
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        return {
+            column: categories for column, categories, _ in self._axes() if categories is not None
+        }
+
     def check_schema(self, schema: DatasetSchema, node: str) -> None:
         super().check_schema(schema, node)
         for (column, _, option), categories in zip(
@@ -116,17 +126,25 @@ class CrosstabResult(BaseModel):
     row_categories: list[str]
     col_categories: list[str]
     counts: list[list[int]]
-    expected: list[list[float]] = Field(description="Expected counts under independence.")
-    statistic: float
-    pvalue: float
-    dof: int
-    correction: bool = Field(description="Whether Yates' correction was applied (dof == 1).")
+    # The chi-square test is left out of a DP release: it would ignore the noise's variance.
+    expected: list[list[float]] | None = Field(
+        default=None, description="Expected counts under independence."
+    )
+    statistic: float | None = None
+    pvalue: float | None = None
+    dof: int | None = None
+    correction: bool = Field(
+        default=False, description="Whether Yates' correction was applied (dof == 1)."
+    )
     n: int
     rows_missing: int = Field(description="Rows with the row or column value missing.")
     rows_outside_categories: int = Field(description="Rows with a value not agreed.")
     rows_missing_by_node: dict[str, int]
     rows_outside_by_node: dict[str, int]
     nodes: list[str]
+    privacy: DPReport | None = Field(
+        default=None, description="Mechanism, loss and noise of a DP release (counts may be < 0)."
+    )
 
     def to_frame(self, margins: bool = False) -> pd.DataFrame:
         """The counts, as ``pd.crosstab``; ``margins=True`` adds 'All' totals."""
@@ -141,6 +159,8 @@ class CrosstabResult(BaseModel):
         return table
 
     def expected_frame(self) -> pd.DataFrame:
+        if self.expected is None:
+            raise ValueError("a DP table has no expected counts: the test is not computed on it")
         return pd.DataFrame(
             self.expected,
             index=pd.Index(self.row_categories, name=self.row),
@@ -163,6 +183,25 @@ def crosstab_node(params: CrosstabParams, local: LocalDataset) -> RecordDict:
     inside = (row_codes >= 0) & (col_codes >= 0)
     counts = np.zeros((len(row_categories), len(col_categories)), dtype=np.int64)
     np.add.at(counts, (row_codes[inside], col_codes[inside]), 1)
+    rows_missing, rows_outside = int(missing.sum()), int((~inside & ~missing).sum())
+    privacy: dict[str, ConfigRecord] = {}
+    if params.dp is None:
+        check_cells(
+            counts,
+            local.policy,
+            local.node_name,
+            what="cell(s)",
+            fix="merge small categories, or widen the where filter",
+        )
+    else:
+        # Every row is in one cell, or missing, or outside the categories.
+        release = release_for(params.dp)
+        noisy = release.counts(
+            "count", [*counts.ravel(), rows_missing, rows_outside], release.budget
+        )
+        counts = noisy[:-2].reshape(counts.shape)
+        rows_missing, rows_outside = int(noisy[-2]), int(noisy[-1])
+        privacy[PRIVACY_RECORD] = release.record()
     return RecordDict(
         {
             "table": ArrayRecord({"counts": Array(counts)}),
@@ -171,10 +210,11 @@ def crosstab_node(params: CrosstabParams, local: LocalDataset) -> RecordDict:
                     "node": local.node_name,
                     "row_categories": list(row_categories),
                     "col_categories": list(col_categories),
-                    "rows_missing": int(missing.sum()),
-                    "rows_outside_categories": int((~inside & ~missing).sum()),
+                    "rows_missing": rows_missing,
+                    "rows_outside_categories": rows_outside,
                 }
             ),
+            **privacy,
         }
     )
 
@@ -211,26 +251,33 @@ def crosstab_serve(grid: Grid, params: CrosstabParams) -> CrosstabResult:
         outside[name] = int(str(meta["rows_outside_categories"]))
     if counts is None or axes is None:
         raise AssertionError("broadcast returns at least one reply")
-    _refuse_empty_categories(params, counts, axes)
-    test = chi2_contingency(counts, correction=params.correction)
-    return CrosstabResult(
+    table = CrosstabResult(
         dataset=params.dataset,
         row=params.row,
         col=params.col,
         row_categories=axes[0],
         col_categories=axes[1],
         counts=counts.tolist(),
-        expected=np.asarray(test.expected_freq, dtype=float).tolist(),
-        statistic=float(test.statistic),
-        pvalue=float(test.pvalue),
-        dof=int(test.dof),
-        correction=params.correction and int(test.dof) == 1,
         n=int(counts.sum()),
         rows_missing=sum(missing.values()),
         rows_outside_categories=sum(outside.values()),
         rows_missing_by_node=dict(sorted(missing.items())),
         rows_outside_by_node=dict(sorted(outside.items())),
         nodes=sorted(missing),
+        privacy=dp_report(replies),
+    )
+    if table.privacy is not None:
+        return table
+    _refuse_empty_categories(params, counts, axes)
+    test = chi2_contingency(counts, correction=params.correction)
+    return table.model_copy(
+        update={
+            "expected": np.asarray(test.expected_freq, dtype=float).tolist(),
+            "statistic": float(test.statistic),
+            "pvalue": float(test.pvalue),
+            "dof": int(test.dof),
+            "correction": params.correction and int(test.dof) == 1,
+        }
     )
 
 

@@ -20,18 +20,24 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from oncofed.errors import QueryError
+from oncofed.privacy.accounting import PRIVACY_RECORD
+from oncofed.privacy.disclosure import check_cells
+from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.tasks.base import (
     ColumnRole,
+    DPReport,
     LocalDataset,
     TaskParams,
     TaskType,
     broadcast,
+    dp_report,
     selected_rows,
     wait_for_nodes,
 )
 from oncofed.tasks.encoding import agreed_categories, category_labels
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 ALL = "(all)"
 
 
@@ -41,6 +47,14 @@ class DescribeParams(TaskParams):
     categories: tuple[str, ...] | None = Field(
         default=None,
         description="Agreed group labels; defaults to the categories the schema declares.",
+    )
+
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description=(
+            "Public (lo, hi) per column for a DP release, where the node schema declares none; "
+            "values are clamped to them. Never derive them from the data."
+        ),
     )
 
     @field_validator("columns")
@@ -56,6 +70,11 @@ class DescribeParams(TaskParams):
             raise ValueError("categories only make sense with by=")
         return self
 
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        if self.by is None or self.categories is None:
+            return {}
+        return {self.by: self.categories}
+
     def required_columns(self) -> dict[str, ColumnRole]:
         roles = super().required_columns()
         roles.update(dict.fromkeys(self.columns, "numeric"))
@@ -68,7 +87,7 @@ class DescribeRow(BaseModel):
     group: str
     column: str
     count: int
-    missing: int
+    missing: int | None = Field(description="None under DP, where it is not released.")
     sum: float
     mean: float | None
     variance: float | None
@@ -80,8 +99,11 @@ class DescribeResult(BaseModel):
     by: str | None
     rows: list[DescribeRow]
     nodes: list[str]
-    rows_outside_categories: int = 0
-    rows_group_missing: int = 0
+    rows_outside_categories: int | None = 0
+    rows_group_missing: int | None = 0
+    privacy: DPReport | None = Field(
+        default=None, description="The DP mechanism, loss and noise, when dp= was asked for."
+    )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (group, column); grouped results are indexed by both."""
@@ -107,17 +129,79 @@ def agreed_groups(params: DescribeParams, local: LocalDataset) -> tuple[str, ...
     )
 
 
-def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:
-    frame = selected_rows(params, local)
+def group_masks(
+    params: DescribeParams, local: LocalDataset, frame: pd.DataFrame
+) -> tuple[tuple[str, ...], list[BoolArray], int, int]:
+    """Agreed groups, each group's rows, and the rows outside them or with no group."""
     groups = agreed_groups(params, local)
     if params.by is None:
-        masks = [np.ones(len(frame), dtype=bool)]
-        outside = group_missing = 0
-    else:
-        labels = category_labels(frame[params.by], local.schema.columns[params.by])
-        masks = [(labels == g).to_numpy(dtype=bool) for g in groups]
-        group_missing = int(labels.isna().sum())
-        outside = int(len(frame) - group_missing - sum(int(m.sum()) for m in masks))
+        return groups, [np.ones(len(frame), dtype=bool)], 0, 0
+    labels = category_labels(frame[params.by], local.schema.columns[params.by])
+    masks = [(labels == g).to_numpy(dtype=bool) for g in groups]
+    group_missing = int(labels.isna().sum())
+    outside = int(len(frame) - group_missing - sum(int(m.sum()) for m in masks))
+    return groups, masks, outside, group_missing
+
+
+def describe_node_dp(params: DescribeParams, local: LocalDataset, request: DPRequest) -> RecordDict:
+    """Noisy count, sum and sum of squares per group and column; the rest is not released.
+
+    The budget is split evenly over the three statistics of every column
+    (sequential composition); groups hold different people, so each
+    statistic's groups share one part (parallel composition).
+    """
+    frame = selected_rows(params, local)
+    groups, masks, _, _ = group_masks(params, local, frame)
+    release = release_for(request)
+    part = release.budget / (3 * len(params.columns))
+    shape = (len(groups), len(params.columns))
+    count, total, squares = np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape)
+    for j, column in enumerate(params.columns):
+        lo, hi = sum_bounds(params, local, column)
+        values = np.clip(frame[column].to_numpy(dtype=float, na_value=np.nan), lo, hi)
+        chunks = [values[mask] for mask in masks]
+        present = [int(np.count_nonzero(~np.isnan(chunk))) for chunk in chunks]
+        count[:, j] = release.counts(f"count.{column}", present, part)
+        total[:, j] = release.bounded_sums(f"sum.{column}", chunks, (lo, hi), part)
+        square_lo = 0.0 if lo <= 0 <= hi else min(lo * lo, hi * hi)
+        total_sq = release.bounded_sums(
+            f"sum_of_squares.{column}",
+            [c * c for c in chunks],
+            (square_lo, max(lo * lo, hi * hi)),
+            part,
+        )
+        squares[:, j] = total_sq
+    return RecordDict(
+        {
+            "dp_sums": ArrayRecord(
+                {"count": Array(count), "sum": Array(total), "sum_of_squares": Array(squares)}
+            ),
+            "meta": ConfigRecord({"node": local.node_name, "groups": list(groups)}),
+            PRIVACY_RECORD: release.record(),
+        }
+    )
+
+
+def sum_bounds(params: DescribeParams, local: LocalDataset, column: str) -> tuple[float, float]:
+    """The public clamping range of a column: the schema's, else the request's."""
+    bounds = local.schema.columns[column].bounds or params.bounds.get(column)
+    if bounds is None:
+        raise QueryError(
+            f"a DP release of {column!r} needs public bounds to clamp its values to",
+            rule="privacy.bounds_required",
+            node=local.node_name,
+            fix=f"pass bounds={{{column!r}: (lo, hi)}} from domain knowledge, or ask the node "
+            "operator to declare bounds for the column in the node schema",
+            column=column,
+        )
+    return bounds
+
+
+def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:
+    if params.dp is not None:
+        return describe_node_dp(params, local, params.dp)
+    frame = selected_rows(params, local)
+    groups, masks, outside, group_missing = group_masks(params, local, frame)
     shape = (len(groups), len(params.columns))
     count, missing = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
     mean, m2 = np.zeros(shape), np.zeros(shape)
@@ -130,6 +214,14 @@ def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:
             if present.size:
                 mean[i, j] = present.mean()
                 m2[i, j] = float(np.sum((present - mean[i, j]) ** 2))
+    if params.by is not None:
+        check_cells(
+            count,
+            local.policy,
+            local.node_name,
+            what="group(s)",
+            fix=f"merge small categories of {params.by!r}, or widen the where filter",
+        )
     return RecordDict(
         {
             "moments": ArrayRecord(
@@ -173,13 +265,39 @@ def combine_moments(
 def describe_serve(grid: Grid, params: DescribeParams) -> DescribeResult:
     nodes = wait_for_nodes(grid, params)
     replies = broadcast(grid, "describe", params, nodes)
+    if params.dp is not None:
+        return _describe_dp(params, replies)
+    groups = _agreed_groups_of(params, replies)
     total: tuple[FloatArray, FloatArray, FloatArray] | None = None
     missing: npt.NDArray[np.int64] | None = None
-    groups: tuple[str, ...] | None = None
     names: list[str] = []
     outside = group_missing = 0
     for node_id in sorted(replies):
         arrays = replies[node_id].array_records["moments"]
+        meta = replies[node_id].config_records["meta"]
+        part = (arrays["count"].numpy().astype(float), arrays["mean"].numpy(), arrays["m2"].numpy())
+        total = part if total is None else combine_moments(total, part)
+        node_missing = arrays["missing"].numpy().astype(np.int64)
+        missing = node_missing if missing is None else missing + node_missing
+        names.append(str(meta["node"]))
+        outside += int(str(meta["rows_outside_categories"]))
+        group_missing += int(str(meta["rows_group_missing"]))
+    if total is None or missing is None:
+        raise AssertionError("broadcast returns at least one reply")
+    return DescribeResult(
+        dataset=params.dataset,
+        by=params.by,
+        rows=_rows(groups, params.columns, total, missing),
+        nodes=names,
+        rows_outside_categories=outside,
+        rows_group_missing=group_missing,
+    )
+
+
+def _agreed_groups_of(params: DescribeParams, replies: dict[int, RecordDict]) -> tuple[str, ...]:
+    """The groups every node used; nodes that disagree fail the task."""
+    groups: tuple[str, ...] | None = None
+    for node_id in sorted(replies):
         meta = replies[node_id].config_records["meta"]
         node_groups = tuple(str(g) for g in meta["groups"])  # type: ignore[union-attr]
         if groups is not None and node_groups != groups:
@@ -191,22 +309,52 @@ def describe_serve(grid: Grid, params: DescribeParams) -> DescribeResult:
                 fix="pass categories=[...] explicitly so every node groups the same way",
             )
         groups = node_groups
-        part = (arrays["count"].numpy().astype(float), arrays["mean"].numpy(), arrays["m2"].numpy())
-        total = part if total is None else combine_moments(total, part)
-        node_missing = arrays["missing"].numpy().astype(np.int64)
-        missing = node_missing if missing is None else missing + node_missing
-        names.append(str(meta["node"]))
-        outside += int(str(meta["rows_outside_categories"]))
-        group_missing += int(str(meta["rows_group_missing"]))
-    if total is None or missing is None or groups is None:
+    if groups is None:
         raise AssertionError("broadcast returns at least one reply")
+    return groups
+
+
+def _describe_dp(params: DescribeParams, replies: dict[int, RecordDict]) -> DescribeResult:
+    """Add the nodes' noisy sums; mean and variance follow from them (post-processing)."""
+    groups = _agreed_groups_of(params, replies)
+    names = [str(replies[n].config_records["meta"]["node"]) for n in sorted(replies)]
+    sums = {
+        key: np.sum(
+            [replies[n].array_records["dp_sums"][key].numpy().astype(float) for n in replies],
+            axis=0,
+        )
+        for key in ("count", "sum", "sum_of_squares")
+    }
+    rows = []
+    for i, group in enumerate(groups):
+        for j, column in enumerate(params.columns):
+            n, total = int(sums["count"][i, j]), float(sums["sum"][i, j])
+            mean = total / n if n > 0 else None
+            variance = (
+                max(0.0, (float(sums["sum_of_squares"][i, j]) - total * total / n) / (n - 1))
+                if n > 1
+                else None
+            )
+            rows.append(
+                DescribeRow(
+                    group=group,
+                    column=column,
+                    count=n,
+                    missing=None,
+                    sum=total,
+                    mean=mean,
+                    variance=variance,
+                    std=float(np.sqrt(variance)) if variance is not None else None,
+                )
+            )
     return DescribeResult(
         dataset=params.dataset,
         by=params.by,
-        rows=_rows(groups, params.columns, total, missing),
+        rows=rows,
         nodes=names,
-        rows_outside_categories=outside,
-        rows_group_missing=group_missing,
+        rows_outside_categories=None,
+        rows_group_missing=None,
+        privacy=dp_report(replies),
     )
 
 

@@ -81,6 +81,10 @@ class Formula(BaseModel):
     def columns(self) -> set[str]:
         return {f.column for f in self.factors()}
 
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        """Levels written in the formula itself, e.g. ``C(sex, levels=[1, 2])``."""
+        return {f.column: f.levels for f in self.factors() if f.categorical and f.levels}
+
     @property
     def text(self) -> str:
         rhs = [t.label for t in self.terms] or ["1"]

@@ -259,6 +259,9 @@ class GLMParams(TaskParams):
         roles.update({f.column: "numeric" for f in factors if not f.categorical})
         return roles
 
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        return self.formula.declared_levels()
+
     def check_schema(self, schema: DatasetSchema, node: str) -> None:
         super().check_schema(schema, node)
         check_formula(self.formula, schema, node)

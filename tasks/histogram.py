@@ -24,12 +24,17 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
 
 from oncofed.errors import QueryError
+from oncofed.privacy.accounting import PRIVACY_RECORD
+from oncofed.privacy.disclosure import check_cells
+from oncofed.privacy.dp import release_for
 from oncofed.tasks.base import (
     ColumnRole,
+    DPReport,
     LocalDataset,
     TaskParams,
     TaskType,
     broadcast,
+    dp_report,
     selected_rows,
     wait_for_nodes,
 )
@@ -120,6 +125,9 @@ class HistogramResult(BaseModel):
     n: int = Field(description="Present values, inside the edges or not.")
     rows_missing_by_node: dict[str, int]
     nodes: list[str]
+    privacy: DPReport | None = Field(
+        default=None, description="Mechanism, loss and noise of a DP release (counts may be < 0)."
+    )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per bin: left and right edge, count, and density as numpy's density=True."""
@@ -162,18 +170,33 @@ def histogram_node(params: HistogramParams, local: LocalDataset) -> RecordDict:
     present = values[~np.isnan(values)]
     edges = params.edges()
     counts, _ = np.histogram(present, bins=edges)
-    outside = [int((present < edges[0]).sum()), int((present > edges[-1]).sum())]
+    outside = np.array([(present < edges[0]).sum(), (present > edges[-1]).sum()], dtype=np.int64)
+    missing = int(values.size - present.size)
+    privacy: dict[str, ConfigRecord] = {}
+    if params.dp is None:
+        check_cells(
+            np.concatenate([counts, outside]),
+            local.policy,
+            local.node_name,
+            what="bin(s) or the counts outside the edges",
+            fix="use wider bins, or edges that cover the values",
+        )
+    else:
+        # Every row is in exactly one bin, below, above or missing: one person moves one count.
+        release = release_for(params.dp)
+        noisy = release.counts("count", [*counts, *outside, missing], release.budget)
+        counts, outside, missing = noisy[:-3], noisy[-3:-1], int(noisy[-1])
+        privacy[PRIVACY_RECORD] = release.record()
     return RecordDict(
         {
             "histogram": ArrayRecord(
                 {
                     "counts": Array(counts.astype(np.int64)),
-                    "outside": Array(np.array(outside, dtype=np.int64)),
+                    "outside": Array(outside.astype(np.int64)),
                 }
             ),
-            "meta": ConfigRecord(
-                {"node": local.node_name, "missing": int(values.size - present.size)}
-            ),
+            "meta": ConfigRecord({"node": local.node_name, "missing": missing}),
+            **privacy,
         }
     )
 
@@ -206,6 +229,7 @@ def histogram_serve(grid: Grid, params: HistogramParams) -> HistogramResult:
         n=int(counts.sum()) + below + above,
         rows_missing_by_node=dict(sorted(missing.items())),
         nodes=sorted(missing),
+        privacy=dp_report(replies),
     )
 
 

@@ -133,6 +133,11 @@ class GroupedSurvivalParams(SurvivalParams):
             roles[self.by] = "group"
         return roles
 
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        if self.by is None or self.categories is None:
+            return {}
+        return {self.by: self.categories}
+
 
 # ---- node side ----------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 
 from oncofed.demo import lung_centres
 from oncofed.sandbox import Sandbox
+from tests.oracle import PERMISSIVE
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -35,6 +36,17 @@ def gbsg2() -> pd.DataFrame:
 def lung_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
     """A coordinator and 4 node processes holding the lung data, split by centre."""
     with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as net:
+        yield net
+
+
+@pytest.fixture(scope="session")
+def lung_open_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
+    """The lung network without disclosure control, for oracle tests on fine bins and cells.
+
+    The default policy refuses cells of 1-4 rows; tests/privacy shows that, and
+    these tests check the mathematics where small cells are unavoidable.
+    """
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", policy=PERMISSIVE) as net:
         yield net
 
 

@@ -33,7 +33,7 @@ def _identity() -> None:
 
 
 def _instruction(dst: int = 7) -> Message:
-    content = params_content('{"dataset": "lung"}')
+    content = params_content('{"dataset": "lung"}', participants=3)
     content["arrays"] = ArrayRecord({"x": Array(np.arange(4.0))})
     return Message(content, dst, "query.describe", group_id="round-1", ttl=30)
 
@@ -78,7 +78,7 @@ def test_content_digest_ignores_metadata_and_survives_serialisation() -> None:
     stamp(a, run_id=1, message_id="x")
     assert content_digest(a) == content_digest(b)
     assert content_digest(from_bytes(to_bytes(a))) == content_digest(a)
-    changed = Message(params_content('{"dataset": "gbsg2"}'), 3, "query.describe")
+    changed = Message(params_content('{"dataset": "gbsg2"}', participants=3), 3, "query.describe")
     assert content_digest(changed) != content_digest(a)
 
 

@@ -16,6 +16,7 @@ from oncofed.tasks.describe import (
     describe_node,
 )
 from oncofed.tasks.encoding import category_labels
+from tests.oracle import PERMISSIVE
 
 
 def _moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,7 +43,7 @@ def test_chan_combination_equals_numpy_on_random_splits_including_empty_parts(se
 
 
 def _local(frame: pd.DataFrame) -> LocalDataset:
-    return LocalDataset("centre-x", "d", infer_schema(frame), frame)
+    return LocalDataset("centre-x", "d", infer_schema(frame), frame, PERMISSIVE)
 
 
 def test_node_releases_count_mean_m2_and_missing_computed_by_hand() -> None:

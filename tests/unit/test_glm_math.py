@@ -30,6 +30,7 @@ from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.filters import parse_filter
 from oncofed.tasks.formula import parse_formula
 from oncofed.tasks.glm import GLMParams, GLMResult, glm_node, glm_serve
+from tests.oracle import PERMISSIVE
 
 FAMILIES = {
     "gaussian": sm.families.Gaussian(),
@@ -46,7 +47,7 @@ class MemoryGrid:
         schema = infer_schema(pd.concat(list(parts.values())))
         self.locals = {
             i + 1: LocalDataset(
-                name, "d", schema, part.reset_index(drop=True), policy or NodePolicy()
+                name, "d", schema, part.reset_index(drop=True), policy or PERMISSIVE
             )
             for i, (name, part) in enumerate(parts.items())
         }
@@ -289,13 +290,17 @@ def test_iteration_cap_is_a_typed_failure(lung: pd.DataFrame) -> None:
 
 def test_node_refuses_a_nearly_saturated_model(lung: pd.DataFrame) -> None:
     part = lung[lung["centre"] == "centre-C"].head(8)
-    local = LocalDataset("centre-C", "d", infer_schema(lung), part, NodePolicy())
+    local = LocalDataset("centre-C", "d", infer_schema(lung), part, PERMISSIVE)
     params = GLMParams(dataset="d", formula=parse_formula("status ~ age + sex + ph.karno"))
     with pytest.raises(NodeRefusal) as caught:
-        glm_node(params, local)  # 4 coefficients > 0.37 * 8 rows
+        glm_node(params, local)  # 4 coefficients > 0.33 * 8 rows
     assert caught.value.rule == "privacy.model_saturation" and caught.value.node == "centre-C"
     relaxed = LocalDataset(
-        "centre-C", "d", infer_schema(lung), part, NodePolicy(max_model_saturation=0.5)
+        "centre-C",
+        "d",
+        infer_schema(lung),
+        part,
+        PERMISSIVE.model_copy(update={"max_model_saturation": 0.5}),
     )
     assert glm_node(params, relaxed).array_records["glm"]["n"].numpy().tolist() == [8]
 
@@ -333,7 +338,10 @@ def test_forged_parameters_are_refused_at_the_node_before_any_row_is_read() -> N
     formula = parse_formula("status ~ np.log(age)").model_dump(mode="json")
     formula["terms"][0]["factors"][0]["transform"] = "system"
     message = Message(
-        params_content(json.dumps({"dataset": "lung", "formula": formula, "family": "binomial"})),
+        params_content(
+            json.dumps({"dataset": "lung", "formula": formula, "family": "binomial"}),
+            participants=3,
+        ),
         1,
         "query.glm",
     )

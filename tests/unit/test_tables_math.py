@@ -36,6 +36,7 @@ from oncofed.tasks.quantiles import (
     order_statistics,
     quantiles_serve,
 )
+from tests.oracle import PERMISSIVE
 
 METHODS = ("linear", "lower", "higher", "nearest", "midpoint", "inverted_cdf")
 
@@ -46,7 +47,10 @@ class LocalGrid:
     def __init__(self, parts: dict[str, pd.DataFrame]) -> None:
         install_process_identity()
         schema = infer_schema(pd.concat(list(parts.values())))
-        catalogues = [FrameCatalogue(name, {"d": (schema, frame)}) for name, frame in parts.items()]
+        catalogues = [
+            FrameCatalogue(name, {"d": (schema, frame)}, PERMISSIVE)
+            for name, frame in parts.items()
+        ]
         self.apps = {
             node_id: build_client_app(lambda _context, c=catalogue: c)
             for node_id, catalogue in enumerate(catalogues, start=1)
@@ -70,7 +74,7 @@ def _split(frame: pd.DataFrame, rng: np.random.Generator, parts: int) -> dict[st
 
 
 def _local(frame: pd.DataFrame) -> LocalDataset:
-    return LocalDataset("centre-x", "d", infer_schema(frame), frame)
+    return LocalDataset("centre-x", "d", infer_schema(frame), frame, PERMISSIVE)
 
 
 # ---- correlation -----------------------------------------------------------

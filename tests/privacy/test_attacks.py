@@ -1,0 +1,248 @@
+"""Published attacks on federated statistics, run through real networks.
+
+Each test runs the attack against a defended network and asserts the defence
+holds, and runs it against ``open_net`` (every defence off) to show that the
+attack recovers the planted target there -- so each test fails if its
+defence is switched off.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from oncofed.errors import OncofedError
+from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.privacy.dp import DPRequest
+from oncofed.sandbox import Sandbox
+from tests.privacy.conftest import DP_REQUIRED, OPEN, TARGET
+
+pytestmark = pytest.mark.slow
+
+DP = {"epsilon": 0.5, "delta": 1e-6}
+BOUNDS = {"wt.loss": (-50.0, 80.0), "status": (0.0, 1.0)}
+
+
+def _refused(call: object, rule: str) -> OncofedError:
+    assert callable(call)
+    with pytest.raises(OncofedError) as caught:
+        call()
+    assert caught.value.rule == rule, caught.value.one_line()
+    return caught.value
+
+
+def _budget(net: Sandbox, node: str) -> list[dict[str, object]]:
+    """`oncofed node budget --json`, as the node's operator runs it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "oncofed", "node", "budget", str(net.node_config(node)), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+
+
+# ---- 1. differencing --------------------------------------------------------
+
+
+def test_differencing_by_where_is_refused_by_the_complement_rule(
+    strict_net: Sandbox, open_net: Sandbox
+) -> None:
+    def attack(net: Sandbox) -> float:
+        with net.session(dataset="lung", progress=False) as s:
+            whole = s.describe(["wt.loss"]).to_frame().loc["wt.loss", "sum"]
+            rest = s.describe(["wt.loss"], where="pid != 999").to_frame().loc["wt.loss", "sum"]
+        return float(whole - rest)
+
+    assert attack(open_net) == pytest.approx(TARGET["wt.loss"])
+    error = _refused(lambda: attack(strict_net), "privacy.min_complement_size")
+    assert error.node == "centre-A"  # only the target's node leaves out a single row
+
+
+def test_differencing_under_dp_is_charged_and_drowned_in_noise(dp_net: Sandbox) -> None:
+    study = "differencing"
+    with dp_net.session(dataset="lung", progress=False, study=study) as s:
+        whole = s.describe(["wt.loss"], dp=DP, bounds=BOUNDS)
+        rest = s.describe(["wt.loss"], dp=DP, bounds=BOUNDS, where="pid != 999")
+    difference = whole.to_frame().loc["wt.loss", "sum"] - rest.to_frame().loc["wt.loss", "sum"]
+    assert whole.privacy is not None and rest.privacy is not None
+    noise = np.hypot(whole.privacy.noise_std["sum.wt.loss"], rest.privacy.noise_std["sum.wt.loss"])
+    # The difference's noise is many times the largest value one patient can contribute.
+    assert noise > 10 * max(abs(b) for b in BOUNDS["wt.loss"])
+    assert difference != TARGET["wt.loss"]
+    charged = {row["study"]: row for row in _budget(dp_net, "centre-A")}[study]
+    assert charged["releases"] == 2
+    expected = (DPRequest(**DP).loss() + DPRequest(**DP).loss()).epsilon(1e-6)
+    assert charged["spent_epsilon"] == pytest.approx(expected, rel=1e-6)
+
+
+# ---- 2. linear reconstruction ----------------------------------------------
+
+
+def _reconstruction_attack(
+    net: Sandbox, centre_pids: list[int], study: str
+) -> tuple[np.ndarray, np.ndarray, OncofedError | None]:
+    """Sums of `status` over random halves of one centre's patients, solved by least squares."""
+    rng = np.random.default_rng(7)
+    rows, sums = [], []
+    refusal = None
+    dp = DP if net.policy.privacy_for("lung").dp_required else None
+    with net.session(dataset="lung", progress=False, study=study) as s:
+        for _ in range(len(centre_pids) + 10):
+            chosen = rng.random(len(centre_pids)) < 0.5
+            picked = [str(p) for p, c in zip(centre_pids, chosen, strict=True) if c]
+            where = "pid in (" + ", ".join(picked) + ")"
+            try:
+                result = s.describe(["status"], where=where, dp=dp, bounds=BOUNDS)
+            except OncofedError as exc:
+                refusal = exc
+                break
+            rows.append(chosen.astype(float))
+            sums.append(result.to_frame().loc["status", "sum"])
+    design = np.asarray(rows)
+    estimate = np.linalg.lstsq(design, np.asarray(sums), rcond=None)[0]
+    return estimate, design, refusal
+
+
+def test_linear_reconstruction_runs_out_of_budget_before_it_succeeds(
+    dp_net: Sandbox, open_net: Sandbox, lung_with_target: pd.DataFrame
+) -> None:
+    centre = lung_with_target[lung_with_target["centre"] == "centre-A"]
+    pids = centre["pid"].astype(int).tolist()
+    truth = centre["status"].to_numpy(dtype=float)
+
+    exact, _, none = _reconstruction_attack(open_net, pids, "reconstruction")
+    assert none is None
+    np.testing.assert_allclose(exact, truth, atol=1e-6)  # every patient's status recovered
+
+    noisy, design, refusal = _reconstruction_attack(dp_net, pids, "reconstruction")
+    assert refusal is not None and refusal.rule == "privacy.budget"
+    assert len(design) < len(pids) // 4  # the budget ends long before n queries
+    error = float(np.sqrt(np.mean((noisy - truth) ** 2)))
+    assert error > 0.5  # no better than guessing each 0/1 status
+
+
+def test_glm_scores_on_a_dp_dataset_are_refused(dp_net: Sandbox) -> None:
+    """IRLS or Newton steps with coefficients a coordinator picks have no DP mechanism here."""
+    with dp_net.session(dataset="lung", progress=False) as s:
+        _refused(lambda: s.glm("status ~ age", "binomial"), "privacy.dp_required")
+
+
+# ---- 3. averaging repeated noisy answers ------------------------------------
+
+
+def test_repeated_noisy_answers_are_each_charged_until_the_budget_ends(dp_net: Sandbox) -> None:
+    study = "averaging"
+    answers = []
+    with dp_net.session(dataset="lung", progress=False, study=study) as s:
+        for _ in range(30):
+            try:
+                result = s.histogram("age", [30, 60, 90], dp=DP)
+            except OncofedError as exc:
+                assert exc.rule == "privacy.budget", exc.one_line()
+                break
+            answers.append(tuple(result.counts))
+    cap = DP_REQUIRED.privacy_for("lung")
+    one = DPRequest(**DP).loss()
+    spent = PrivacyLoss.zero()
+    allowed = 0
+    while (spent + one).epsilon(cap.delta) <= cap.epsilon:
+        spent, allowed = spent + one, allowed + 1
+    assert len(answers) == allowed
+    assert len(set(answers)) == len(answers)  # fresh noise every time
+    charged = {row["study"]: row for row in _budget(dp_net, "centre-B")}[study]
+    assert charged["releases"] == allowed and charged["spent_epsilon"] <= cap.epsilon
+
+
+def test_no_seed_or_rng_is_reachable_from_a_request(dp_net: Sandbox) -> None:
+    with dp_net.session(dataset="lung", progress=False) as s:
+        params = {"dataset": "lung", "column": "age", "bins": [30, 60, 90], "dp": DP, "seed": 1}
+        _refused(lambda: s.run("histogram", params), "task.params")
+
+
+# ---- 4. small cells and tails -------------------------------------------------
+
+
+def test_narrow_histogram_bin_around_the_target_is_refused(
+    strict_net: Sandbox, open_net: Sandbox
+) -> None:
+    def attack(net: Sandbox) -> list[int]:
+        with net.session(dataset="lung", progress=False) as s:
+            return s.histogram("age", [10, 84, 86]).counts
+
+    assert attack(open_net)[1] == 1  # the target alone in its bin
+    _refused(lambda: attack(strict_net), "privacy.min_cell_count")
+
+
+def test_singleton_group_is_refused(strict_net: Sandbox, open_net: Sandbox) -> None:
+    def attack(net: Sandbox) -> float:
+        with net.session(dataset="lung", progress=False) as s:
+            frame = s.describe(["wt.loss"], by="age", categories=["85", "60"]).to_frame()
+        return float(frame.loc[("85", "wt.loss"), "mean"])
+
+    assert attack(open_net) == TARGET["wt.loss"]
+    _refused(lambda: attack(strict_net), "privacy.min_cell_count")
+
+
+def test_a_numeric_column_used_as_a_factor_is_refused(
+    strict_net: Sandbox, open_net: Sandbox, lung_with_target: pd.DataFrame
+) -> None:
+    ages = sorted({str(a) for a in lung_with_target["age"]})
+
+    def attack(net: Sandbox) -> float:
+        with net.session(dataset="lung", progress=False) as s:
+            frame = s.describe(["wt.loss"], by="age", categories=ages).to_frame()
+        return float(frame.loc[("85", "wt.loss"), "mean"])
+
+    assert attack(open_net) == TARGET["wt.loss"]
+    _refused(lambda: attack(strict_net), "privacy.max_factor_levels")
+
+
+def test_unique_event_times_are_refused(strict_net: Sandbox, open_net: Sandbox) -> None:
+    def exact(net: Sandbox) -> list[float]:
+        with net.session(dataset="lung", progress=False) as s:
+            return s.kaplan_meier("time", "status", exact_times=True).curve().time
+
+    def daily(net: Sandbox) -> list[float]:
+        with net.session(dataset="lung", progress=False) as s:
+            return s.kaplan_meier("time", "status", grid=1).curve().time
+
+    assert TARGET["time"] in exact(open_net) and TARGET["time"] in daily(open_net)
+    _refused(lambda: exact(strict_net), "privacy.exact_event_times")
+    _refused(lambda: daily(strict_net), "privacy.min_grid_width")
+
+
+def test_a_saturated_model_is_refused(strict_net: Sandbox, open_net: Sandbox) -> None:
+    formula = "time ~ age + sex + ph.karno + wt.loss"  # 5 coefficients on 12-15 rows a node
+
+    def attack(net: Sandbox) -> int:
+        with net.session(dataset="lung", progress=False) as s:
+            return len(s.glm(formula, "gaussian", where="age >= 70").names)
+
+    assert attack(open_net) == 5
+    _refused(lambda: attack(strict_net), "privacy.model_saturation")
+
+
+# ---- 5. minimum number of sites -------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["strict", "open"])
+def test_a_single_site_federation_cannot_release(
+    policy: str, lung_with_target: pd.DataFrame
+) -> None:
+    """A coordinator that runs a task on one node gets that node's own values -- unless refused."""
+    centre = lung_with_target[lung_with_target["centre"] == "centre-A"]
+    net = Sandbox.from_frame(
+        centre, split_by="centre", dataset="lung", policy=OPEN if policy == "open" else None
+    )
+    with net, net.session(dataset="lung", progress=False) as s:
+        if policy == "open":
+            released = s.describe(["wt.loss"]).to_frame().loc["wt.loss", "mean"]
+            assert released == pytest.approx(centre["wt.loss"].mean())
+        else:
+            _refused(lambda: s.describe(["wt.loss"]), "privacy.min_nodes")
