@@ -285,6 +285,7 @@ class Session:
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
+        dp: Mapping[str, float] | None = None,
     ) -> KaplanMeierResult:
         """lifelines' ``KaplanMeierFitter`` on the pooled rows, per agreed group of ``by``.
 
@@ -304,6 +305,7 @@ class Session:
             **_time_grid(grid, time_points, exact_times),
             "min_nodes": min_nodes,
             "timeout": timeout,
+            "dp": dict(dp) if dp is not None else None,
         }
         result = self.run("kaplan_meier", params)
         assert isinstance(result, KaplanMeierResult)

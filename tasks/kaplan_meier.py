@@ -16,16 +16,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 
-from oncofed.tasks.base import TaskType
+from oncofed.errors import QueryError
+from oncofed.privacy.accounting import PRIVACY_RECORD
+from oncofed.privacy.dp import release_for
+from oncofed.tasks.base import DPReport, LocalDataset, TaskType
 from oncofed.tasks.survival import (
     EventTable,
     FloatArray,
     GroupedSurvivalParams,
     event_table_node,
+    group_index,
     pooled_event_tables,
+    survival_rows,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +81,9 @@ class KaplanMeierResult(BaseModel):
     nodes: list[str]
     rows_dropped: dict[str, int] = Field(description="Rows with a missing value, per node.")
     rows_outside_categories: int = 0
+    privacy: DPReport | None = Field(
+        default=None, description="Mechanism, loss and noise of a DP release of the counts."
+    )
 
     def curve(self, group: str | None = None) -> KaplanMeierCurve:
         """The curve of ``group`` (the only curve without ``by``)."""
@@ -198,6 +207,64 @@ def first_time_at_or_below(time: FloatArray, curve: FloatArray, q: float) -> flo
     return float(time[below[0]]) if below.size else None
 
 
+def kaplan_meier_node(params: KaplanMeierParams, local: LocalDataset) -> RecordDict:
+    """The event table; with ``dp=``, noisy counts at every agreed time point.
+
+    A DP release cannot list only the times where something happened (that
+    list is itself data), so it needs explicit ``time_points``: every group
+    and point gets an event and a censoring count. Each row is counted once
+    -- in one cell, or as dropped, or outside the groups -- so the whole
+    vector has sensitivity one. Negative noisy counts are set to zero, which
+    is post-processing and costs no privacy.
+    """
+    if params.dp is None:
+        return event_table_node(params, local)
+    if params.time_points is None:
+        raise QueryError(
+            "a DP Kaplan-Meier release needs explicit time_points: the grid's occupied "
+            "times would themselves reveal data",
+            rule="privacy.time_points_required",
+            node=local.node_name,
+            fix="pass time_points=[30, 60, ...] covering the follow-up",
+        )
+    rows = survival_rows(params, local, [params.by] if params.by else [])
+    groups, index = group_index(params, local, rows.frame)
+    points = np.asarray(params.time_points, dtype=np.float64)
+    inside = index >= 0
+    cell = index[inside] * points.size + np.searchsorted(points, rows.time[inside])
+    size = len(groups) * points.size
+    events = np.bincount(cell, weights=rows.event[inside], minlength=size).astype(np.int64)
+    censored = np.bincount(cell, minlength=size).astype(np.int64) - events
+    release = release_for(params.dp)
+    noisy = release.counts(
+        "count",
+        [*events, *censored, rows.rows_dropped, int((~inside).sum())],
+        release.budget,
+    )
+    noisy = np.maximum(noisy, 0)
+    return RecordDict(
+        {
+            "events": ArrayRecord(
+                {
+                    "group": Array(np.repeat(np.arange(len(groups)), points.size)),
+                    "time": Array(np.tile(points, len(groups))),
+                    "events": Array(noisy[:size]),
+                    "censored": Array(noisy[size : 2 * size]),
+                }
+            ),
+            "meta": ConfigRecord(
+                {
+                    "node": local.node_name,
+                    "groups": list(groups),
+                    "rows_dropped": int(noisy[-2]),
+                    "rows_outside_categories": int(noisy[-1]),
+                }
+            ),
+            PRIVACY_RECORD: release.record(),
+        }
+    )
+
+
 def kaplan_meier_serve(grid: Grid, params: KaplanMeierParams) -> KaplanMeierResult:
     pooled = pooled_event_tables(grid, params, "kaplan_meier")
     return KaplanMeierResult(
@@ -217,6 +284,7 @@ def kaplan_meier_serve(grid: Grid, params: KaplanMeierParams) -> KaplanMeierResu
         nodes=pooled.nodes,
         rows_dropped=pooled.rows_dropped,
         rows_outside_categories=pooled.rows_outside_categories,
+        privacy=pooled.privacy,
     )
 
 
@@ -225,7 +293,7 @@ TASK: TaskType[KaplanMeierParams, KaplanMeierResult] = TaskType(
     params=KaplanMeierParams,
     result=KaplanMeierResult,
     serve=kaplan_meier_serve,
-    node_handlers={"kaplan_meier": event_table_node},
+    node_handlers={"kaplan_meier": kaplan_meier_node},
     summary="Kaplan-Meier survival curves with confidence bands, overall or by group",
 )
 

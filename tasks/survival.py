@@ -37,9 +37,11 @@ from pydantic import Field, model_validator
 from oncofed.errors import NodeRefusal, QueryError
 from oncofed.tasks.base import (
     ColumnRole,
+    DPReport,
     LocalDataset,
     TaskParams,
     broadcast,
+    dp_report,
     selected_rows,
     wait_for_nodes,
 )
@@ -335,6 +337,7 @@ class PooledEvents:
     nodes: list[str]
     rows_dropped: dict[str, int]
     rows_outside_categories: int
+    privacy: DPReport | None = None
 
 
 def pooled_event_tables(grid: Grid, params: GroupedSurvivalParams, action: str) -> PooledEvents:
@@ -391,7 +394,7 @@ def pooled_event_tables(grid: Grid, params: GroupedSurvivalParams, action: str) 
             fix="remove the empty categories from categories=[...] or widen where=",
             column=params.by,
         )
-    return PooledEvents(groups, tables, names, dropped, outside)
+    return PooledEvents(groups, tables, names, dropped, outside, dp_report(replies))
 
 
 __all__ = [
