@@ -100,8 +100,9 @@ def quantiles_table(result: QuantilesResult) -> Group:
     )
     for column in ("q", "value", "± bound"):
         table.add_column(column, justify="right")
-    for q, value, bound in zip(result.q, result.values, result.bounds, strict=True):
-        table.add_row(f"{q:g}", _fmt(value), f"{bound:.2g}")
+    bounds = result.bounds or [None] * len(result.q)  # a DP release states no bound
+    for q, value, bound in zip(result.q, result.values, bounds, strict=True):
+        table.add_row(f"{q:g}", _fmt(value), "noisy (DP)" if bound is None else f"{bound:.2g}")
     search = (
         f"n = {result.n}, {result.missing} missing; grid step {result.grid_step:.3g} "
         f"over [{result.lower:g}, {result.upper:g}], {result.rounds} rounds"

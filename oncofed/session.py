@@ -212,12 +212,14 @@ class Session:
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> QuantilesResult:
         """numpy.quantile(pooled, q, method=method) within a stated bound, no value leaving a node.
 
         ``lower`` and ``upper`` bound the search and must be agreed, not read
         from the data; ``tolerance`` (default (upper - lower) / 1000) is the
-        largest absolute error accepted.
+        largest absolute error accepted. With ``dp=`` each node releases one
+        noisy histogram on the grid instead, and no error bound is stated.
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
@@ -230,6 +232,7 @@ class Session:
             "method": method,
             "min_nodes": min_nodes,
             "timeout": timeout,
+            "dp": dict(dp) if dp is not None else None,
         }
         result = self.run("quantiles", params)
         assert isinstance(result, QuantilesResult)

@@ -49,22 +49,29 @@ from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from oncofed.errors import QueryError, TaskFailed
+from oncofed.privacy.accounting import PRIVACY_RECORD
+from oncofed.privacy.dp import release_for
 from oncofed.tasks.base import (
     ColumnRole,
+    DPReport,
     LocalDataset,
     TaskParams,
     TaskType,
     broadcast,
+    dp_report,
     selected_rows,
     wait_for_nodes,
 )
 
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 Method = Literal["linear", "lower", "higher", "nearest", "midpoint", "inverted_cdf"]
 """numpy.quantile methods whose rank rule ``order_statistics`` reproduces."""
 
@@ -78,6 +85,8 @@ DEFAULT_RESOLUTION = 1000
 """Without a tolerance, the interval is cut to (upper - lower) / 1000."""
 BELOW = -1
 """Probe index meaning 'count of values < lower'."""
+MAX_DP_CELLS = 4096
+"""A DP release is a histogram on the whole grid: at most this many cells."""
 
 
 class QuantilesParams(TaskParams):
@@ -174,7 +183,10 @@ class QuantilesResult(BaseModel):
     method: Method
     q: list[float]
     values: list[float] = Field(description="Estimates of numpy.quantile(pooled, q, method).")
-    bounds: list[float] = Field(description="Proven largest absolute error of each estimate.")
+    bounds: list[float] | None = Field(
+        description="Proven largest absolute error of each estimate (None under DP: the "
+        "noise in the counts moves the estimate further than the grid does)."
+    )
     tolerance: float
     lower: float
     upper: float
@@ -186,10 +198,14 @@ class QuantilesResult(BaseModel):
     above: int = Field(description="Present values above upper.")
     rows_missing_by_node: dict[str, int]
     nodes: list[str]
+    privacy: DPReport | None = Field(
+        default=None, description="Mechanism, loss and noise of a DP release of the grid counts."
+    )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per q: the estimate, its bound and the interval holding the exact value."""
-        values, bounds = np.asarray(self.values), np.asarray(self.bounds)
+        values = np.asarray(self.values)
+        bounds = np.asarray(self.bounds if self.bounds is not None else [np.nan] * len(values))
         return pd.DataFrame(
             {"value": values, "bound": bounds, "low": values - bounds, "high": values + bounds},
             index=pd.Index(self.q, name="q"),
@@ -202,6 +218,8 @@ class QuantilesResult(BaseModel):
 def quantiles_node(params: QuantilesParams, local: LocalDataset) -> RecordDict:
     values = selected_rows(params, local)[params.column].to_numpy(dtype=float, na_value=np.nan)
     present = np.sort(values[~np.isnan(values)])
+    if params.dp is not None:
+        return _grid_histogram_dp(params, local, present, int(values.size - present.size))
     counts = [
         np.searchsorted(present, params.lower, side="left")
         if j == BELOW
@@ -219,6 +237,42 @@ def quantiles_node(params: QuantilesParams, local: LocalDataset) -> RecordDict:
             "meta": ConfigRecord(
                 {"node": local.node_name, "missing": int(values.size - present.size)}
             ),
+        }
+    )
+
+
+def _grid_histogram_dp(
+    params: QuantilesParams, local: LocalDataset, present: FloatArray, missing: int
+) -> RecordDict:
+    """Noisy counts in every grid cell, below, above and missing, in one release.
+
+    Cumulative counts (what the exact search asks for) would let one patient
+    change every count above their value; cell counts change by one in one
+    place, so the whole vector has sensitivity one. The server adds them up.
+    """
+    size = params.size()
+    if size + 1 > MAX_DP_CELLS:
+        raise QueryError(
+            f"a DP release of quantiles is a histogram on the grid; {size + 1} cells is more "
+            f"than {MAX_DP_CELLS}",
+            rule="privacy.dp_grid_too_fine",
+            node=local.node_name,
+            fix="choose a larger tolerance or narrower lower/upper",
+        )
+    edges = [params.edge(j) for j in range(size + 1)]
+    # Cell 0 holds values equal to lower, cell j values in (e_{j-1}, e_j].
+    at_most = np.searchsorted(present, edges, side="right")
+    below = int(np.searchsorted(present, params.lower, side="left"))
+    cells = np.diff(np.concatenate([[below], at_most]))
+    above = int(present.size - at_most[-1])
+    assert params.dp is not None
+    release = release_for(params.dp)
+    noisy = release.counts("count", [below, *cells, above, missing], release.budget)
+    return RecordDict(
+        {
+            "dp_cells": ArrayRecord({"counts": Array(noisy[:-1])}),
+            "meta": ConfigRecord({"node": local.node_name, "missing": int(noisy[-1])}),
+            PRIVACY_RECORD: release.record(),
         }
     )
 
@@ -293,6 +347,7 @@ class _Rounds:
         self.present: dict[int, int] = {}
         self.missing: dict[str, int] = {}
         self.count = 0
+        self.privacy: DPReport | None = None
 
     def ask(self, probe: Iterable[int]) -> None:
         indices = tuple(sorted(set(probe)))
@@ -321,6 +376,25 @@ class _Rounds:
             totals += arrays["at_most"].numpy().astype(np.int64)
         self.known.update(zip(indices, (int(t) for t in totals), strict=True))
 
+    def ask_all_dp(self) -> None:
+        """One DP round: every node's noisy grid histogram, summed into cumulative counts.
+
+        Negative noisy cells are set to zero first (post-processing), so the
+        cumulative counts rise monotonically as the bisection assumes.
+        """
+        replies = broadcast(self.grid, "quantiles", self.params, self.nodes)
+        self.count += 1
+        total: IntArray = np.zeros(self.params.size() + 3, dtype=np.int64)
+        for node_id in sorted(replies):
+            total += replies[node_id].array_records["dp_cells"]["counts"].numpy().astype(np.int64)
+            name = str(replies[node_id].config_records["meta"]["node"])
+            self.missing[name] = int(str(replies[node_id].config_records["meta"]["missing"]))
+        cumulative = np.cumsum(np.maximum(total, 0))
+        self.known[BELOW] = int(cumulative[0])
+        self.known.update((j, int(cumulative[j + 1])) for j in range(self.params.size() + 1))
+        self.present = {0: int(cumulative[-1])}
+        self.privacy = dp_report(replies)
+
     @property
     def n(self) -> int:
         return sum(self.present.values())
@@ -329,8 +403,11 @@ class _Rounds:
 def quantiles_serve(grid: Grid, params: QuantilesParams) -> QuantilesResult:
     size = params.size()
     rounds = _Rounds(grid, params)
-    # Every search starts on [BELOW, size], so the first round also takes their shared first step.
-    rounds.ask((BELOW, (BELOW + size) // 2, size))
+    if params.dp is not None:
+        rounds.ask_all_dp()
+    else:
+        # Every search starts on [BELOW, size], so the first round also takes their first step.
+        rounds.ask((BELOW, (BELOW + size) // 2, size))
     n = rounds.n
     if n == 0:
         raise QueryError(
@@ -364,13 +441,14 @@ def quantiles_serve(grid: Grid, params: QuantilesParams) -> QuantilesResult:
                 bound += weight * max(high - middle, middle - low)
         values.append(value)
         bounds.append(bound + ROUNDING * scale)
+    above = n - at_most_upper
     return QuantilesResult(
         dataset=params.dataset,
         column=params.column,
         method=params.method,
         q=list(params.q),
         values=values,
-        bounds=bounds,
+        bounds=bounds if rounds.privacy is None else None,
         tolerance=params.resolved_tolerance(),
         lower=params.lower,
         upper=params.upper,
@@ -379,9 +457,10 @@ def quantiles_serve(grid: Grid, params: QuantilesParams) -> QuantilesResult:
         n=n,
         missing=sum(rounds.missing.values()),
         below=below,
-        above=n - at_most_upper,
+        above=above,
         rows_missing_by_node=dict(sorted(rounds.missing.items())),
         nodes=sorted(rounds.missing),
+        privacy=rounds.privacy,
     )
 
 

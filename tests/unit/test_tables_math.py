@@ -16,10 +16,12 @@ import pytest
 from flwr.app import Message
 from scipy.stats import chi2_contingency
 
-from oncofed.errors import QueryError
+from oncofed.errors import OncofedError, QueryError
 from oncofed.flower import install_process_identity, node_context, stamp
 from oncofed.node.app import build_client_app
 from oncofed.node.data import FrameCatalogue, infer_schema
+from oncofed.privacy.dp import DPRequest
+from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.correlation import (
     CorrelationParams,
@@ -44,12 +46,11 @@ METHODS = ("linear", "lower", "higher", "nearest", "midpoint", "inverted_cdf")
 class LocalGrid:
     """A Grid whose nodes are ClientApps called in this process."""
 
-    def __init__(self, parts: dict[str, pd.DataFrame]) -> None:
+    def __init__(self, parts: dict[str, pd.DataFrame], policy: NodePolicy = PERMISSIVE) -> None:
         install_process_identity()
         schema = infer_schema(pd.concat(list(parts.values())))
         catalogues = [
-            FrameCatalogue(name, {"d": (schema, frame)}, PERMISSIVE)
-            for name, frame in parts.items()
+            FrameCatalogue(name, {"d": (schema, frame)}, policy) for name, frame in parts.items()
         ]
         self.apps = {
             node_id: build_client_app(lambda _context, c=catalogue: c)
@@ -325,6 +326,34 @@ def test_bound_holds_for_a_fine_tolerance_on_values_with_a_large_offset(method: 
     result = quantiles_serve(LocalGrid(_split(frame, rng, 2)), params)
     _assert_within_bound(result, frame["x"].to_numpy())
     assert result.grid_step < 1e-6
+
+
+def test_dp_quantiles_come_from_one_noisy_grid_histogram_near_numpy() -> None:
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame({"x": rng.normal(100, 20, 10_000)})
+    generous = DatasetPrivacy(epsilon=10.0, max_epsilon_per_release=10.0, delta=1e-6)
+    policy = PERMISSIVE.model_copy(update={"dp": {"d": generous}})
+    params = QuantilesParams(
+        dataset="d",
+        column="x",
+        q=(0.25, 0.5, 0.75),
+        lower=0.0,
+        upper=200.0,
+        tolerance=1.0,
+        dp=DPRequest(epsilon=10.0, delta=1e-6),
+    )
+    grid = LocalGrid(_split(frame, rng, 3), policy)
+    result = quantiles_serve(grid, params)
+    assert grid.rounds == result.rounds == 1  # one release, not a bisection of many
+    assert result.bounds is None and result.privacy is not None
+    assert list(result.privacy.epsilon.values()) == pytest.approx([10.0] * 3)
+    exact = np.quantile(frame["x"], result.q)
+    # Grid step 200/256 plus the rank noise (a few counts of 10 000 near the median).
+    np.testing.assert_allclose(result.values, exact, atol=2.0)
+    too_fine = params.model_copy(update={"tolerance": 0.01})
+    with pytest.raises(OncofedError) as caught:
+        quantiles_serve(LocalGrid(_split(frame, rng, 3), policy), too_fine)
+    assert caught.value.rule == "privacy.dp_grid_too_fine"
 
 
 def test_quantile_equal_to_lower_is_found_exactly() -> None:
