@@ -100,7 +100,8 @@ def quantiles_table(result: QuantilesResult) -> Group:
     )
     for column in ("q", "value", "± bound"):
         table.add_column(column, justify="right")
-    bounds = result.bounds or [None] * len(result.q)  # a DP release states no bound
+    none: list[float | None] = [None] * len(result.q)
+    bounds: list[float | None] = list(result.bounds) if result.bounds is not None else none
     for q, value, bound in zip(result.q, result.values, bounds, strict=True):
         table.add_row(f"{q:g}", _fmt(value), "noisy (DP)" if bound is None else f"{bound:.2g}")
     search = (
