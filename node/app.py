@@ -18,14 +18,23 @@ from oncofed.errors import OncofedError, TaskFailed
 from oncofed.flower import error_reply, params_json
 from oncofed.node.audit import AuditLog
 from oncofed.node.mods import CatalogueFor, audit_mod, privacy_mod, validation_mod
+from oncofed.node.secure import SecureKeys, secure_mod
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import NodeHandler, TaskType
 
 log = logging.getLogger(__name__)
 
 
-def build_client_app(catalogue_for: CatalogueFor, audit: AuditLog | None = None) -> ClientApp:
-    mods = [validation_mod(catalogue_for), privacy_mod(catalogue_for)]
+def build_client_app(
+    catalogue_for: CatalogueFor,
+    audit: AuditLog | None = None,
+    secure: SecureKeys | None = None,
+) -> ClientApp:
+    mods = [
+        validation_mod(catalogue_for),
+        secure_mod(catalogue_for, secure),
+        privacy_mod(catalogue_for),
+    ]
     if audit is not None:
         mods.insert(0, audit_mod(audit))
     app = ClientApp(mods=mods)

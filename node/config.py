@@ -47,6 +47,29 @@ class DatasetConfig(BaseModel):
         return "parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv"
 
 
+class SecureAggregationConfig(BaseModel):
+    """Peers this node masks sums with, each pinned by its Ed25519 identity key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    peers: dict[str, str] = Field(
+        min_length=1,
+        description="Node name -> base64 public identity key (`oncofed node identity`).",
+    )
+
+    @field_validator("peers")
+    @classmethod
+    def _keys(cls, peers: dict[str, str]) -> dict[str, str]:
+        from oncofed.node.identity import parse_public_key
+
+        for name, text in peers.items():
+            try:
+                parse_public_key(text)
+            except ValueError as exc:
+                raise ValueError(f"peer {name!r}: {exc}") from None
+        return peers
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +82,9 @@ class NodeConfig(BaseModel):
     max_workers: int = Field(default=2, ge=1, le=32, description="Tasks computed at once.")
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     policy: NodePolicy = Field(default_factory=NodePolicy, description="What may leave.")
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        default=None, description="Pinned peer keys; without them the node refuses masked sums."
+    )
 
     @field_validator("datasets")
     @classmethod
@@ -117,4 +143,10 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["DatasetConfig", "NodeConfig", "format_validation_error", "load_node_config"]
+__all__ = [
+    "DatasetConfig",
+    "NodeConfig",
+    "SecureAggregationConfig",
+    "format_validation_error",
+    "load_node_config",
+]

@@ -29,6 +29,8 @@ from oncofed.node.app import build_client_app
 from oncofed.node.audit import AuditLog
 from oncofed.node.config import NodeConfig
 from oncofed.node.data import Catalogue
+from oncofed.node.identity import load_or_create_identity, parse_public_key
+from oncofed.node.secure import SecureKeys
 from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
@@ -62,7 +64,16 @@ class NodeRunner:
             PrivacyLedger.at(config.state_dir, config.name),
         )
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
-        self.app = build_client_app(lambda _context: self.catalogue, self.audit)
+        secure = None
+        if config.secure_aggregation is not None:
+            secure = SecureKeys(
+                load_or_create_identity(config.state_dir),
+                {
+                    name: parse_public_key(text)
+                    for name, text in config.secure_aggregation.peers.items()
+                },
+            )
+        self.app = build_client_app(lambda _context: self.catalogue, self.audit, secure)
         self._stop = threading.Event()
         self._call: Any = None  # the live stream call, cancelled by stop()
         self._pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="task")

@@ -193,6 +193,19 @@ def node_check(
     console.print("[green]ok[/]: config and data are valid")
 
 
+@node_app.command("identity")
+def node_identity(
+    config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],
+) -> None:
+    """Print this node's public identity key (created on first use) for peers to pin."""
+    from oncofed.node.config import load_node_config
+    from oncofed.node.identity import load_or_create_identity, public_key_text
+
+    cfg = load_node_config(config)
+    key = load_or_create_identity(cfg.state_dir)
+    print(f'"{cfg.name}" = "{public_key_text(key.public_key())}"')
+
+
 @node_app.command("budget")
 def node_budget(
     config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],

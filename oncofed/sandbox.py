@@ -26,6 +26,7 @@ import pandas as pd
 
 from oncofed.errors import CoordinatorUnavailable, SandboxError
 from oncofed.node.data import infer_schema
+from oncofed.node.identity import load_or_create_identity, public_key_text
 from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.session import Session
@@ -58,6 +59,7 @@ def node_config_toml(
     schema: DatasetSchema,
     heartbeat_seconds: float,
     policy: NodePolicy,
+    peers: Mapping[str, str] | None = None,
 ) -> str:
     lines = [
         f"name = {_toml_string(name)}",
@@ -75,6 +77,8 @@ def node_config_toml(
     lines += ["", "[policy]"]
     for key, value in policy.model_dump(mode="json").items():
         lines.append(f"{key} = {_toml_value(value)}")
+    if peers:
+        lines += ["", "[secure_aggregation]", f"peers = {_toml_value(dict(peers))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +120,7 @@ class Sandbox:
         self.port = 0
         self._coordinator: subprocess.Popen[bytes] | None = None
         self._nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self._identities: dict[str, str] = {}
         self._logs: list[IO[bytes]] = []
 
     @classmethod
@@ -170,6 +175,9 @@ class Sandbox:
                 node_dir = self.workdir / name
                 node_dir.mkdir(parents=True, exist_ok=True)
                 part.to_parquet(node_dir / f"{self.dataset}.parquet", index=False)
+                # Each node's own identity, pinned by every other node, as operators would.
+                identity = load_or_create_identity(node_dir / "state")
+                self._identities[name] = public_key_text(identity.public_key())
             self.start_coordinator()
             for name in self.partitions:
                 self.start_node(name)
@@ -236,6 +244,7 @@ class Sandbox:
                 self.schema,
                 self.heartbeat_seconds,
                 self.policy,
+                {peer: key for peer, key in self._identities.items() if peer != name},
             )
         )
         self._nodes[name] = self._spawn(name, "node", "start", str(config), env=env)

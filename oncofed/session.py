@@ -92,12 +92,15 @@ class Session:
         where: str | None = None,
         dp: Mapping[str, float] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
+        secure_aggregation: bool = False,
     ) -> DescribeResult:
         """Count, missing, mean, variance and standard deviation, pooled over nodes.
 
         ``where`` keeps rows, e.g. ``"age >= 60 and ph.ecog is not null"``.
         ``dp={"epsilon": 0.5, "delta": 1e-6}`` asks every node for a differentially
         private release; values are clamped to ``bounds`` (or the schema's).
+        ``secure_aggregation=True`` (with dp) masks each node's sums so the
+        coordinator sees only the totals.
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
@@ -109,6 +112,7 @@ class Session:
             "timeout": timeout,
             "dp": dict(dp) if dp is not None else None,
             "bounds": {k: list(v) for k, v in (bounds or {}).items()},
+            "secure_aggregation": secure_aggregation,
         }
         result = self.run("describe", params)
         assert isinstance(result, DescribeResult)
@@ -148,10 +152,12 @@ class Session:
         timeout: float = 120.0,
         where: str | None = None,
         dp: Mapping[str, float] | None = None,
+        secure_aggregation: bool = False,
     ) -> CrosstabResult:
         """Counts on agreed categories and scipy's chi-square test of independence.
 
-        With ``dp=`` the counts are noisy and the test is not computed.
+        With ``dp=`` the counts are noisy and the test is not computed; with
+        ``secure_aggregation=True`` the coordinator sees only the total counts.
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
@@ -164,6 +170,7 @@ class Session:
             "min_nodes": min_nodes,
             "timeout": timeout,
             "dp": dict(dp) if dp is not None else None,
+            "secure_aggregation": secure_aggregation,
         }
         result = self.run("crosstab", params)
         assert isinstance(result, CrosstabResult)
@@ -180,10 +187,12 @@ class Session:
         timeout: float = 120.0,
         where: str | None = None,
         dp: Mapping[str, float] | None = None,
+        secure_aggregation: bool = False,
     ) -> HistogramResult:
         """Counts on agreed edges (or ``bins`` equal bins over ``range``), as numpy.histogram.
 
-        With ``dp=`` every count carries noise (and may be negative).
+        With ``dp=`` every count carries noise (and may be negative); with
+        ``secure_aggregation=True`` the coordinator sees only the total counts.
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
@@ -194,6 +203,7 @@ class Session:
             "min_nodes": min_nodes,
             "timeout": timeout,
             "dp": dict(dp) if dp is not None else None,
+            "secure_aggregation": secure_aggregation,
         }
         result = self.run("histogram", params)
         assert isinstance(result, HistogramResult)

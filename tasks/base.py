@@ -12,12 +12,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import ClassVar, Generic, Literal, Protocol, TypeVar
 
 import pandas as pd
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.flower import params_content, reply_error
@@ -56,6 +56,25 @@ class TaskParams(BaseModel):
         default=None,
         description="Differential privacy for this release: the loss it may cost at each node.",
     )
+    secure_aggregation: bool = Field(
+        default=False,
+        description="Mask every node's numbers so the coordinator sees only their totals.",
+    )
+
+    @model_validator(mode="after")
+    def _secure_sum_supported(self) -> TaskParams:
+        if self.secure_aggregation and not self.secure_sum_supported():
+            raise ValueError(
+                f"{type(self).__name__} does not support secure_aggregation: its replies do not "
+                "simply add across nodes"
+            )
+        return self
+
+    def secure_sum_supported(self) -> bool:
+        return self.SECURE_SUM
+
+    SECURE_SUM: ClassVar[bool] = False
+    """Whether every number of this task's reply adds across nodes (so it can be masked)."""
 
     def release_loss(self) -> PrivacyLoss | None:
         """The loss one reply to this request will cost, known before it is computed.
@@ -210,30 +229,29 @@ def wait_for_nodes(grid: Grid, params: TaskParams, poll: float = 0.1) -> list[in
         time.sleep(poll)
 
 
-def broadcast(
+def exchange(
     grid: Grid,
     action: str,
     params: TaskParams,
     node_ids: Iterable[int],
     group_id: str = "",
-) -> dict[int, RecordDict]:
-    """Send one ``query.<action>`` with the parameters to each node; return replies by node.
+    extra: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
+) -> tuple[dict[int, RecordDict], list[OncofedError]]:
+    """Send ``query.<action>`` to each node; replies by node, and the errors, not raised.
 
-    Any refusal or failure raises one typed error naming every node that
-    refused, so a researcher sees all the problems at once.
+    ``extra`` adds records to the message of a node (a secure-aggregation
+    stage carries its keys and shares this way).
     """
     node_ids = list(node_ids)
     content_json = params.model_dump_json()
-    messages = [
-        Message(
-            params_content(content_json, participants=len(node_ids)),
-            node_id,
-            f"query.{action}",
-            group_id=group_id,
-            ttl=params.timeout,
+    messages = []
+    for node_id in node_ids:
+        content = params_content(content_json, participants=len(node_ids))
+        for name, record in (extra or {}).get(node_id, {}).items():
+            content[name] = record
+        messages.append(
+            Message(content, node_id, f"query.{action}", group_id=group_id, ttl=params.timeout)
         )
-        for node_id in node_ids
-    ]
     replies = list(grid.send_and_receive(messages, timeout=params.timeout))
     by_node: dict[int, RecordDict] = {}
     errors: list[OncofedError] = []
@@ -253,6 +271,28 @@ def broadcast(
         for node_id in node_ids
         if node_id not in answered
     )
+    return by_node, errors
+
+
+def broadcast(
+    grid: Grid,
+    action: str,
+    params: TaskParams,
+    node_ids: Iterable[int],
+    group_id: str = "",
+) -> dict[int, RecordDict]:
+    """Send one ``query.<action>`` with the parameters to each node; return replies by node.
+
+    Any refusal or failure raises one typed error naming every node that
+    refused, so a researcher sees all the problems at once. With
+    ``secure_aggregation`` the nodes' replies arrive as one masked total
+    (a single entry; see tasks/secure.py).
+    """
+    if params.secure_aggregation:
+        from oncofed.tasks.secure import secure_broadcast
+
+        return secure_broadcast(grid, action, params, list(node_ids), group_id)
+    by_node, errors = exchange(grid, action, params, node_ids, group_id)
     if errors:
         raise FederatedErrors.combine(errors)
     if not by_node:
@@ -270,6 +310,7 @@ __all__ = [
     "TaskType",
     "broadcast",
     "dp_report",
+    "exchange",
     "selected_rows",
     "wait_for_nodes",
 ]

@@ -52,6 +52,7 @@ TOTAL = "All"
 
 
 class CrosstabParams(TaskParams):
+    SECURE_SUM = True
     row: str = Field(min_length=1, description="Column whose categories make the table's rows.")
     col: str = Field(min_length=1, description="Column whose categories make the columns.")
     row_categories: tuple[str, ...] | None = Field(

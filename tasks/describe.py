@@ -70,6 +70,10 @@ class DescribeParams(TaskParams):
             raise ValueError("categories only make sense with by=")
         return self
 
+    def secure_sum_supported(self) -> bool:
+        # The DP release is sums; the exact one is means and M2, which do not add.
+        return self.dp is not None
+
     def declared_levels(self) -> dict[str, tuple[str, ...]]:
         if self.by is None or self.categories is None:
             return {}

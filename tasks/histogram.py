@@ -49,6 +49,7 @@ MAX_BINS = 10_000
 
 
 class HistogramParams(TaskParams):
+    SECURE_SUM = True
     column: str = Field(min_length=1, description="Numeric column.")
     bins: int | tuple[float, ...] = Field(
         description="Agreed edges (strictly increasing), or a number of equal bins over range."

@@ -150,6 +150,11 @@ class QuantilesParams(TaskParams):
         roles[self.column] = "numeric"
         return roles
 
+    def secure_sum_supported(self) -> bool:
+        # The DP release is one grid histogram; the exact bisection's per-round counts
+        # would need a masked session per round.
+        return self.dp is not None
+
     def resolved_tolerance(self) -> float:
         return self.tolerance or (self.upper - self.lower) / DEFAULT_RESOLUTION
 

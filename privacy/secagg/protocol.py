@@ -4,9 +4,11 @@ Four stages, each one message from the coordinator to every node and back:
 
 1. ``advertise``: a node makes two fresh X25519 key pairs -- ``c`` to agree
    pairwise masks, ``s`` to encrypt secret shares -- and signs both public
-   keys with its long-term Ed25519 identity, bound to the session and the
-   participant list. Every node knows the others' identity keys from its own
-   configuration, so a coordinator that substitutes a key is caught.
+   keys with its long-term Ed25519 identity, bound to the session. Every node
+   knows the others' identity keys from its own configuration, so a
+   coordinator that substitutes a key, or replays one from another session,
+   is caught. The participants are the nodes whose signed adverts the
+   coordinator relays: a node counts them itself.
 2. ``share``: a node checks every advert's signature, draws a self-mask seed
    ``b``, Shamir-shares ``b`` and its ``c`` private key among the
    participants (threshold ``t``), and encrypts each peer's shares for that
@@ -75,12 +77,8 @@ class Advert:
     signature: bytes
 
     @staticmethod
-    def signed_bytes(
-        session: str, participants: Sequence[str], name: str, c_public: bytes, s_public: bytes
-    ) -> bytes:
-        return json.dumps(
-            [session, list(participants), name, c_public.hex(), s_public.hex()]
-        ).encode()
+    def signed_bytes(session: str, name: str, c_public: bytes, s_public: bytes) -> bytes:
+        return json.dumps([session, name, c_public.hex(), s_public.hex()]).encode()
 
     def to_bytes(self) -> bytes:
         fields = [self.name, self.c_public.hex(), self.s_public.hex(), self.signature.hex()]
@@ -103,25 +101,10 @@ class SecAggNode:
         identity: Ed25519PrivateKey,
         peers: Mapping[str, Ed25519PublicKey],
         session: str,
-        participants: Sequence[str],
         threshold: int,
     ) -> None:
         self.name, self.session, self.threshold = name, session, threshold
-        self.participants = tuple(participants)
-        if name not in self.participants or len(set(self.participants)) != len(self.participants):
-            raise _refuse(
-                "this node is not among the session's participants, or a name repeats",
-                "participants",
-                name,
-                "submit the task through oncofed",
-            )
-        if not 2 <= threshold <= len(self.participants):
-            raise _refuse(
-                f"threshold {threshold} does not fit {len(self.participants)} participants",
-                "threshold",
-                name,
-                "use a threshold between 2 and the number of nodes",
-            )
+        self.participants: tuple[str, ...] = ()
         self._identity = identity
         self._peers = {**peers, name: identity.public_key()}
         self._c, self._s = X25519PrivateKey.generate(), X25519PrivateKey.generate()
@@ -137,9 +120,7 @@ class SecAggNode:
 
     def advertise(self) -> bytes:
         c_public, s_public = _public(self._c), _public(self._s)
-        payload = Advert.signed_bytes(
-            self.session, self.participants, self.name, c_public, s_public
-        )
+        payload = Advert.signed_bytes(self.session, self.name, c_public, s_public)
         return Advert(self.name, c_public, s_public, self._identity.sign(payload)).to_bytes()
 
     def share(self, adverts: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -150,6 +131,16 @@ class SecAggNode:
                 "replay",
                 self.name,
                 "start a new session",
+            )
+        self.participants = tuple(sorted(adverts))
+        # More than half must hold shares: no minority can rebuild a node's secrets.
+        if not len(self.participants) // 2 < self.threshold <= len(self.participants):
+            raise _refuse(
+                f"threshold {self.threshold} is not a majority of the "
+                f"{len(self.participants)} participants",
+                "threshold",
+                self.name,
+                "use a threshold above half the number of nodes",
             )
         for claimed, raw in adverts.items():
             self._adverts[claimed] = self._verified(claimed, raw)
@@ -273,7 +264,7 @@ class SecAggNode:
     def _verified(self, claimed: str, raw: bytes) -> Advert:
         advert = Advert.from_bytes(raw)
         identity = self._peers.get(claimed)
-        if advert.name != claimed or claimed not in self.participants or identity is None:
+        if advert.name != claimed or identity is None:
             raise _refuse(
                 f"an advert for {claimed!r} from no known participant",
                 "bad_key",
@@ -281,9 +272,7 @@ class SecAggNode:
                 "pin every peer's identity key in the node config",
                 culprit=claimed,
             )
-        payload = Advert.signed_bytes(
-            self.session, self.participants, claimed, advert.c_public, advert.s_public
-        )
+        payload = Advert.signed_bytes(self.session, claimed, advert.c_public, advert.s_public)
         try:
             identity.verify(advert.signature, payload)
         except InvalidSignature:
@@ -315,9 +304,8 @@ def pair_seed(own: X25519PrivateKey, peer_public: bytes, session: str) -> bytes:
 class SecAggServer:
     """The coordinator's side: removes the masks it is allowed to, and nothing else."""
 
-    def __init__(self, session: str, participants: Sequence[str], threshold: int) -> None:
+    def __init__(self, session: str, threshold: int) -> None:
         self.session, self.threshold = session, threshold
-        self.participants = tuple(participants)
 
     def aggregate(
         self,

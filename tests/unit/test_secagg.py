@@ -32,7 +32,7 @@ def _nodes(
     if identities is None:
         identities = {name: Ed25519PrivateKey.generate() for name in names}
     public = {name: key.public_key() for name, key in identities.items()}
-    return [SecAggNode(name, identities[name], public, session, names, threshold) for name in names]
+    return [SecAggNode(name, identities[name], public, session, threshold) for name in names]
 
 
 def _run(
@@ -51,7 +51,7 @@ def _run(
         for n in alive
     }
     reveals = {n.name: n.unmask(sorted(masked)) for n in alive}
-    server = SecAggServer(nodes[0].session, nodes[0].participants, nodes[0].threshold)
+    server = SecAggServer(nodes[0].session, nodes[0].threshold)
     return server.aggregate(adverts, sorted(sealed), masked, reveals), masked
 
 
@@ -85,6 +85,14 @@ def test_nodes_dropping_after_masking_starts_leave_the_survivors_sum(dropped: se
     np.testing.assert_array_equal(total, expected)
 
 
+def test_a_minority_threshold_is_refused() -> None:
+    nodes = _nodes(4, 2)
+    adverts = {n.name: n.advertise() for n in nodes}
+    with pytest.raises(SecAggError) as caught:
+        nodes[0].share(adverts)
+    assert caught.value.rule == "secagg.threshold"
+
+
 def test_too_many_dropouts_fail() -> None:
     nodes = _nodes(6, 4)
     vectors = {n.name: np.ones(10, dtype=U64) for n in nodes}
@@ -100,9 +108,7 @@ def test_a_substituted_key_is_refused_naming_the_node() -> None:
     attacker = Ed25519PrivateKey.generate()  # the coordinator's own key pair
     forged_c = nodes[0].advertise()  # any other valid-looking key bytes
     fake = Advert.from_bytes(forged_c)
-    payload = Advert.signed_bytes(
-        nodes[0].session, nodes[0].participants, "centre-2", fake.c_public, genuine.s_public
-    )
+    payload = Advert.signed_bytes(nodes[0].session, "centre-2", fake.c_public, genuine.s_public)
     adverts["centre-2"] = Advert(
         "centre-2", fake.c_public, genuine.s_public, attacker.sign(payload)
     ).to_bytes()
@@ -112,18 +118,9 @@ def test_a_substituted_key_is_refused_naming_the_node() -> None:
 
 
 def test_an_advert_from_another_session_is_refused() -> None:
-    old = _nodes(3, 2, session="run-1/a")
-    new = [
-        SecAggNode(
-            n.name,
-            n._identity,
-            {m.name: m._identity.public_key() for m in old},
-            "run-2/a",
-            n.participants,
-            2,
-        )
-        for n in old
-    ]
+    identities = {f"centre-{i}": Ed25519PrivateKey.generate() for i in range(3)}
+    old = _nodes(3, 2, session="run-1/a", identities=identities)
+    new = _nodes(3, 2, session="run-2/a", identities=identities)
     adverts = {n.name: n.advertise() for n in new}
     adverts["centre-1"] = old[1].advertise()  # replayed from the earlier session
     with pytest.raises(SecAggError) as caught:
