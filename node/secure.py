@@ -28,6 +28,17 @@ from oncofed.privacy.secagg.records import MASKED_RECORD, SECAGG_RECORD, flatten
 from oncofed.tasks.base import LocalDatasets
 
 
+class _Sessions:
+    """Live sessions in this process; a copy (Flower simulation pickles apps) starts empty."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, SecAggNode] = {}
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type[_Sessions], tuple[()]]:
+        return (_Sessions, ())
+
+
 @dataclass(frozen=True)
 class SecureKeys:
     """The node's identity key and its peers' pinned public keys."""
@@ -38,8 +49,7 @@ class SecureKeys:
 
 def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKeys | None) -> Mod:
     """``keys`` is None when the node has no [secure_aggregation] section."""
-    sessions: dict[str, SecAggNode] = {}
-    lock = threading.Lock()
+    state = _Sessions()
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         record = message.content.config_records.get(SECAGG_RECORD)
@@ -58,8 +68,8 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
             stage = str(record["stage"])
             session = str(record["session"])
             if stage == "advertise":
-                with lock:
-                    if session in sessions:
+                with state.lock:
+                    if session in state.by_id:
                         raise SecAggError(
                             "this session already started",
                             rule="secagg.replay",
@@ -68,9 +78,9 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
                         )
                     threshold = int(str(record["threshold"]))
                     node = SecAggNode(node_name, keys.identity, keys.peers, session, threshold)
-                    sessions[session] = node
+                    state.by_id[session] = node
                 return _reply(message, {"advert": node.advertise()})
-            node = _session(sessions, lock, session, node_name)
+            node = _session(state, session, node_name)
             if stage == "share":
                 sealed = node.share(_prefixed(record, "advert."))
                 # Signed adverts are the count a coordinator cannot inflate.
@@ -87,8 +97,8 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
                 return Message(clear, reply_to=message)
             if stage == "unmask":
                 survivors = json.loads(str(record["survivors"]))
-                with lock:
-                    sessions.pop(session, None)
+                with state.lock:
+                    state.by_id.pop(session, None)
                 return _reply(message, {"reveal": node.unmask(survivors)})
             raise SecAggError(
                 f"unknown secure-aggregation stage {stage!r}",
@@ -102,11 +112,9 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
     return mod
 
 
-def _session(
-    sessions: dict[str, SecAggNode], lock: threading.Lock, session: str, node: str
-) -> SecAggNode:
-    with lock:
-        found = sessions.get(session)
+def _session(state: _Sessions, session: str, node: str) -> SecAggNode:
+    with state.lock:
+        found = state.by_id.get(session)
     if found is None:
         raise SecAggError(
             "no such secure-aggregation session at this node (it may have restarted)",

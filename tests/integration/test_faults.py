@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -119,14 +120,26 @@ def test_a_second_process_under_the_same_name_is_refused(net: Sandbox, lung: pd.
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    refused = threading.Event()
+
+    def read() -> None:
+        assert impostor.stdout is not None
+        for line in impostor.stdout:
+            lines.append(line)
+            if "already connected" in line:
+                refused.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(4)
+        # Start-up takes seconds on a loaded machine: wait for the refusal, not a fixed time.
+        assert refused.wait(90), "".join(lines)
         with net.session(progress=False) as session:
             result = session.describe(COLUMNS, min_nodes=4)
             nodes = session.nodes()
     finally:
         impostor.terminate()
-        output, _ = impostor.communicate(timeout=20)
-    assert "already connected" in output
+        impostor.wait(timeout=20)
     assert list(nodes["name"]).count(name) == 1 and nodes["online"].all()
     assert_describe_matches(result, lung, COLUMNS)
