@@ -52,9 +52,12 @@ def _guarded(
         try:
             params = task.params.model_validate_json(params_json(message))
             local = datasets.load(params.dataset)
-            privacy = datasets.policy.privacy_for(params.dataset)
-            budget = datasets.ledger.budget(params.study, params.dataset, privacy)
-            content = handler(params, replace(local, budget=budget))
+            if params.dp is not None:
+                # Only DP handlers size their noise to what remains; others skip the read.
+                privacy = datasets.policy.privacy_for(params.dataset)
+                budget = datasets.ledger.budget(params.study, params.dataset, privacy)
+                local = replace(local, budget=budget)
+            content = handler(params, local)
         except OncofedError as exc:
             return error_reply(message, exc)
         except Exception as exc:

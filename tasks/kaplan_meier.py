@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 
@@ -29,6 +29,7 @@ from oncofed.tasks.survival import (
     FloatArray,
     GroupedSurvivalParams,
     event_table_node,
+    event_table_record,
     group_index,
     pooled_event_tables,
     survival_rows,
@@ -242,27 +243,18 @@ def kaplan_meier_node(params: KaplanMeierParams, local: LocalDataset) -> RecordD
         release.budget,
     )
     noisy = np.maximum(noisy, 0)
-    return RecordDict(
-        {
-            "events": ArrayRecord(
-                {
-                    "group": Array(np.repeat(np.arange(len(groups)), points.size)),
-                    "time": Array(np.tile(points, len(groups))),
-                    "events": Array(noisy[:size]),
-                    "censored": Array(noisy[size : 2 * size]),
-                }
-            ),
-            "meta": ConfigRecord(
-                {
-                    "node": local.node_name,
-                    "groups": list(groups),
-                    "rows_dropped": int(noisy[-2]),
-                    "rows_outside_categories": int(noisy[-1]),
-                }
-            ),
-            PRIVACY_RECORD: release.record(),
-        }
+    content = event_table_record(
+        local.node_name,
+        groups,
+        np.repeat(np.arange(len(groups)), points.size),
+        np.tile(points, len(groups)),
+        noisy[:size],
+        noisy[size : 2 * size],
+        rows_dropped=int(noisy[-2]),
+        rows_outside=int(noisy[-1]),
     )
+    content[PRIVACY_RECORD] = release.record()
+    return content
 
 
 def kaplan_meier_serve(grid: Grid, params: KaplanMeierParams) -> KaplanMeierResult:

@@ -276,22 +276,46 @@ def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> Reco
     inverse = inverse.reshape(-1)
     events = np.bincount(inverse, weights=rows.event[inside], minlength=len(cells))
     censored = np.bincount(inverse, minlength=len(cells)) - events
+    return event_table_record(
+        local.node_name,
+        groups,
+        cells[:, 0].astype(np.int64),
+        cells[:, 1],
+        np.asarray(events, dtype=np.int64),
+        np.asarray(censored, dtype=np.int64),
+        rows_dropped=rows.rows_dropped,
+        rows_outside=int((~inside).sum()),
+    )
+
+
+def event_table_record(
+    node: str,
+    groups: Sequence[str],
+    group: IntArray,
+    time: FloatArray,
+    events: IntArray,
+    censored: IntArray,
+    *,
+    rows_dropped: int,
+    rows_outside: int,
+) -> RecordDict:
+    """A node's event table as it is released: counts per (group index, time) cell."""
     return RecordDict(
         {
             "events": ArrayRecord(
                 {
-                    "group": Array(cells[:, 0].astype(np.int64)),
-                    "time": Array(cells[:, 1].astype(np.float64)),
+                    "group": Array(np.asarray(group, dtype=np.int64)),
+                    "time": Array(np.asarray(time, dtype=np.float64)),
                     "events": Array(np.asarray(events, dtype=np.int64)),
                     "censored": Array(np.asarray(censored, dtype=np.int64)),
                 }
             ),
             "meta": ConfigRecord(
                 {
-                    "node": local.node_name,
+                    "node": node,
                     "groups": list(groups),
-                    "rows_dropped": rows.rows_dropped,
-                    "rows_outside_categories": int((~inside).sum()),
+                    "rows_dropped": rows_dropped,
+                    "rows_outside_categories": rows_outside,
                 }
             ),
         }
@@ -407,6 +431,7 @@ __all__ = [
     "category_codes",
     "check_time_grid",
     "event_table_node",
+    "event_table_record",
     "group_index",
     "on_grid",
     "pooled_event_tables",
