@@ -131,6 +131,7 @@ def test_glm_scores_on_a_dp_dataset_are_refused(dp_net: Sandbox) -> None:
     """IRLS or Newton steps with coefficients a coordinator picks have no DP mechanism here."""
     with dp_net.session(dataset="lung", progress=False) as s:
         _refused(lambda: s.glm("status ~ age", "binomial"), "privacy.dp_required")
+        _refused(lambda: s.coxph("time", "status", "age", grid=30), "privacy.dp_required")
 
 
 # ---- 3. averaging repeated noisy answers ------------------------------------
@@ -201,6 +202,10 @@ def test_a_numeric_column_used_as_a_factor_is_refused(
 
     assert attack(open_net) == TARGET["wt.loss"]
     _refused(lambda: attack(strict_net), "privacy.max_factor_levels")
+    levels = ", ".join(ages)
+    with strict_net.session(dataset="lung", progress=False) as s:
+        model = f"status ~ C(age, levels=[{levels}])"
+        _refused(lambda: s.glm(model, "binomial"), "privacy.max_factor_levels")
 
 
 def test_unique_event_times_are_refused(strict_net: Sandbox, open_net: Sandbox) -> None:
