@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from oncofed.errors import OncofedError, TaskFailed
@@ -20,7 +20,7 @@ from oncofed.node.audit import AuditLog
 from oncofed.node.mods import CatalogueFor, audit_mod, privacy_mod, validation_mod
 from oncofed.node.secure import SecureKeys, secure_mod
 from oncofed.tasks import TASKS
-from oncofed.tasks.base import NodeHandler, TaskType
+from oncofed.tasks.base import LocalDataset, ModelHandler, NodeHandler, TaskType
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,23 @@ def build_client_app(
     app = ClientApp(mods=mods)
     for task in TASKS.values():
         for action, handler in task.node_handlers.items():
-            app.query(action)(_guarded(task, handler, catalogue_for))
+            app.query(action)(_guarded(task, _ignoring_content(handler), catalogue_for))
+        # Flower's strategies send "train" and "evaluate"; one installed task owns each.
+        for kind, model_handler in task.model_handlers.items():
+            register = app.train() if kind == "train" else app.evaluate()
+            register(_guarded(task, model_handler, catalogue_for))
     return app
 
 
+def _ignoring_content(handler: NodeHandler[Any]) -> ModelHandler[Any]:
+    def with_content(params: Any, local: LocalDataset, _content: RecordDict) -> RecordDict:
+        return handler(params, local)
+
+    return with_content
+
+
 def _guarded(
-    task: TaskType[Any, Any], handler: NodeHandler[Any], catalogue_for: CatalogueFor
+    task: TaskType[Any, Any], handler: ModelHandler[Any], catalogue_for: CatalogueFor
 ) -> Any:
     def handle(message: Message, context: Context) -> Message:
         datasets = catalogue_for(context)
@@ -57,7 +68,7 @@ def _guarded(
                 privacy = datasets.policy.privacy_for(params.dataset)
                 budget = datasets.ledger.budget(params.study, params.dataset, privacy)
                 local = replace(local, budget=budget)
-            content = handler(params, local)
+            content = handler(params, local, message.content)
         except OncofedError as exc:
             return error_reply(message, exc)
         except Exception as exc:

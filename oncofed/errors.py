@@ -181,7 +181,7 @@ class FederatedErrors(OncofedError):
             type(same[0])(
                 same[0].detail,
                 rule=same[0].rule,
-                node=", ".join(sorted(e.node for e in same if e.node)),
+                node=", ".join(sorted({e.node for e in same if e.node})),
                 fix=same[0].fix,
                 **{**same[0].context, "errors": originals},
             )

@@ -154,6 +154,7 @@ def server_context(run_id: int, params: dict[str, Any] | None = None) -> Context
 __all__ = [
     "COORDINATOR_NODE_ID",
     "ERROR_CODE",
+    "Run",
     "content_digest",
     "content_from_bytes",
     "content_to_bytes",

@@ -34,6 +34,7 @@ from oncofed.tasks.histogram import HistogramResult
 from oncofed.tasks.kaplan_meier import KaplanMeierResult
 from oncofed.tasks.logrank import LogrankResult
 from oncofed.tasks.quantiles import Method, QuantilesResult
+from oncofed.tasks.training.model import TrainedModel
 from oncofed.wire import CHANNEL_OPTIONS
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
@@ -409,6 +410,52 @@ class Session:
         }
         result = self.run("coxph", params)
         assert isinstance(result, CoxPHResult)
+        return result
+
+    def train(
+        self,
+        features: Sequence[str],
+        label: str,
+        *,
+        model: str = "logistic",
+        strategy: str = "fedavg",
+        rounds: int = 10,
+        local_epochs: int = 1,
+        batch_size: int = 32,
+        learning_rate: float = 0.1,
+        fraction: float = 1.0,
+        seed: int = 0,
+        dp: Mapping[str, float] | None = None,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 600.0,
+        where: str | None = None,
+    ) -> TrainedModel:
+        """Train a model across the nodes with a Flower strategy; returns the trained model.
+
+        ``dp={"epsilon": 3, "delta": 1e-5}`` trains with DP-SGD at every node,
+        the whole run costing at most that loss there. ``model.predict_proba(df)``
+        gives P(label = 1) per row.
+        """
+        params: dict[str, Any] = {
+            "dataset": self._dataset(dataset),
+            "where": _filter(where),
+            "features": list(features),
+            "label": label,
+            "model": model,
+            "strategy": strategy,
+            "rounds": rounds,
+            "local_epochs": local_epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "fraction": fraction,
+            "seed": seed,
+            "dp": dict(dp) if dp is not None else None,
+            "min_nodes": min_nodes,
+            "timeout": timeout,
+        }
+        result = self.run("train", params)
+        assert isinstance(result, TrainedModel)
         return result
 
     # ---- generic task API ------------------------------------------------

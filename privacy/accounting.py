@@ -37,8 +37,9 @@ class PrivacyLoss:
     def __post_init__(self) -> None:
         if len(self.rdp) != len(RDP_ORDERS):
             raise ValueError(f"a privacy loss needs {len(RDP_ORDERS)} orders, got {len(self.rdp)}")
-        if any(not math.isfinite(e) or e < 0 for e in self.rdp):
-            raise ValueError("Rényi-DP epsilons must be finite and non-negative")
+        # +inf is a valid curve value: no guarantee at that order (the minimum skips it).
+        if any(math.isnan(e) or e < 0 for e in self.rdp):
+            raise ValueError("Rényi-DP epsilons must be non-negative numbers")
 
     @classmethod
     def zero(cls) -> PrivacyLoss:
@@ -56,7 +57,8 @@ class PrivacyLoss:
         """A curve computed on ``orders`` (which must be ``RDP_ORDERS``), e.g. by Opacus."""
         if tuple(float(a) for a in orders) != RDP_ORDERS:
             raise ValueError("compute the Rényi-DP curve on oncofed.privacy.RDP_ORDERS")
-        return cls(tuple(float(e) for e in rdp))
+        # Opacus's analysis overflows to NaN at very high orders: no bound there.
+        return cls(tuple(math.inf if math.isnan(float(e)) else float(e) for e in rdp))
 
     def __add__(self, other: PrivacyLoss) -> PrivacyLoss:
         return PrivacyLoss(tuple(a + b for a, b in zip(self.rdp, other.rdp, strict=True)))

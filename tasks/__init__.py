@@ -20,6 +20,7 @@ from oncofed.tasks import (
     kaplan_meier,
     logrank,
     quantiles,
+    training,
 )
 from oncofed.tasks.base import TaskParams, TaskType
 
@@ -35,6 +36,7 @@ TASKS: dict[str, TaskType[Any, Any]] = {
         kaplan_meier.TASK,
         logrank.TASK,
         coxph.TASK,
+        training.TASK,
     )
 }
 
@@ -53,7 +55,7 @@ def get_task(name: str) -> TaskType[Any, Any]:
 def task_for_action(action: str) -> TaskType[Any, Any] | None:
     """The task whose node side handles ``query.<action>``."""
     for task in TASKS.values():
-        if action in task.node_handlers:
+        if action in task.node_handlers or action in task.model_handlers:
             return task
     return None
 

@@ -150,6 +150,9 @@ def selected_rows(params: TaskParams, local: LocalDataset) -> pd.DataFrame:
 
 
 NodeHandler = Callable[[P, LocalDataset], RecordDict]
+ModelHandler = Callable[[P, LocalDataset, RecordDict], RecordDict]
+"""Handles Flower's ``train`` / ``evaluate`` messages: also gets the message content (the model)."""
+ModelMessage = Literal["train", "evaluate"]
 
 
 class DPReport(BaseModel):
@@ -204,6 +207,7 @@ class TaskType(Generic[P, R]):
     result: type[R]
     serve: Callable[[Grid, P], R]
     node_handlers: Mapping[str, NodeHandler[P]] = field(default_factory=dict)
+    model_handlers: Mapping[ModelMessage, ModelHandler[P]] = field(default_factory=dict)
     summary: str = ""
 
     def run_server(self, grid: Grid, params_json: str) -> str:
@@ -305,6 +309,8 @@ __all__ = [
     "DPReport",
     "LocalDataset",
     "LocalDatasets",
+    "ModelHandler",
+    "ModelMessage",
     "NodeHandler",
     "TaskParams",
     "TaskType",

@@ -1,0 +1,25 @@
+"""Federated model training: Flower strategies over the governed Grid, DP-SGD at each node.
+
+One task type, ``train``: ``params.py`` (the request), ``data.py`` (a node's
+rows), ``node.py`` (local training with Opacus and evaluation; the only
+module that imports torch, inside its handlers), ``server.py`` (federated
+standardisation, then FedAvg / FedProx / FedAdam unchanged) and ``model.py``
+(the trained model returned to the researcher).
+"""
+
+from oncofed.tasks.base import TaskType
+from oncofed.tasks.training.model import TrainedModel
+from oncofed.tasks.training.node import evaluate_node, train_node
+from oncofed.tasks.training.params import TrainParams
+from oncofed.tasks.training.server import train_serve
+
+TASK: TaskType[TrainParams, TrainedModel] = TaskType(
+    name="train",
+    params=TrainParams,
+    result=TrainedModel,
+    serve=train_serve,
+    model_handlers={"train": train_node, "evaluate": evaluate_node},
+    summary="federated logistic regression with FedAvg/FedProx/FedAdam and optional DP-SGD",
+)
+
+__all__ = ["TASK", "TrainParams", "TrainedModel"]
