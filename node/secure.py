@@ -1,10 +1,10 @@
 """The node side of secure aggregation: a Flower mod that runs the four stages.
 
 A task message that carries the ``oncofed.secagg`` record is one stage of a
-masked sum (see privacy/secagg/protocol.py). Only the ``mask`` stage runs the
-task's handler -- through the privacy mod, so disclosure control, DP noise
-and the ledger charge happen exactly as for a plain reply -- and then sends
-the reply's numbers masked. The other stages exchange keys and shares.
+masked sum (the ``oncofed.privacy.secagg`` docstring walks through them).
+Only the ``mask`` stage runs the task's handler -- through the privacy mod, so
+disclosure control, DP noise and the ledger charge happen exactly as for a
+plain reply -- and then sends the reply's numbers masked. The other stages exchange keys and shares.
 Session state lives in memory: a node that restarts mid-session has dropped
 out of it, which the protocol tolerates.
 """

@@ -24,8 +24,7 @@ from flwr.serverapp import Grid
 
 from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.privacy.accounting import PRIVACY_RECORD
-from oncofed.privacy.secagg import SecAggServer
-from oncofed.privacy.secagg.protocol import Advert
+from oncofed.privacy.secagg import Advert, SecAggServer
 from oncofed.privacy.secagg.records import MASKED_RECORD, META, SECAGG_RECORD, unflatten
 from oncofed.tasks.base import TaskParams, exchange
 
@@ -54,32 +53,31 @@ def secure_broadcast(
         _raise_refusals(errors, tolerate_timeouts=name != "advertise")
         return replies
 
+    server = SecAggServer(None, threshold, session=session)
     first = stage("advertise", node_ids, {})
-    adverts = {node_id: _field(r, "advert") for node_id, r in first.items()}
-    name_of = {node_id: Advert.from_bytes(raw).name for node_id, raw in adverts.items()}
-    by_name = {name_of[node_id]: raw for node_id, raw in adverts.items()}
-    relayed = {f"advert.{name}": raw for name, raw in by_name.items()}
+    name_of = {node_id: Advert.from_bytes(_field(r, "advert")).name for node_id, r in first.items()}
+    for node_id, reply in first.items():
+        server.receive_advert(name_of[node_id], _field(reply, "advert"))
+    relayed = {f"advert.{name}": raw for name, raw in server.adverts().items()}
     shared = stage("share", node_ids, dict.fromkeys(node_ids, relayed))
-    sealed = {
-        name_of[node_id]: {
-            key.removeprefix("share."): value
-            for key, value in reply.config_records[SECAGG_RECORD].items()
-            if key.startswith("share.") and isinstance(value, bytes)
-        }
-        for node_id, reply in shared.items()
-    }
+    for node_id, reply in shared.items():
+        server.receive_shares(
+            name_of[node_id],
+            {
+                key.removeprefix("share."): value
+                for key, value in reply.config_records[SECAGG_RECORD].items()
+                if key.startswith("share.") and isinstance(value, bytes)
+            },
+        )
     maskers = sorted(shared)
     inboxes: dict[int, dict[str, Value]] = {
         node_id: {
-            f"inbox.{sender}": boxes[name_of[node_id]]
-            for sender, boxes in sealed.items()
-            if sender != name_of[node_id]
+            f"inbox.{sender}": sealed for sender, sealed in server.inbox(name_of[node_id]).items()
         }
         for node_id in maskers
     }
     masked_replies = stage("mask", maskers, inboxes)
     survivors = sorted(masked_replies)
-    names = sorted(name_of[node_id] for node_id in survivors)
     if len(survivors) < threshold:
         raise TaskFailed(
             f"only {len(survivors)} of {len(node_ids)} nodes sent masked values; the secure sum "
@@ -87,18 +85,15 @@ def secure_broadcast(
             rule="secagg.too_few",
             fix="run again when more nodes are online",
         )
+    for node_id in survivors:
+        vector = masked_replies[node_id].array_records[MASKED_RECORD]["vector"].numpy()
+        server.receive_masked(name_of[node_id], vector)
+    names, _dropped = server.unmask_request()
     listed: dict[str, Value] = {"survivors": json.dumps(names)}
     reveals = stage("unmask", survivors, {node_id: listed for node_id in survivors})
-    server = SecAggServer(session, threshold)
-    total = server.aggregate(
-        by_name,
-        sorted(name_of[node_id] for node_id in maskers),
-        {
-            name_of[n]: masked_replies[n].array_records[MASKED_RECORD]["vector"].numpy()
-            for n in survivors
-        },
-        {name_of[n]: _field(r, "reveal") for n, r in reveals.items()},
-    )
+    for node_id, reply in reveals.items():
+        server.receive_unmask(name_of[node_id], _field(reply, "reveal"))
+    total = server.result()
     layouts = {str(masked_replies[n].config_records[SECAGG_RECORD]["layout"]) for n in survivors}
     if len(layouts) != 1:
         raise TaskFailed(
