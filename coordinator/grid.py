@@ -57,6 +57,10 @@ class GovernedGrid(Grid):
     ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
+    def report(self, detail: str) -> None:
+        """A line of progress for the researcher watching this task."""
+        self._store.set_detail(self._task_id, detail)
+
     def get_node_ids(self) -> Iterable[int]:
         self._check_cancelled()
         return self._store.online_node_ids()

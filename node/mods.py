@@ -138,7 +138,15 @@ def validation_mod(catalogue_for: CatalogueFor) -> Mod:
 
 
 FAILPOINT = "ONCOFED_FAILPOINT"
-"""Set to ``after-ledger-charge`` to make the node exit between charge and reply (crash tests)."""
+"""Crash tests: ``before-ledger-charge`` makes the node exit once a DP reply is computed
+but not yet charged (a node dying mid-round), ``after-ledger-charge`` between the
+durable charge and the reply."""
+
+
+def _failpoint(name: str) -> None:
+    if os.environ.get(FAILPOINT) == name:
+        os._exit(137)
+
 
 
 def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
@@ -178,10 +186,12 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
         loss = loss_of(reply.content)
         try:
             if loss is None:
-                if params.dp is not None or privacy.dp_required:
+                needs_dp = params.dp is not None or privacy.dp_required
+                if needs_dp and params.reads_rows(action_of(message)):
                     raise _no_dp_mechanism(action_of(message), params.dataset, node)
                 return reply
             _check_release_size(loss.epsilon(privacy.delta), privacy, node)
+            _failpoint("before-ledger-charge")
             record = reply.content.config_records[PRIVACY_RECORD]
             on_record = ledger.charge(
                 message_id=message_id,
@@ -195,8 +205,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
             )
         except OncofedError as exc:
             return error_reply(message, exc)
-        if os.environ.get(FAILPOINT) == "after-ledger-charge":
-            os._exit(137)
+        _failpoint("after-ledger-charge")
         return Message(content_from_bytes(on_record), reply_to=message)
 
     return mod

@@ -414,16 +414,20 @@ class Session:
 
     def train(
         self,
-        features: Sequence[str],
-        label: str,
+        features: Sequence[str] | str,
+        label: str | None = None,
         *,
         model: str = "logistic",
+        duration: str | None = None,
+        event: str | None = None,
+        hidden: Sequence[int] | None = None,
         strategy: str = "fedavg",
         rounds: int = 10,
         local_epochs: int = 1,
         batch_size: int = 32,
         learning_rate: float = 0.1,
         fraction: float = 1.0,
+        evaluate_every: int = 1,
         seed: int = 0,
         dp: Mapping[str, float] | None = None,
         dataset: str | None = None,
@@ -433,15 +437,21 @@ class Session:
     ) -> TrainedModel:
         """Train a model across the nodes with a Flower strategy; returns the trained model.
 
+        ``features`` is a list of numeric columns or a right-hand side such as
+        ``"age + C(grade)"``. Classifiers (``logistic``, ``mlp``) take ``label``;
+        the survival model ``cox_mlp`` takes ``duration`` and ``event``.
         ``dp={"epsilon": 3, "delta": 1e-5}`` trains with DP-SGD at every node,
-        the whole run costing at most that loss there. ``model.predict_proba(df)``
-        gives P(label = 1) per row.
+        the whole run costing at most that loss there. ``model.predict(df)``
+        gives classes (or log risks); ``predict_proba(df)`` gives P(label = 1).
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
             "where": _filter(where),
-            "features": list(features),
+            "features": features if isinstance(features, str) else list(features),
             "label": label,
+            "duration": duration,
+            "event": event,
+            "hidden": list(hidden) if hidden is not None else None,
             "model": model,
             "strategy": strategy,
             "rounds": rounds,
@@ -449,6 +459,7 @@ class Session:
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "fraction": fraction,
+            "evaluate_every": evaluate_every,
             "seed": seed,
             "dp": dict(dp) if dp is not None else None,
             "min_nodes": min_nodes,
@@ -585,10 +596,14 @@ class Session:
                     description=f"{update.task_type} [{update.state}]",
                     completed=update.replies,
                     total=update.expected or None,
-                    detail=update.detail if update.state != "running" else "",
+                    detail="" if update.detail in _NO_PROGRESS_LINE else update.detail,
                 )
 
             yield show
+
+
+# A running task's detail is a progress line only once its server function sets one.
+_NO_PROGRESS_LINE = ("running", "waiting to start")
 
 
 def _filter(where: str | None) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import pandas as pd
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -84,6 +84,13 @@ class TaskParams(BaseModel):
         remaining budget) return None and state the loss in the reply instead.
         """
         return self.dp.loss() if self.dp is not None else None
+
+    def reads_rows(self, action: str) -> bool:
+        """Whether the reply to ``action`` is computed from rows (not from the schema alone).
+
+        A reply that is not needs no DP mechanism on a DP dataset.
+        """
+        return True
 
     def declared_levels(self) -> dict[str, tuple[str, ...]]:
         """Category lists the request itself states, by column (others use the schema's)."""
@@ -216,6 +223,19 @@ class TaskType(Generic[P, R]):
         return self.serve(grid, params).model_dump_json()
 
 
+@runtime_checkable
+class ReportsProgress(Protocol):
+    """A grid that can show the researcher a line of progress (the governed one can)."""
+
+    def report(self, detail: str) -> None: ...
+
+
+def report_progress(grid: Grid, detail: str) -> None:
+    """Show ``detail`` to the researcher watching the task, where the runtime has a display."""
+    if isinstance(grid, ReportsProgress):
+        grid.report(detail)
+
+
 def wait_for_nodes(grid: Grid, params: TaskParams, poll: float = 0.1) -> list[int]:
     """Node ids online once at least ``params.min_nodes`` are, within the timeout."""
     deadline = time.monotonic() + params.timeout
@@ -312,11 +332,13 @@ __all__ = [
     "ModelHandler",
     "ModelMessage",
     "NodeHandler",
+    "ReportsProgress",
     "TaskParams",
     "TaskType",
     "broadcast",
     "dp_report",
     "exchange",
+    "report_progress",
     "selected_rows",
     "wait_for_nodes",
 ]

@@ -1,15 +1,16 @@
 """Federated model training: Flower strategies over the governed Grid, DP-SGD at each node.
 
-One task type, ``train``: ``params.py`` (the request), ``data.py`` (a node's
-rows), ``node.py`` (local training with Opacus and evaluation; the only
-module that imports torch, inside its handlers), ``server.py`` (federated
+One task type, ``train``: ``architectures.py`` (the vetted networks and their
+losses), ``params.py`` (the request), ``data.py`` (a node's encoded rows),
+``node.py`` (local training with Opacus and held-out metrics; torch is
+imported inside functions only), ``server.py`` (agreed design and federated
 standardisation, then FedAvg / FedProx / FedAdam unchanged) and ``model.py``
 (the trained model returned to the researcher).
 """
 
 from oncofed.tasks.base import TaskType
 from oncofed.tasks.training.model import TrainedModel
-from oncofed.tasks.training.node import evaluate_node, train_node
+from oncofed.tasks.training.node import design_node, evaluate_node, train_node
 from oncofed.tasks.training.params import TrainParams
 from oncofed.tasks.training.server import train_serve
 
@@ -18,8 +19,10 @@ TASK: TaskType[TrainParams, TrainedModel] = TaskType(
     params=TrainParams,
     result=TrainedModel,
     serve=train_serve,
+    node_handlers={"design": design_node},
     model_handlers={"train": train_node, "evaluate": evaluate_node},
-    summary="federated logistic regression with FedAvg/FedProx/FedAdam and optional DP-SGD",
+    summary="federated logistic regression, MLP or Cox-loss survival MLP with "
+    "FedAvg/FedProx/FedAdam and optional DP-SGD",
 )
 
 __all__ = ["TASK", "TrainParams", "TrainedModel"]

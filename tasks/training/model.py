@@ -1,8 +1,9 @@
 """The trained model a researcher gets back: weights plus everything needed to use them.
 
-Prediction needs only NumPy (``predict_proba`` returns P(label = 1) per row of
-a DataFrame, standardising the features with the federated statistics the
-model was trained with); ``to_module`` rebuilds the ``torch.nn.Module``.
+Prediction needs only NumPy and pandas: the features of a DataFrame are
+encoded exactly as the nodes encoded theirs (numeric columns standardised
+with the federated statistics, factors one-hot on the agreed levels) and run
+through the same layers. ``to_module`` rebuilds the ``torch.nn.Module``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from oncofed.errors import QueryError
+from oncofed.tasks.formula import Factor, parse_formula
+from oncofed.tasks.training import architectures
+from oncofed.tasks.training.architectures import SURVIVAL, Architecture
 from oncofed.tasks.training.params import Standardisation, Strategy
+
+FloatArray = npt.NDArray[np.float64]
 
 
 class RoundMetrics(BaseModel):
@@ -24,15 +31,31 @@ class RoundMetrics(BaseModel):
     train_loss: float
     eval_loss: float | None = None
     eval_accuracy: float | None = None
+    eval_auc: float | None = None
+    eval_concordance: float | None = None
+
+    def evaluation(self) -> dict[str, float]:
+        """The held-out metrics this round has, by short name."""
+        found = {
+            "eval loss": self.eval_loss,
+            "accuracy": self.eval_accuracy,
+            "AUC": self.eval_auc,
+            "C": self.eval_concordance,
+        }
+        return {k: v for k, v in found.items() if v is not None}
 
 
 class TrainedModel(BaseModel):
-    model: str
-    features: list[str]
-    label: str
+    model: Architecture
+    features: str = Field(description="The features as a formula right-hand side.")
+    columns: list[str] = Field(description="Encoded input columns, in the first layer's order.")
+    levels: dict[str, tuple[str, ...]] = Field(description="Agreed levels of each factor.")
+    hidden: list[int]
+    label: str | None = None
+    duration: str | None = None
+    event: str | None = None
     standardisation: Standardisation
-    weight: list[float]
-    bias: float
+    state: dict[str, list[Any]] = Field(description="Layer weights, as torch names them.")
     strategy: Strategy
     rounds: int
     study: str
@@ -44,29 +67,66 @@ class TrainedModel(BaseModel):
     delta: float | None = None
     history: list[RoundMetrics] = Field(default_factory=list)
 
-    def predict_proba(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
-        """P(label = 1) for each row; rows with a missing feature get NaN."""
-        x = frame[self.features].to_numpy(dtype=np.float64, na_value=np.nan)
-        std = np.asarray(self.standardisation.std)
-        z = (x - np.asarray(self.standardisation.mean)) / np.where(std > 0, std, 1.0)
-        return np.asarray(1 / (1 + np.exp(-(z @ np.asarray(self.weight) + self.bias))))
+    def output(self, frame: pd.DataFrame) -> FloatArray:
+        """Per row: the logit or the log relative risk; NaN where a feature is missing."""
+        from oncofed.node.data import infer_schema
+        from oncofed.tasks.training.data import encode
 
-    def predict(self, frame: pd.DataFrame, threshold: float = 0.5) -> npt.NDArray[np.int64]:
-        """Predicted class (1 where P(label = 1) >= threshold)."""
-        return (self.predict_proba(frame) >= threshold).astype(np.int64)
+        formula = parse_formula(self.features, needs_response=False)
+        terms = [
+            term.model_copy(
+                update={"factors": tuple(_with_levels(f, self.levels) for f in term.factors)}
+            )
+            for term in formula.terms
+        ]
+        formula = formula.model_copy(update={"terms": tuple(terms)})
+        design = encode(formula, frame, infer_schema(frame), self.standardisation, "prediction")
+        if design.columns != self.columns:
+            raise QueryError(
+                f"the frame encodes to {design.columns}, not the model's {self.columns}",
+                rule="training.predict_columns",
+                fix="pass a frame with the model's feature columns and types",
+            )
+        out = np.full(len(frame), np.nan)
+        state = {key: np.asarray(value, dtype=np.float64) for key, value in self.state.items()}
+        out[design.complete] = architectures.forward(state, self.hidden, design.x)
+        return out
+
+    def predict_proba(self, frame: pd.DataFrame) -> FloatArray:
+        """P(label = 1) per row (classifiers only)."""
+        if self.model in SURVIVAL:
+            raise QueryError(
+                f"{self.model} predicts risk, not probabilities",
+                rule="training.predict_kind",
+                fix="use predict_risk(frame)",
+            )
+        return np.asarray(1 / (1 + np.exp(-self.output(frame))))
+
+    def predict_risk(self, frame: pd.DataFrame) -> FloatArray:
+        """Log relative risk per row (survival models): higher means earlier events."""
+        if self.model not in SURVIVAL:
+            raise QueryError(
+                f"{self.model} is a classifier",
+                rule="training.predict_kind",
+                fix="use predict_proba(frame) or predict(frame)",
+            )
+        return self.output(frame)
+
+    def predict(self, frame: pd.DataFrame, threshold: float = 0.5) -> FloatArray:
+        """Classifiers: the class (1 where P(label = 1) >= threshold); survival: the log risk.
+
+        Rows with a missing feature get NaN (so the classes come back as floats).
+        """
+        if self.model in SURVIVAL:
+            return self.predict_risk(frame)
+        proba = self.predict_proba(frame)
+        return np.where(np.isnan(proba), np.nan, (proba >= threshold).astype(np.float64))
 
     def to_module(self) -> Any:
-        """The logistic model as a ``torch.nn.Linear`` on standardised features."""
-        import torch
-
-        from oncofed.tasks.training.node import logistic_module
-
-        module = logistic_module(len(self.features))
-        module.load_state_dict(
-            {
-                "weight": torch.tensor([self.weight], dtype=torch.float64),
-                "bias": torch.tensor([self.bias], dtype=torch.float64),
-            }
+        """The network as a ``torch.nn.Sequential`` on the encoded columns."""
+        module = architectures.build(len(self.columns), self.hidden)
+        architectures.load(
+            module, {k: np.asarray(v, dtype=np.float64) for k, v in self.state.items()}
         )
         return module
 
@@ -76,6 +136,12 @@ class TrainedModel(BaseModel):
     @classmethod
     def load(cls, path: Path) -> TrainedModel:
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def _with_levels(factor: Factor, levels: dict[str, tuple[str, ...]]) -> Factor:
+    if not factor.categorical:
+        return factor
+    return factor.model_copy(update={"levels": levels[factor.column]})
 
 
 __all__ = ["RoundMetrics", "TrainedModel"]

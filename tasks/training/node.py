@@ -13,38 +13,43 @@ mod to charge before the update leaves.
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from oncofed.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD, RDP_ORDERS, PrivacyLoss, loss_record
 from oncofed.tasks.base import LocalDataset
-from oncofed.tasks.training.data import node_rows
+from oncofed.tasks.formula import agreed_levels
+from oncofed.tasks.training import architectures
+from oncofed.tasks.training.data import encode, node_rows
 from oncofed.tasks.training.params import TrainParams
+
+FloatArray = npt.NDArray[np.float64]
 
 ARRAYS = "arrays"
 METRICS = "metrics"
+AUC_BINS = 1000
+"""Score histogram bins on P(label = 1): the pooled AUC is exact up to ties within a bin."""
 
 
-def logistic_module(features: int) -> Any:
-    import torch
-
-    return torch.nn.Linear(features, 1, dtype=torch.float64)
+def _arrays(state: dict[str, FloatArray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(value) for key, value in state.items()})
 
 
-def _load(module: Any, arrays: ArrayRecord) -> None:
-    import torch
-
-    state = {key: torch.from_numpy(arrays[key].numpy().copy()) for key in ("weight", "bias")}
-    module.load_state_dict(state)
-
-
-def _arrays(module: Any) -> ArrayRecord:
-    return ArrayRecord(
-        {key: Array(value.detach().numpy().copy()) for key, value in module.state_dict().items()}
-    )
+def _state(arrays: ArrayRecord, params: TrainParams) -> dict[str, FloatArray]:
+    names = architectures.layer_names(params.layers)
+    if sorted(arrays) != sorted(names):
+        raise QueryError(
+            f"the model weights sent are {sorted(arrays)}, not those of {params.model} "
+            f"with hidden layers {list(params.layers)}",
+            rule="training.weights",
+            fix="make sure the coordinator and the nodes run the same oncofed version",
+        )
+    return {key: arrays[key].numpy().copy() for key in names}
 
 
 def noise_multiplier(params: TrainParams, sample_rate: float, steps_per_round: int) -> float:
@@ -69,14 +74,15 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
     from opacus.accountants.analysis.rdp import compute_rdp
 
     split = node_rows(params, local)
-    x = torch.from_numpy(split.x_train)
-    y = torch.from_numpy(split.y_train)
-    module = logistic_module(len(params.features))
-    _load(module, content.array_records[ARRAYS])
+    module = architectures.build(len(split.columns), params.layers)
+    architectures.load(module, _state(content.array_records[ARRAYS], params))
     anchor = [p.detach().clone() for p in module.parameters()]
     generator = torch.Generator().manual_seed(params.seed)
+    survival = params.model in architectures.SURVIVAL
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y),
+        torch.utils.data.TensorDataset(
+            torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+        ),
         batch_size=params.batch_size,
         shuffle=True,
         generator=generator,
@@ -84,12 +90,14 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
     optimizer = torch.optim.SGD(module.parameters(), lr=params.learning_rate)
     model = module
     engine = None
-    sample_rate = min(1.0, params.batch_size / max(len(y), 1))
+    rows = len(split.y_train)
+    sample_rate = min(1.0, params.batch_size / max(rows, 1))
     steps_per_round = params.local_epochs * math.ceil(1 / sample_rate)
     sigma = 0.0
     if params.dp is not None:
         sigma = noise_multiplier(params, sample_rate, steps_per_round)
-        engine = PrivacyEngine(accountant="rdp")
+        # secure_mode needs torchcsprng, which no registry here offers for this torch.
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         model, optimizer, loader = engine.make_private(
             module=module,
             optimizer=optimizer,
@@ -98,14 +106,17 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
             max_grad_norm=params.dp.max_grad_norm,
             poisson_sampling=True,
         )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     total, batches = 0.0, 0
     for _ in range(params.local_epochs):
         for xb, yb in loader:
             if len(yb) == 0:  # Poisson sampling can draw an empty batch
                 continue
             optimizer.zero_grad()
-            loss = loss_fn(model(xb).squeeze(-1), yb)
+            out = model(xb).squeeze(-1)
+            if survival:
+                loss = architectures.cox_loss(out, yb[:, 0], yb[:, 1])
+            else:
+                loss = architectures.binary_loss(out, yb)
             if params.strategy == "fedprox":
                 drift = zip(module.parameters(), anchor, strict=True)
                 loss = loss + params.proximal_mu / 2 * sum(
@@ -116,8 +127,8 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
             total, batches = total + float(loss.detach()), batches + 1
     reply = RecordDict(
         {
-            ARRAYS: _arrays(module),
-            METRICS: MetricRecord({"num-examples": len(y), "train-loss": total / max(batches, 1)}),
+            ARRAYS: _arrays(architectures.state_arrays(module)),
+            METRICS: MetricRecord({"num-examples": rows, "train-loss": total / max(batches, 1)}),
             "meta": ConfigRecord({"node": local.node_name}),
         }
     )
@@ -137,28 +148,137 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
     return reply
 
 
-def evaluate_node(params: TrainParams, local: LocalDataset, content: RecordDict) -> RecordDict:
-    """Summed log-loss and correct predictions on the held-out rows (they add across nodes)."""
-    split = node_rows(params, local)
-    arrays = content.array_records[ARRAYS]
-    weight = arrays["weight"].numpy().reshape(-1)
-    bias = float(arrays["bias"].numpy().reshape(-1)[0])
-    score = 1 / (1 + np.exp(-(split.x_test @ weight + bias)))
-    y = split.y_test
-    eps = 1e-12
-    log_loss = -np.sum(y * np.log(score + eps) + (1 - y) * np.log(1 - score + eps))
+def design_node(params: TrainParams, local: LocalDataset) -> RecordDict:
+    """The encoded columns and factor levels this node would train on (no row is read)."""
+    design = encode(params.features, local.frame.iloc[:0], local.schema, None, local.node_name)
+    levels = {
+        f.column: list(agreed_levels(f, local.schema, local.node_name))
+        for f in params.features.factors()
+        if f.categorical
+    }
     return RecordDict(
         {
-            METRICS: MetricRecord(
+            "meta": ConfigRecord(
                 {
-                    "num-examples": len(y),
-                    "loss-sum": float(log_loss),
-                    "correct": int(np.sum((score >= 0.5) == (y == 1))),
+                    "node": local.node_name,
+                    "columns": json.dumps(design.columns),
+                    "levels": json.dumps(levels),
                 }
-            ),
+            )
+        }
+    )
+
+
+def evaluate_node(params: TrainParams, local: LocalDataset, content: RecordDict) -> RecordDict:
+    """Held-out metrics as sums and counts, which add up exactly across nodes."""
+    split = node_rows(params, local)
+    state = _state(content.array_records[ARRAYS], params)
+    out = architectures.forward(state, params.layers, split.x_test)
+    if params.model in architectures.SURVIVAL:
+        metrics = survival_metrics(out, split.y_test[:, 0], split.y_test[:, 1])
+    else:
+        metrics = binary_metrics(out, split.y_test)
+    return RecordDict(
+        {
+            METRICS: MetricRecord({"num-examples": len(split.y_test), **metrics}),
             "meta": ConfigRecord({"node": local.node_name}),
         }
     )
 
 
-__all__ = ["ARRAYS", "METRICS", "evaluate_node", "logistic_module", "train_node"]
+def binary_metrics(logit: FloatArray, y: FloatArray) -> dict[str, float | int | list[int]]:
+    """Summed log-loss, correct predictions, and score histograms by class for the AUC."""
+    # log(1 + e^-z) for y = 1 and log(1 + e^z) for y = 0, without overflow.
+    loss = np.logaddexp(0.0, np.where(y == 1, -logit, logit))
+    score = 1 / (1 + np.exp(-logit))
+    bins = np.minimum((score * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+    return {
+        "loss-sum": float(np.sum(loss)),
+        "correct": int(np.sum((score >= 0.5) == (y == 1))),
+        "positives": np.bincount(bins[y == 1], minlength=AUC_BINS).tolist(),
+        "negatives": np.bincount(bins[y == 0], minlength=AUC_BINS).tolist(),
+    }
+
+
+def survival_metrics(
+    log_risk: FloatArray, duration: FloatArray, event: FloatArray
+) -> dict[str, float | int | list[int]]:
+    """Negative log partial likelihood and Harrell's pair counts among this node's rows."""
+    import torch
+
+    loss = architectures.cox_loss(
+        torch.from_numpy(log_risk), torch.from_numpy(duration), torch.from_numpy(event)
+    )
+    concordant, tied, comparable = concordance_counts(log_risk, duration, event)
+    events = int(np.sum(event))
+    return {
+        "loss-sum": float(loss) * max(events, 1),
+        "events": events,
+        "concordant": concordant,
+        "tied": tied,
+        "comparable": comparable,
+    }
+
+
+def concordance_counts(
+    risk: FloatArray, duration: FloatArray, event: FloatArray
+) -> tuple[int, int, int]:
+    """Harrell's pairs: an event at time t against everyone whose time is later.
+
+    Concordant when the earlier event had the higher risk, tied when the risks
+    are equal. Two events at the same time are not comparable; an event and a
+    patient censored at that time are (both as in lifelines).
+    Sweeping times from the latest down with a Fenwick tree over risk ranks
+    counts them in O(n log n).
+    """
+    _, rank = np.unique(risk, return_inverse=True)
+    size = int(rank.max()) + 1 if len(rank) else 0
+    tree = [0] * (size + 1)  # rank r lives at position r + 1
+
+    def below(r: int) -> int:  # how many inserted ranks are < r
+        count = 0
+        while r > 0:
+            count += tree[r]
+            r -= r & -r
+        return count
+
+    def insert(rows: npt.NDArray[np.int64]) -> int:
+        for i in rows:
+            r = int(rank[i]) + 1
+            while r <= size:
+                tree[r] += 1
+                r += r & -r
+        return len(rows)
+
+    order = np.argsort(-duration, kind="stable")
+    concordant = tied = comparable = inserted = 0
+    start = 0
+    while start < len(order):
+        stop = start
+        while stop < len(order) and duration[order[stop]] == duration[order[start]]:
+            stop += 1
+        group = order[start:stop]
+        events = group[event[group] == 1]
+        # A patient censored at the event's own time was still at risk then.
+        inserted += insert(group[event[group] != 1])
+        for i in events:
+            lower, not_higher = below(int(rank[i])), below(int(rank[i]) + 1)
+            concordant += lower
+            tied += not_higher - lower
+            comparable += inserted
+        inserted += insert(events)
+        start = stop
+    return concordant, tied, comparable
+
+
+__all__ = [
+    "ARRAYS",
+    "AUC_BINS",
+    "METRICS",
+    "binary_metrics",
+    "concordance_counts",
+    "design_node",
+    "evaluate_node",
+    "survival_metrics",
+    "train_node",
+]

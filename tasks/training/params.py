@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.dp import DPRequest
+from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import ColumnRole, TaskParams
+from oncofed.tasks.coxph import covariate_formula
+from oncofed.tasks.formula import Formula, check_formula
+from oncofed.tasks.training.architectures import DEFAULT_HIDDEN, SURVIVAL, Architecture
 
 Strategy = Literal["fedavg", "fedprox", "fedadam"]
+FloatArray = npt.NDArray[np.float64]
+MAX_WIDTH = 256
 
 
 class DPSGDRequest(DPRequest):
@@ -20,18 +28,34 @@ class DPSGDRequest(DPRequest):
 
 
 class Standardisation(BaseModel):
-    """Federated means and standard deviations of the features, set by the server."""
+    """Federated means and standard deviations of the numeric features, set by the server."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    columns: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def apply(self, x: FloatArray, names: list[str]) -> FloatArray:
+        """Standardise the design columns named in ``columns``; one-hot columns stay 0/1."""
+        out = x.copy()
+        for column, mean, std in zip(self.columns, self.mean, self.std, strict=True):
+            j = names.index(column)
+            out[:, j] = (out[:, j] - mean) / (std if std > 0 else 1.0)
+        return out
 
 
 class TrainParams(TaskParams):
-    model: Literal["logistic"] = Field(default="logistic", description="Vetted architecture.")
-    features: tuple[str, ...] = Field(min_length=1, description="Numeric feature columns.")
-    label: str = Field(min_length=1, description="0/1 outcome column.")
+    model: Architecture = Field(default="logistic", description="Vetted architecture.")
+    features: Formula = Field(
+        description="Numeric columns (standardised) and C(column) factors (one-hot, agreed levels)."
+    )
+    label: str | None = Field(default=None, description="0/1 outcome (logistic, mlp).")
+    duration: str | None = Field(default=None, description="Time to event or censoring (cox_mlp).")
+    event: str | None = Field(default=None, description="1 = event observed (cox_mlp).")
+    hidden: tuple[int, ...] | None = Field(
+        default=None, max_length=4, description="Hidden layer widths (mlp: (32,), cox_mlp: (32,))."
+    )
     strategy: Strategy = "fedavg"
     rounds: int = Field(default=10, ge=1, le=1000)
     fraction: float = Field(default=1.0, gt=0, le=1, description="Nodes sampled per round.")
@@ -42,29 +66,89 @@ class TrainParams(TaskParams):
     test_fraction: float = Field(
         default=0.2, ge=0, lt=1, description="Each node's held-out share for evaluation."
     )
+    evaluate_every: int = Field(
+        default=1, ge=1, description="Evaluate on the held-out rows every k rounds (and last)."
+    )
     seed: int = Field(default=0, ge=0, description="Split and initialisation, not DP noise.")
     dp: DPSGDRequest | None = None  # type: ignore[assignment]
     standardisation: Standardisation | None = Field(
         default=None, description="Set by the server from a federated describe; not by users."
     )
 
-    @field_validator("features")
+    @field_validator("features", mode="before")
     @classmethod
-    def _unique(cls, features: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(features)) != len(features):
-            raise ValueError("features must not repeat")
+    def _formula(cls, features: object) -> object:
+        if isinstance(features, str) or (
+            isinstance(features, list | tuple) and all(isinstance(f, str) for f in features)
+        ):
+            return covariate_formula(features)
         return features
 
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, hidden: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if hidden is not None and not all(1 <= width <= MAX_WIDTH for width in hidden):
+            raise ValueError(f"hidden layer widths must be between 1 and {MAX_WIDTH}")
+        return hidden
+
     @model_validator(mode="after")
-    def _label_not_a_feature(self) -> TrainParams:
-        if self.label in self.features:
-            raise ValueError("the label cannot also be a feature")
+    def _consistent(self) -> TrainParams:
+        for term in self.features.terms:
+            factor = term.factors[0]
+            if len(term.factors) > 1 or factor.transform is not None:
+                raise ValueError(
+                    f"feature {term.label!r}: training takes plain columns and C(column) "
+                    "factors; let the network learn interactions and transforms"
+                )
+        if self.features.response is not None or not self.features.terms:
+            raise ValueError("features are the right-hand side only, with at least one column")
+        targets = [self.label, self.duration, self.event]
+        if self.model in SURVIVAL:
+            if self.duration is None or self.event is None or self.label is not None:
+                raise ValueError(f"{self.model} needs duration= and event=, not label=")
+            if self.dp is not None:
+                raise ValueError(
+                    f"{self.model} cannot train with DP-SGD: the Cox partial likelihood "
+                    "couples the patients of a risk set, so one patient's gradient is not "
+                    "bounded by clipping; use logistic or mlp under DP"
+                )
+        elif self.label is None or self.duration is not None or self.event is not None:
+            raise ValueError(f"{self.model} needs label=, not duration= or event=")
+        if self.model == "logistic" and self.hidden:
+            raise ValueError("logistic has no hidden layers: use model='mlp'")
+        used = {f.column for f in self.features.factors()}
+        clash = sorted(used & {t for t in targets if t is not None})
+        if clash:
+            raise ValueError(f"{clash} cannot be both a feature and the outcome")
         return self
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.hidden if self.hidden is not None else DEFAULT_HIDDEN[self.model]
+
+    @property
+    def numeric_features(self) -> tuple[str, ...]:
+        return tuple(f.column for f in self.features.factors() if not f.categorical)
 
     def required_columns(self) -> dict[str, ColumnRole]:
         roles = super().required_columns()
-        roles.update(dict.fromkeys((*self.features, self.label), "numeric"))
+        for factor in self.features.factors():
+            roles[factor.column] = "factor" if factor.categorical else "numeric"
+        for target in (self.label, self.duration, self.event):
+            if target is not None:
+                roles[target] = "numeric"
         return roles
+
+    def declared_levels(self) -> dict[str, tuple[str, ...]]:
+        return self.features.declared_levels()
+
+    def check_schema(self, schema: DatasetSchema, node: str) -> None:
+        super().check_schema(schema, node)
+        check_formula(self.features, schema, node)
+
+    def reads_rows(self, action: str) -> bool:
+        # The design message answers with column names built from the schema's levels.
+        return action != "design"
 
     def release_loss(self) -> PrivacyLoss | None:
         # DP-SGD sizes its noise to the run and states each round's loss in the reply.

@@ -9,20 +9,23 @@ each node charged, and fail the task when fewer than ``min_nodes`` replied.
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from oncofed.errors import FederatedErrors, OncofedError, TaskFailed
+from oncofed.errors import FederatedErrors, OncofedError, QueryError, TaskFailed
 from oncofed.flower import PARAMS_RECORD, Run, reply_error
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
-from oncofed.tasks.base import wait_for_nodes
+from oncofed.tasks.base import broadcast, report_progress, wait_for_nodes
 from oncofed.tasks.describe import DescribeParams, describe_serve
+from oncofed.tasks.formula import same_design
+from oncofed.tasks.training.architectures import SURVIVAL, initial_state
 from oncofed.tasks.training.model import RoundMetrics, TrainedModel
 from oncofed.tasks.training.node import ARRAYS, METRICS
 from oncofed.tasks.training.params import Standardisation, TrainParams
@@ -38,9 +41,11 @@ class _WatchedGrid(Grid):
     them once a round has too few updates.
     """
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, names: dict[int, str]) -> None:
         self._grid = grid
+        self._names = names
         self.errors: list[OncofedError] = []
+        self.silent: list[str] = []  # nodes the last exchange asked that never answered
 
     @property
     def run(self) -> Run:
@@ -58,23 +63,34 @@ class _WatchedGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._grid.push_messages(messages)
 
+    def report(self, detail: str) -> None:
+        report_progress(self._grid, detail)
+
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        sent = list(messages)
+        replies = list(self._grid.send_and_receive(sent, timeout=timeout))
         self.errors.extend(reply_error(r) for r in replies if r.has_error())
+        answered = {r.metadata.src_node_id for r in replies}
+        self.silent = sorted(
+            self._names.get(m.metadata.dst_node_id, str(m.metadata.dst_node_id))
+            for m in sent
+            if m.metadata.dst_node_id not in answered
+        )
         return replies
 
 
 class _Rounds:
-    """Collects what the strategy's replies say, round by round."""
+    """Collects what the strategy's replies say, round by round, and shows progress."""
 
     def __init__(self, params: TrainParams, grid: _WatchedGrid) -> None:
         self.params = params
         self.grid = grid
+        self.strategy: FedAvg | None = None  # set once built (it takes our callbacks)
         self.history: list[RoundMetrics] = []
         self.losses: dict[str, PrivacyLoss] = {}
 
@@ -82,11 +98,18 @@ class _Rounds:
         names = sorted(str(r.config_records["meta"]["node"]) for r in replies)
         if len(replies) < self.params.min_nodes:
             self.refused()
+            silent = self.grid.silent
             raise TaskFailed(
                 f"round {len(self.history) + 1}: only {len(replies)} node(s) sent an update "
-                f"({', '.join(names) or 'none'}); the request needs {self.params.min_nodes}",
+                f"({', '.join(names) or 'none'}); the request needs {self.params.min_nodes}"
+                + (
+                    f"; {', '.join(silent)} did not reply within {self.params.timeout:g} s"
+                    if silent
+                    else ""
+                ),
                 rule="training.min_nodes",
                 fix="restart the missing nodes, or lower min_nodes",
+                silent=silent,
             )
         examples = [float(str(r.metric_records[METRICS]["num-examples"])) for r in replies]
         losses = [float(str(r.metric_records[METRICS]["train-loss"])) for r in replies]
@@ -99,9 +122,13 @@ class _Rounds:
                 earlier = self.losses.get(name)
                 self.losses[name] = charged if earlier is None else earlier + charged
         mean_loss = float(np.average(losses, weights=examples))
-        self.history.append(
-            RoundMetrics(round=len(self.history) + 1, nodes=names, train_loss=mean_loss)
-        )
+        done = len(self.history) + 1
+        self.history.append(RoundMetrics(round=done, nodes=names, train_loss=mean_loss))
+        # Flower's strategies read fraction_evaluate when they configure the round's
+        # evaluation, which comes after this callback: evaluate every k rounds and last.
+        due = done % self.params.evaluate_every == 0 or done == self.params.rounds
+        if self.strategy is not None:
+            self.strategy.fraction_evaluate = 1.0 if due and self.params.dp is None else 0.0
         return MetricRecord({"train-loss": mean_loss})
 
     def refused(self) -> None:
@@ -111,17 +138,62 @@ class _Rounds:
 
     def evaluate(self, replies: list[RecordDict], _weight_key: str) -> MetricRecord:
         metrics = [r.metric_records[METRICS] for r in replies]
-        n = sum(int(str(m["num-examples"])) for m in metrics)
-        if n == 0 or not self.history:
+        if not self.history or not metrics:
             return MetricRecord({})
-        loss = sum(float(str(m["loss-sum"])) for m in metrics) / n
-        accuracy = sum(int(str(m["correct"])) for m in metrics) / n
+        pooled = pooled_metrics(self.params, metrics)
         last = self.history[-1]
-        self.history[-1] = last.model_copy(update={"eval_loss": loss, "eval_accuracy": accuracy})
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
+        self.history[-1] = last.model_copy(update={f"eval_{k}": v for k, v in pooled.items()})
+        return MetricRecord({k: v for k, v in pooled.items() if v is not None})
+
+    def report(self, server_round: int, _arrays: ArrayRecord) -> None:
+        """Flower's per-round hook (its centralised evaluation): a progress line."""
+        if server_round == 0 or not self.history:
+            return
+        last = self.history[-1]
+        parts = [
+            f"round {last.round}/{self.params.rounds}",
+            f"{len(last.nodes)} nodes",
+            f"loss {last.train_loss:.4g}",
+        ]
+        parts += [f"{k} {v:.3f}" for k, v in last.evaluation().items()]
+        if self.losses and self.params.dp is not None:
+            spent = max(loss.epsilon(self.params.dp.delta) for loss in self.losses.values())
+            parts.append(f"ε {spent:.2f} of {self.params.dp.epsilon:g}")
+        report_progress(self.grid, " · ".join(parts))
 
 
-def _strategy(params: TrainParams, rounds: _Rounds) -> Strategy:
+def pooled_metrics(params: TrainParams, metrics: list[MetricRecord]) -> dict[str, float | None]:
+    """Held-out metrics over every node's rows, from the sums and counts the nodes sent."""
+
+    def total(key: str) -> float:
+        return sum(float(str(m[key])) for m in metrics)
+
+    def histogram(key: str) -> npt.NDArray[np.float64]:
+        counts = [np.asarray(m[key], dtype=np.float64) for m in metrics]
+        return np.asarray(np.sum(counts, axis=0), dtype=np.float64)
+
+    if params.model in SURVIVAL:
+        comparable = total("comparable")
+        return {
+            "loss": total("loss-sum") / max(total("events"), 1.0),
+            "concordance": (total("concordant") + total("tied") / 2) / comparable
+            if comparable
+            else None,
+        }
+    n = total("num-examples")
+    positives, negatives = histogram("positives"), histogram("negatives")
+    pairs = positives.sum() * negatives.sum()
+    # Each positive beats the negatives in lower bins and ties those in its own.
+    below = np.concatenate([[0.0], np.cumsum(negatives)[:-1]])
+    auc = float(np.sum(positives * (below + negatives / 2)) / pairs) if pairs else None
+    return {
+        "loss": total("loss-sum") / n if n else None,
+        "accuracy": total("correct") / n if n else None,
+        "auc": auc,
+    }
+
+
+def _strategy(params: TrainParams, rounds: _Rounds) -> FedAvg:
     common = {
         "fraction_train": params.fraction,
         # Held-out metrics are exact counts: not released when the run is under DP.
@@ -142,12 +214,15 @@ def _strategy(params: TrainParams, rounds: _Rounds) -> Strategy:
 
 
 def standardisation(grid: Grid, params: TrainParams) -> Standardisation:
-    """Federated mean and standard deviation of each feature (the describe task)."""
+    """Federated mean and standard deviation of each numeric feature (the describe task)."""
+    columns = params.numeric_features
+    if not columns:
+        return Standardisation()
     stats = describe_serve(
         grid,
         DescribeParams(
             dataset=params.dataset,
-            columns=params.features,
+            columns=columns,
             where=params.where,
             study=params.study,
             min_nodes=params.min_nodes,
@@ -155,30 +230,58 @@ def standardisation(grid: Grid, params: TrainParams) -> Standardisation:
         ),
     ).to_frame()
     return Standardisation(
-        mean=tuple(float(m) for m in stats.loc[list(params.features), "mean"]),
-        std=tuple(float(s) if s else 1.0 for s in stats.loc[list(params.features), "std"]),
+        columns=columns,
+        mean=tuple(float(m) for m in stats.loc[list(columns), "mean"]),
+        std=tuple(float(s) if s else 1.0 for s in stats.loc[list(columns), "std"]),
     )
+
+
+class Design(NamedTuple):
+    columns: list[str]
+    levels: dict[str, tuple[str, ...]]
+    names: dict[int, str]  # node id -> node name, to say which node went silent
+
+
+def agreed_design(grid: Grid, params: TrainParams, nodes: list[int]) -> Design:
+    """The encoded feature columns and factor levels, which every node must build alike."""
+    columns: list[str] | None = None
+    levels: dict[str, tuple[str, ...]] | None = None
+    names: dict[int, str] = {}
+    for node_id, reply in broadcast(grid, "design", params, nodes).items():
+        meta = reply.config_records["meta"]
+        node = names[node_id] = str(meta["node"])
+        columns = same_design(columns, json.loads(str(meta["columns"])), node, "training")
+        found = {k: tuple(v) for k, v in json.loads(str(meta["levels"])).items()}
+        if levels is not None and found != levels:
+            raise QueryError(
+                f"nodes agree different factor levels: {levels} versus {found}",
+                rule="training.levels_disagree",
+                node=node,
+                fix="write every factor as C(column, levels=[...])",
+            )
+        levels = found
+    assert columns is not None and levels is not None  # broadcast raises when none answered
+    return Design(columns, levels, names)
 
 
 def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     nodes = wait_for_nodes(grid, params)
+    columns, levels, names = agreed_design(grid, params, nodes)
     run = params.model_copy(update={"standardisation": standardisation(grid, params)})
-    watched = _WatchedGrid(grid)
+    watched = _WatchedGrid(grid, names)
     rounds = _Rounds(run, watched)
+    strategy = _strategy(run, rounds)
+    rounds.strategy = strategy
     config = ConfigRecord({"json": run.model_dump_json(), "participants": len(nodes)})
-    initial = ArrayRecord(
-        {
-            "weight": Array(np.zeros((1, len(run.features)), dtype=np.float64)),
-            "bias": Array(np.zeros(1, dtype=np.float64)),
-        }
-    )
-    result = _strategy(run, rounds).start(
+    initial = initial_state(len(columns), run.layers, run.seed)
+    result = strategy.start(
         grid=watched,
-        initial_arrays=initial,
+        initial_arrays=ArrayRecord({key: Array(value) for key, value in initial.items()}),
         num_rounds=run.rounds,
         timeout=run.timeout,
         train_config=config,
         evaluate_config=config,
+        evaluate_fn=rounds.report,
     )
     if len(rounds.history) < run.rounds:  # a round where no node sent an update
         rounds.refused()
@@ -187,9 +290,8 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
             rule="training.no_updates",
             fix="check that the nodes are online and have the train extra installed",
         )
-    weight = result.arrays["weight"].numpy().reshape(-1)
-    bias = float(result.arrays["bias"].numpy().reshape(-1)[0])
-    if not (np.all(np.isfinite(weight)) and math.isfinite(bias)):
+    state = {key: result.arrays[key].numpy() for key in initial}
+    if not all(np.all(np.isfinite(value)) for value in state.values()):
         raise TaskFailed(
             "training diverged (the model's weights are not finite)",
             rule="training.diverged",
@@ -199,11 +301,15 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     assert run.standardisation is not None
     return TrainedModel(
         model=run.model,
-        features=list(run.features),
+        features=run.features.text,
+        columns=columns,
+        levels=levels,
+        hidden=list(run.layers),
         label=run.label,
+        duration=run.duration,
+        event=run.event,
         standardisation=run.standardisation,
-        weight=[float(w) for w in weight],
-        bias=bias,
+        state={key: value.tolist() for key, value in state.items()},
         strategy=run.strategy,
         rounds=len(rounds.history),
         study=run.study,
@@ -216,4 +322,4 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     )
 
 
-__all__ = ["standardisation", "train_serve"]
+__all__ = ["Design", "agreed_design", "pooled_metrics", "standardisation", "train_serve"]

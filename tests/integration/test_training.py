@@ -1,22 +1,27 @@
-"""Federated logistic regression on breast cancer data over real node processes.
+"""Federated training on breast cancer data over real node processes.
 
 The oracle is the same model trained on the pooled rows (scikit-learn's
 LogisticRegression on the same standardised features), scored on the same
 held-out patients. The data are split across 4 centres non-IID: each centre
-gets a different share of malignant tumours.
+gets a different share of malignant tumours. The federated held-out AUC is
+checked against scikit-learn's on the nodes' own held-out rows.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from oncofed.errors import OncofedError
+from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.sandbox import Sandbox
 
@@ -25,6 +30,7 @@ pytest.importorskip("opacus")
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +88,42 @@ def test_federated_logistic_regression_matches_pooled_accuracy(
     np.testing.assert_allclose(model.standardisation.mean, train[FEATURES].mean(), rtol=1e-12)
 
 
+def held_out(frame: pd.DataFrame, split_by: str, test_fraction: float = 0.2) -> pd.DataFrame:
+    """Every node's held-out rows, drawn as the request's seed (0) draws them at the node."""
+    parts = []
+    for _, rows in sorted(frame.groupby(split_by)):
+        order = np.random.default_rng(0).permutation(len(rows))
+        parts.append(rows.iloc[order[: round(test_fraction * len(rows))]])
+    return pd.concat(parts)
+
+
+def test_an_mlp_learns_and_its_pooled_auc_is_exact(
+    net: Sandbox, tumours: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    train, test = tumours
+    with net.session(dataset="tumours", progress=False) as s:
+        model = s.train(
+            FEATURES,
+            "malignant",
+            model="mlp",
+            hidden=[8],
+            rounds=10,
+            local_epochs=3,
+            evaluate_every=5,
+        )
+    assert [r.eval_auc is not None for r in model.history] == [r in (5, 10) for r in range(1, 11)]
+    accuracy = float(np.mean(model.predict(test) == test["malignant"]))
+    assert accuracy >= _pooled_accuracy(train, test) - 0.03, accuracy
+    assert model.state["0.weight"] and len(model.state["0.weight"]) == 8
+    # The AUC from summed score histograms against scikit-learn on the same rows.
+    rows = held_out(train, "centre")
+    expected = roc_auc_score(rows["malignant"], model.predict_proba(rows))
+    assert model.history[-1].eval_auc == pytest.approx(expected, abs=2e-3)
+    assert model.history[-1].eval_accuracy == pytest.approx(
+        np.mean(model.predict(rows) == rows["malignant"]), abs=1e-12
+    )
+
+
 def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
     net: Sandbox, tumours: tuple[pd.DataFrame, pd.DataFrame], tmp_path
 ) -> None:
@@ -98,21 +140,7 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
     assert accuracy >= 0.90, accuracy
     assert set(model.epsilon) == set(net.node_names)
     assert all(2.0 < eps <= 3.0 for eps in model.epsilon.values()), model.epsilon
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "oncofed",
-            "node",
-            "budget",
-            str(net.node_config("centre-0")),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows = {r["study"]: r for r in map(json.loads, run.stdout.splitlines())}
+    rows = _budget_rows(net, "centre-0")
     assert rows["dp-training"]["releases"] == 8
     assert rows["dp-training"]["spent_epsilon"] == pytest.approx(
         model.epsilon["centre-0"], rel=1e-6
@@ -122,4 +150,74 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
     again = type(model).load(path)
     np.testing.assert_array_equal(again.predict_proba(test), model.predict_proba(test))
     module = again.to_module()
-    assert module.weight.shape == (1, len(FEATURES))
+    assert module[0].weight.shape == (1, len(FEATURES))
+
+
+def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """Killed after training, before its charge: the round goes on without it if it may."""
+    train, _ = tumours
+    privacy = DatasetPrivacy(epsilon=3.0, delta=1e-5, max_epsilon_per_release=3.0)
+    policy = NodePolicy(dp={"tumours": privacy})
+    victim = "centre-2"
+    dp = {"epsilon": 3.0, "delta": 1e-5}
+    with Sandbox.from_frame(train, split_by="centre", dataset="tumours", policy=policy) as net:
+        net.stop_node(victim)
+        net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
+        net.wait_for_nodes(net.node_names)
+        with net.session(dataset="tumours", progress=False, study="dies") as s:
+            model = s.train(FEATURES, "malignant", rounds=3, dp=dp, min_nodes=3, timeout=15)
+        assert net.wait_node_exit(victim, 5) == 137
+        survivors = sorted(set(net.node_names) - {victim})
+        assert [r.nodes for r in model.history] == [survivors] * 3
+        assert sorted(model.epsilon) == survivors
+        assert _budget_rows(net, victim) == {}, "the dead node never sent an update"
+        assert _budget_rows(net, survivors[0])["dies"]["releases"] == 3
+
+        net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
+        net.wait_for_nodes(net.node_names)
+        with (
+            net.session(dataset="tumours", progress=False, study="dies-4") as s,
+            pytest.raises(OncofedError) as refused,
+        ):
+            s.train(FEATURES, "malignant", rounds=3, dp=dp, min_nodes=4, timeout=15)
+        assert refused.value.rule == "training.min_nodes"
+        assert f"{victim} did not reply within 15 s" in str(refused.value)
+        assert "dies-4" not in _budget_rows(net, victim)
+
+
+def _budget_rows(net: Sandbox, node: str) -> dict[str, dict[str, object]]:
+    """``oncofed node budget --json``, by study, as an operator would read it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "oncofed", "node", "budget", str(net.node_config(node)), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {r["study"]: r for r in map(json.loads, run.stdout.splitlines())}
+
+
+def test_the_researcher_sees_each_round_while_it_runs(net: Sandbox) -> None:
+    seen: set[str] = set()
+    with net.session(dataset="tumours", progress=False) as s:
+        task_id = s.submit(
+            "train",
+            {
+                "dataset": "tumours",
+                "features": FEATURES,
+                "label": "malignant",
+                "rounds": 6,
+                "local_epochs": 5,
+            },
+        )
+        while (status := s.status(task_id)).state in ("queued", "running"):
+            seen.add(status.detail)
+            time.sleep(0.05)
+        model = s.result(task_id)
+    rounds = [d for d in seen if d.startswith("round ")]
+    assert len(rounds) >= 2, seen  # the detail moved on while the task ran
+    assert model.rounds == 6
+    for detail in rounds:
+        assert re.fullmatch(
+            r"round [1-6]/6 · 4 nodes · loss \S+ · eval loss \S+ · accuracy \S+ · AUC \S+",
+            detail,
+        ), detail
