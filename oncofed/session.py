@@ -430,6 +430,7 @@ class Session:
         evaluate_every: int = 1,
         seed: int = 0,
         dp: Mapping[str, float] | None = None,
+        secure_aggregation: bool = False,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 600.0,
@@ -441,8 +442,10 @@ class Session:
         ``"age + C(grade)"``. Classifiers (``logistic``, ``mlp``) take ``label``;
         the survival model ``cox_mlp`` takes ``duration`` and ``event``.
         ``dp={"epsilon": 3, "delta": 1e-5}`` trains with DP-SGD at every node,
-        the whole run costing at most that loss there. ``model.predict(df)``
-        gives classes (or log risks); ``predict_proba(df)`` gives P(label = 1).
+        the whole run costing at most that loss there. ``secure_aggregation``
+        masks every update, so the coordinator sees only each round's total.
+        ``model.predict(df)`` gives classes (or log risks); ``predict_proba(df)``
+        gives P(label = 1).
         """
         params: dict[str, Any] = {
             "dataset": self._dataset(dataset),
@@ -462,6 +465,7 @@ class Session:
             "evaluate_every": evaluate_every,
             "seed": seed,
             "dp": dict(dp) if dp is not None else None,
+            "secure_aggregation": secure_aggregation,
             "min_nodes": min_nodes,
             "timeout": timeout,
         }

@@ -276,7 +276,14 @@ def exchange(
         messages.append(
             Message(content, node_id, f"query.{action}", group_id=group_id, ttl=params.timeout)
         )
-    replies = list(grid.send_and_receive(messages, timeout=params.timeout))
+    return exchange_messages(grid, messages, params.timeout)
+
+
+def exchange_messages(
+    grid: Grid, messages: list[Message], timeout: float
+) -> tuple[dict[int, RecordDict], list[OncofedError]]:
+    """Send the messages; replies by node, and the errors (a silent node's too), not raised."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
     by_node: dict[int, RecordDict] = {}
     errors: list[OncofedError] = []
     for reply in replies:
@@ -287,12 +294,12 @@ def exchange(
     answered = set(by_node) | {r.metadata.src_node_id for r in replies}
     errors.extend(
         NodeUnavailable(
-            f"node {node_id} did not reply within {params.timeout:g} s",
+            f"node {node_id} did not reply within {timeout:g} s",
             rule="task.timeout",
             node=str(node_id),
             fix="check that the node is running, or raise the task's timeout",
         )
-        for node_id in node_ids
+        for node_id in (m.metadata.dst_node_id for m in messages)
         if node_id not in answered
     )
     return by_node, errors
@@ -338,6 +345,7 @@ __all__ = [
     "broadcast",
     "dp_report",
     "exchange",
+    "exchange_messages",
     "report_progress",
     "selected_rows",
     "wait_for_nodes",

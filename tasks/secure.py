@@ -1,10 +1,12 @@
 """The server side of secure aggregation: four rounds, and only the total is ever decoded.
 
-Used by ``broadcast`` when a request sets ``secure_aggregation``. It returns
+Used by ``broadcast`` when a request sets ``secure_aggregation``: it returns
 the nodes' summed reply as a single entry, so a task's server function that
-adds up replies needs no change. Per-node numbers never reach the
-coordinator's database: only keys, sealed shares, masked vectors and, at the
-end, the shares that remove the masks from the total.
+adds up replies needs no change. ``secure_sum`` runs the stages over any
+``Exchange``; training uses it to mask the messages a Flower strategy sends.
+Per-node numbers never reach the coordinator's database: only keys, sealed
+shares, masked vectors and, at the end, the shares that remove the masks
+from the total.
 
 Nodes that stop answering after they shared their secrets are dropouts: the
 sum is over the nodes whose masked vectors arrived, as long as more than half
@@ -16,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -33,9 +36,33 @@ SECURE_NODE_ID = 0
 """Key of the single summed reply (no real node has id 0)."""
 
 
+Exchange = Callable[
+    [list[int], Mapping[int, Mapping[str, ConfigRecord]]],
+    tuple[dict[int, RecordDict], list[OncofedError]],
+]
+"""Sends one stage's message to each node, with the records added to it; replies and errors."""
+
+
 def secure_broadcast(
     grid: Grid, action: str, params: TaskParams, node_ids: list[int], group_id: str = ""
 ) -> dict[int, RecordDict]:
+    def send(
+        ids: list[int], extra: Mapping[int, Mapping[str, ConfigRecord]]
+    ) -> tuple[dict[int, RecordDict], list[OncofedError]]:
+        return exchange(grid, action, params, ids, group_id, extra)
+
+    return {SECURE_NODE_ID: secure_sum(send, node_ids).total}
+
+
+class SecureSum(NamedTuple):
+    total: RecordDict
+    """The summed reply: text every node sent alike, the combined privacy loss."""
+    privacy: dict[str, ConfigRecord]
+    """Each survivor's own privacy record, by node name (it states no patient's value)."""
+
+
+def secure_sum(send: Exchange, node_ids: list[int]) -> SecureSum:
+    """Run the four stages through ``send``; the task's handler runs at the ``mask`` stage."""
     session = uuid.uuid4().hex
     threshold = len(node_ids) // 2 + 1
     base: dict[str, Value] = {"session": session, "threshold": threshold}
@@ -49,7 +76,7 @@ def secure_broadcast(
             }
             for node_id in ids
         }
-        replies, errors = exchange(grid, action, params, ids, group_id, extra)
+        replies, errors = send(ids, extra)
         _raise_refusals(errors, tolerate_timeouts=name != "advertise")
         return replies
 
@@ -93,7 +120,7 @@ def secure_broadcast(
     reveals = stage("unmask", survivors, {node_id: listed for node_id in survivors})
     for node_id, reply in reveals.items():
         server.receive_unmask(name_of[node_id], _field(reply, "reveal"))
-    total = server.result()
+    summed = server.result()
     layouts = {str(masked_replies[n].config_records[SECAGG_RECORD]["layout"]) for n in survivors}
     if len(layouts) != 1:
         raise TaskFailed(
@@ -102,7 +129,13 @@ def secure_broadcast(
             fix="make sure every node runs the same oncofed version",
         )
     clear = _clear_parts(masked_replies, survivors, names)
-    return {SECURE_NODE_ID: unflatten(total.astype(np.uint64), layouts.pop(), clear)}
+    total = unflatten(summed.astype(np.uint64), layouts.pop(), clear)
+    privacy = {
+        name_of[n]: masked_replies[n].config_records[PRIVACY_RECORD]
+        for n in survivors
+        if PRIVACY_RECORD in masked_replies[n].config_records
+    }
+    return SecureSum(total, privacy)
 
 
 def _clear_parts(
@@ -146,4 +179,4 @@ def _raise_refusals(errors: list[OncofedError], tolerate_timeouts: bool) -> None
         raise FederatedErrors.combine(fatal)
 
 
-__all__ = ["SECURE_NODE_ID", "secure_broadcast"]
+__all__ = ["SECURE_NODE_ID", "Exchange", "SecureSum", "secure_broadcast", "secure_sum"]

@@ -27,11 +27,10 @@ from oncofed.tasks.formula import agreed_levels
 from oncofed.tasks.training import architectures
 from oncofed.tasks.training.data import encode, node_rows
 from oncofed.tasks.training.params import TrainParams
+from oncofed.tasks.training.records import ARRAYS, METRICS, to_sums
 
 FloatArray = npt.NDArray[np.float64]
 
-ARRAYS = "arrays"
-METRICS = "metrics"
 AUC_BINS = 1000
 """Score histogram bins on P(label = 1): the pooled AUC is exact up to ties within a bin."""
 
@@ -145,7 +144,7 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
             sample_rate=sample_rate,
             steps=steps,
         )
-    return reply
+    return to_sums(reply, weights=True) if params.secure_aggregation else reply
 
 
 def design_node(params: TrainParams, local: LocalDataset) -> RecordDict:
@@ -178,12 +177,13 @@ def evaluate_node(params: TrainParams, local: LocalDataset, content: RecordDict)
         metrics = survival_metrics(out, split.y_test[:, 0], split.y_test[:, 1])
     else:
         metrics = binary_metrics(out, split.y_test)
-    return RecordDict(
+    reply = RecordDict(
         {
             METRICS: MetricRecord({"num-examples": len(split.y_test), **metrics}),
             "meta": ConfigRecord({"node": local.node_name}),
         }
     )
+    return to_sums(reply, weights=False) if params.secure_aggregation else reply
 
 
 def binary_metrics(logit: FloatArray, y: FloatArray) -> dict[str, float | int | list[int]]:
@@ -272,9 +272,7 @@ def concordance_counts(
 
 
 __all__ = [
-    "ARRAYS",
     "AUC_BINS",
-    "METRICS",
     "binary_metrics",
     "concordance_counts",
     "design_node",

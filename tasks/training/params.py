@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -145,6 +145,9 @@ class TrainParams(TaskParams):
     def check_schema(self, schema: DatasetSchema, node: str) -> None:
         super().check_schema(schema, node)
         check_formula(self.features, schema, node)
+
+    # Weights times rows, rows and metric sums all add across nodes (see records.py).
+    SECURE_SUM: ClassVar[bool] = True
 
     def reads_rows(self, action: str) -> bool:
         # The design message answers with column names built from the schema's levels.

@@ -5,12 +5,14 @@ drives the governed Grid exactly as it would Flower's own runtime; the task's
 parameters travel in the config record the nodes' mods read. Metric
 aggregation callbacks record each round's nodes, losses and the DP-SGD loss
 each node charged, and fail the task when fewer than ``min_nodes`` replied.
+With ``secure_aggregation`` the grid runs each round's messages as a masked
+sum and hands the strategy one summed reply (see ``records.py``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,14 +23,15 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from oncofed.errors import FederatedErrors, OncofedError, QueryError, TaskFailed
 from oncofed.flower import PARAMS_RECORD, Run, reply_error
-from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
-from oncofed.tasks.base import broadcast, report_progress, wait_for_nodes
+from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.tasks.base import broadcast, exchange_messages, report_progress, wait_for_nodes
 from oncofed.tasks.describe import DescribeParams, describe_serve
 from oncofed.tasks.formula import same_design
+from oncofed.tasks.secure import secure_sum
 from oncofed.tasks.training.architectures import SURVIVAL, initial_state
 from oncofed.tasks.training.model import RoundMetrics, TrainedModel
-from oncofed.tasks.training.node import ARRAYS, METRICS
 from oncofed.tasks.training.params import Standardisation, TrainParams
+from oncofed.tasks.training.records import ARRAYS, METRICS, charges, from_total, reply_nodes
 
 AggregateMetrics = Callable[[list[RecordDict], str], MetricRecord]
 
@@ -41,9 +44,10 @@ class _WatchedGrid(Grid):
     them once a round has too few updates.
     """
 
-    def __init__(self, grid: Grid, names: dict[int, str]) -> None:
+    def __init__(self, grid: Grid, names: dict[int, str], secure: bool) -> None:
         self._grid = grid
         self._names = names
+        self._secure = secure
         self.errors: list[OncofedError] = []
         self.silent: list[str] = []  # nodes the last exchange asked that never answered
 
@@ -73,15 +77,53 @@ class _WatchedGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         sent = list(messages)
-        replies = list(self._grid.send_and_receive(sent, timeout=timeout))
+        if self._secure and sent and sent[0].metadata.message_type in ("train", "evaluate"):
+            replies = [self._secure_sum(sent, timeout)]
+        else:
+            replies = list(self._grid.send_and_receive(sent, timeout=timeout))
         self.errors.extend(reply_error(r) for r in replies if r.has_error())
-        answered = {r.metadata.src_node_id for r in replies}
-        self.silent = sorted(
-            self._names.get(m.metadata.dst_node_id, str(m.metadata.dst_node_id))
-            for m in sent
-            if m.metadata.dst_node_id not in answered
-        )
+        answered = {
+            name
+            for r in replies
+            for name in (
+                [self._name(r.metadata.src_node_id)] if r.has_error() else reply_nodes(r.content)
+            )
+        }
+        asked = (self._name(m.metadata.dst_node_id) for m in sent)
+        self.silent = sorted(name for name in asked if name not in answered)
         return replies
+
+    def _name(self, node_id: int) -> str:
+        return self._names.get(node_id, str(node_id))
+
+    def _secure_sum(self, sent: list[Message], timeout: float | None) -> Message:
+        """The strategy's messages, each node's reply masked, returned as one summed reply."""
+        by_node = {m.metadata.dst_node_id: m for m in sent}
+
+        def send(
+            ids: list[int], extra: Mapping[int, Mapping[str, ConfigRecord]]
+        ) -> tuple[dict[int, RecordDict], list[OncofedError]]:
+            staged = []
+            for node_id in ids:
+                template = by_node[node_id]
+                content = RecordDict(dict(template.content.items()))
+                for name, record in extra.get(node_id, {}).items():
+                    content[name] = record
+                staged.append(
+                    Message(
+                        content,
+                        node_id,
+                        template.metadata.message_type,
+                        group_id=template.metadata.group_id,
+                        ttl=template.metadata.ttl,
+                    )
+                )
+            wait = timeout if timeout is not None else sent[0].metadata.ttl
+            return exchange_messages(self._grid, staged, wait)
+
+        summed = secure_sum(send, sorted(by_node))
+        weights = sent[0].metadata.message_type == "train"
+        return Message(from_total(summed.total, weights, summed.privacy), reply_to=sent[0])
 
 
 class _Rounds:
@@ -95,12 +137,12 @@ class _Rounds:
         self.losses: dict[str, PrivacyLoss] = {}
 
     def train(self, replies: list[RecordDict], _weight_key: str) -> MetricRecord:
-        names = sorted(str(r.config_records["meta"]["node"]) for r in replies)
-        if len(replies) < self.params.min_nodes:
+        names = sorted(name for r in replies for name in reply_nodes(r))
+        if len(names) < self.params.min_nodes:
             self.refused()
             silent = self.grid.silent
             raise TaskFailed(
-                f"round {len(self.history) + 1}: only {len(replies)} node(s) sent an update "
+                f"round {len(self.history) + 1}: only {len(names)} node(s) sent an update "
                 f"({', '.join(names) or 'none'}); the request needs {self.params.min_nodes}"
                 + (
                     f"; {', '.join(silent)} did not reply within {self.params.timeout:g} s"
@@ -114,9 +156,7 @@ class _Rounds:
         examples = [float(str(r.metric_records[METRICS]["num-examples"])) for r in replies]
         losses = [float(str(r.metric_records[METRICS]["train-loss"])) for r in replies]
         for reply in replies:
-            record = reply.config_records.get(PRIVACY_RECORD)
-            if record is not None:
-                name = str(reply.config_records["meta"]["node"])
+            for name, record in charges(reply).items():
                 rdp = [float(v) for v in record["rdp"]]  # type: ignore[union-attr]
                 charged = PrivacyLoss(tuple(rdp))
                 earlier = self.losses.get(name)
@@ -268,7 +308,7 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     nodes = wait_for_nodes(grid, params)
     columns, levels, names = agreed_design(grid, params, nodes)
     run = params.model_copy(update={"standardisation": standardisation(grid, params)})
-    watched = _WatchedGrid(grid, names)
+    watched = _WatchedGrid(grid, names, run.secure_aggregation)
     rounds = _Rounds(run, watched)
     strategy = _strategy(run, rounds)
     rounds.strategy = strategy

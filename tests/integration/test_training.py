@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,11 +20,14 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.app import RecordDict
 
 from oncofed.errors import OncofedError
+from oncofed.flower import from_bytes
 from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.sandbox import Sandbox
+from oncofed.tasks.training import TrainedModel
 
 pytest.importorskip("torch")
 pytest.importorskip("opacus")
@@ -135,6 +139,8 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
             rounds=8,
             learning_rate=0.2,
             dp={"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0},
+            # Masked updates: each node's privacy record still says what it was charged.
+            secure_aggregation=True,
         )
     accuracy = float(np.mean(model.predict(test) == test["malignant"]))
     assert accuracy >= 0.90, accuracy
@@ -221,3 +227,49 @@ def test_the_researcher_sees_each_round_while_it_runs(net: Sandbox) -> None:
             r"round [1-6]/6 · 4 nodes · loss \S+ · eval loss \S+ · accuracy \S+ · AUC \S+",
             detail,
         ), detail
+
+
+def _stored_replies(net: Sandbox, task_id: str) -> list[tuple[str, RecordDict]]:
+    """(message type, content) of every reply the coordinator stored for a task."""
+    with sqlite3.connect(net.workdir / "coordinator.db") as db:
+        rows = db.execute(
+            "SELECT m.message_type, r.payload FROM replies r JOIN messages m "
+            "ON r.message_id = m.message_id WHERE m.task_id = ?",
+            (task_id,),
+        ).fetchall()
+    return [(kind, from_bytes(payload).content) for kind, payload in rows]
+
+
+def test_secure_aggregation_of_updates_hides_each_nodes_model(net: Sandbox) -> None:
+    """Same model as a plain run, while the coordinator stores masked vectors only."""
+    request = {
+        "dataset": "tumours",
+        "features": FEATURES,
+        "label": "malignant",
+        "rounds": 3,
+        "local_epochs": 2,
+        "evaluate_every": 3,
+    }
+    with net.session(dataset="tumours", progress=False) as s:
+        plain_id = s.submit("train", request)
+        plain = s.result(plain_id)
+        secure_id = s.submit("train", {**request, "secure_aggregation": True})
+        secure = s.result(secure_id)
+    assert isinstance(plain, TrainedModel) and isinstance(secure, TrainedModel)
+    for key, weights in plain.state.items():
+        np.testing.assert_allclose(secure.state[key], weights, rtol=0, atol=1e-6)
+    assert secure.nodes == plain.nodes == sorted(net.node_names)
+    assert secure.history[-1].eval_accuracy == pytest.approx(plain.history[-1].eval_accuracy)
+    assert secure.history[-1].eval_auc == pytest.approx(plain.history[-1].eval_auc, abs=1e-3)
+
+    def model_replies(task_id: str) -> list[RecordDict]:
+        return [c for kind, c in _stored_replies(net, task_id) if kind in ("train", "evaluate")]
+
+    # The plain run's stored replies hold every node's weights: the inspection can see them.
+    assert sum("arrays" in c.array_records for c in model_replies(plain_id)) == 4 * 3
+    stored = model_replies(secure_id)
+    assert stored, "the secure run stored no replies to inspect"
+    for content in stored:
+        assert "arrays" not in content.array_records and not content.metric_records
+        for record in content.array_records.values():
+            assert all(array.numpy().dtype == np.uint64 for array in record.values())
