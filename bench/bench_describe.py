@@ -10,13 +10,12 @@ together. Network start-up is reported apart from per-query time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
 
 import duckdb
 import numpy as np
 import pandas as pd
+from timing import median_seconds
 
 from oncofed.flower import server_app
 from oncofed.node.app import build_client_app
@@ -42,15 +41,6 @@ def synthetic(rows: int, nodes: int, seed: int = 7) -> pd.DataFrame:
     return frame
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
@@ -72,8 +62,8 @@ def main() -> None:
     def duck() -> object:
         return con.execute(f"SELECT {sql} FROM pooled").fetchall()
 
-    baseline = timed(pooled, args.repeat)
-    duck_time = timed(duck, args.repeat)
+    baseline = median_seconds(pooled, args.repeat)
+    duck_time = median_seconds(duck, args.repeat)
 
     start = time.perf_counter()
     with Sandbox.from_frame(frame, split_by="centre", dataset="bench") as net:
@@ -84,7 +74,7 @@ def main() -> None:
             def governed() -> object:
                 return session.describe(COLUMNS, min_nodes=args.nodes)
 
-            governed_time = timed(governed, args.repeat)
+            governed_time = median_seconds(governed, args.repeat)
 
     rows = [
         ("pooled pandas (baseline)", baseline),

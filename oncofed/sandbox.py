@@ -125,9 +125,16 @@ class Sandbox:
 
     @classmethod
     def from_frame(
-        cls, frame: pd.DataFrame, split_by: str, *, dataset: str = "data", **options: Any
+        cls,
+        frame: pd.DataFrame,
+        split_by: str,
+        *,
+        dataset: str = "data",
+        schema: DatasetSchema | None = None,
+        **options: Any,
     ) -> Sandbox:
-        """One node per distinct value of ``split_by``."""
+        """One node per distinct value of ``split_by``; ``schema`` replaces the inferred one
+        (to declare DP bounds, say)."""
         if split_by not in frame.columns:
             raise SandboxError(
                 f"column {split_by!r} is not in the frame",
@@ -150,7 +157,7 @@ class Sandbox:
                     fix="recode the column so its values differ in letters or digits",
                 )
             partitions[name] = part.reset_index(drop=True)
-        return cls(partitions, dataset=dataset, schema=infer_schema(frame), **options)
+        return cls(partitions, dataset=dataset, schema=schema or infer_schema(frame), **options)
 
     # ---- lifecycle -------------------------------------------------------
 

@@ -148,13 +148,28 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
 
 
 def design_node(params: TrainParams, local: LocalDataset) -> RecordDict:
-    """The encoded columns and factor levels this node would train on (no row is read)."""
+    """The encoded columns, factor levels and (to scale by) numeric bounds; no row is read."""
     design = encode(params.features, local.frame.iloc[:0], local.schema, None, local.node_name)
     levels = {
         f.column: list(agreed_levels(f, local.schema, local.node_name))
         for f in params.features.factors()
         if f.categorical
     }
+    bounds = {}
+    if params.scaling == "bounds":
+        for column in params.numeric_features:
+            declared = local.schema.columns[column].bounds
+            if declared is None:
+                raise QueryError(
+                    f"scaling='bounds' needs declared bounds for {column!r}, and it has none",
+                    rule="training.bounds",
+                    node=local.node_name,
+                    fix=f"the operator declares bounds = [lo, hi] for {column!r} in the "
+                    "dataset schema (public values, never read from the data), or the "
+                    "researcher uses scaling='describe'",
+                    column=column,
+                )
+            bounds[column] = list(declared)
     return RecordDict(
         {
             "meta": ConfigRecord(
@@ -162,6 +177,7 @@ def design_node(params: TrainParams, local: LocalDataset) -> RecordDict:
                     "node": local.node_name,
                     "columns": json.dumps(design.columns),
                     "levels": json.dumps(levels),
+                    "bounds": json.dumps(bounds),
                 }
             )
         }

@@ -17,6 +17,9 @@ from oncofed.tasks.formula import Formula, check_formula
 from oncofed.tasks.training.architectures import DEFAULT_HIDDEN, SURVIVAL, Architecture
 
 Strategy = Literal["fedavg", "fedprox", "fedadam"]
+Scaling = Literal["describe", "bounds"]
+"""``describe`` runs an exact federated describe, which a node that requires DP refuses;
+``bounds`` centres and scales by the ranges the schemas declare, reading no data."""
 FloatArray = npt.NDArray[np.float64]
 MAX_WIDTH = 256
 
@@ -68,6 +71,10 @@ class TrainParams(TaskParams):
     )
     evaluate_every: int = Field(
         default=1, ge=1, description="Evaluate on the held-out rows every k rounds (and last)."
+    )
+    scaling: Scaling = Field(
+        default="describe",
+        description="Numeric features: federated mean/sd (describe), or the schema's bounds.",
     )
     seed: int = Field(default=0, ge=0, description="Split and initialisation, not DP noise.")
     dp: DPSGDRequest | None = None  # type: ignore[assignment]
@@ -158,4 +165,10 @@ class TrainParams(TaskParams):
         return None
 
 
-__all__ = ["DPSGDRequest", "Standardisation", "Strategy", "TrainParams"]
+__all__ = [
+    "DPSGDRequest",
+    "Scaling",
+    "Standardisation",
+    "Strategy",
+    "TrainParams",
+]

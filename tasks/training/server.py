@@ -279,35 +279,58 @@ def standardisation(grid: Grid, params: TrainParams) -> Standardisation:
 class Design(NamedTuple):
     columns: list[str]
     levels: dict[str, tuple[str, ...]]
+    bounds: dict[str, tuple[float, ...]]  # declared ranges of the numeric features, under DP
     names: dict[int, str]  # node id -> node name, to say which node went silent
 
 
 def agreed_design(grid: Grid, params: TrainParams, nodes: list[int]) -> Design:
-    """The encoded feature columns and factor levels, which every node must build alike."""
+    """Columns, factor levels and bounds, which every node must have alike."""
     columns: list[str] | None = None
-    levels: dict[str, tuple[str, ...]] | None = None
+    agreed: dict[str, dict[str, tuple[Any, ...]]] = {}
     names: dict[int, str] = {}
     for node_id, reply in broadcast(grid, "design", params, nodes).items():
         meta = reply.config_records["meta"]
         node = names[node_id] = str(meta["node"])
         columns = same_design(columns, json.loads(str(meta["columns"])), node, "training")
-        found = {k: tuple(v) for k, v in json.loads(str(meta["levels"])).items()}
-        if levels is not None and found != levels:
-            raise QueryError(
-                f"nodes agree different factor levels: {levels} versus {found}",
-                rule="training.levels_disagree",
-                node=node,
-                fix="write every factor as C(column, levels=[...])",
-            )
-        levels = found
-    assert columns is not None and levels is not None  # broadcast raises when none answered
-    return Design(columns, levels, names)
+        for what in ("levels", "bounds"):
+            found = {k: tuple(v) for k, v in json.loads(str(meta[what])).items()}
+            if agreed.setdefault(what, found) != found:
+                raise QueryError(
+                    f"nodes declare different {what}: {agreed[what]} versus {found}",
+                    rule=f"training.{what}_disagree",
+                    node=node,
+                    fix="write every factor as C(column, levels=[...])"
+                    if what == "levels"
+                    else "the operators agree one schema, bounds included",
+                )
+    assert columns is not None  # broadcast raises when no node answered
+    return Design(columns, agreed["levels"], agreed["bounds"], names)
+
+
+def bounded_standardisation(bounds: Mapping[str, tuple[float, ...]]) -> Standardisation:
+    """Centre at the midpoint of the declared range, scale by a quarter of it: no budget spent.
+
+    For datasets a node releases only under DP, where the exact federated
+    describe is refused. Cruder than federated moments when the declared
+    range is much wider than the data: SGD then needs more steps.
+    """
+    columns = tuple(bounds)
+    return Standardisation(
+        columns=columns,
+        mean=tuple((bounds[c][0] + bounds[c][1]) / 2 for c in columns),
+        std=tuple((bounds[c][1] - bounds[c][0]) / 4 for c in columns),
+    )
 
 
 def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     nodes = wait_for_nodes(grid, params)
-    columns, levels, names = agreed_design(grid, params, nodes)
-    run = params.model_copy(update={"standardisation": standardisation(grid, params)})
+    columns, levels, bounds, names = agreed_design(grid, params, nodes)
+    scaling = (
+        bounded_standardisation(bounds)
+        if params.scaling == "bounds"
+        else standardisation(grid, params)
+    )
+    run = params.model_copy(update={"standardisation": scaling})
     watched = _WatchedGrid(grid, names, run.secure_aggregation)
     rounds = _Rounds(run, watched)
     strategy = _strategy(run, rounds)
@@ -362,4 +385,11 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     )
 
 
-__all__ = ["Design", "agreed_design", "pooled_metrics", "standardisation", "train_serve"]
+__all__ = [
+    "Design",
+    "agreed_design",
+    "bounded_standardisation",
+    "pooled_metrics",
+    "standardisation",
+    "train_serve",
+]

@@ -24,9 +24,11 @@ from flwr.app import RecordDict
 
 from oncofed.errors import OncofedError
 from oncofed.flower import from_bytes
+from oncofed.node.data import infer_schema
 from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.sandbox import Sandbox
+from oncofed.schema import DatasetSchema
 from oncofed.tasks.training import TrainedModel
 
 pytest.importorskip("torch")
@@ -39,6 +41,23 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 pytestmark = pytest.mark.slow
 
 FEATURES = ["mean_radius", "mean_texture", "mean_smoothness", "worst_concavity", "worst_area"]
+# What an operator would declare as the public range of each feature (DP training scales by it).
+BOUNDS = {
+    "mean_radius": (5.0, 30.0),
+    "mean_texture": (5.0, 45.0),
+    "mean_smoothness": (0.0, 0.2),
+    "worst_concavity": (0.0, 1.5),
+    "worst_area": (100.0, 4500.0),
+}
+
+
+def declared(frame: pd.DataFrame) -> DatasetSchema:
+    schema = infer_schema(frame)
+    columns = {
+        name: spec.model_copy(update={"bounds": BOUNDS.get(name)})
+        for name, spec in schema.columns.items()
+    }
+    return schema.model_copy(update={"columns": columns})
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +84,9 @@ def net(tumours: tuple[pd.DataFrame, pd.DataFrame]) -> Iterator[Sandbox]:
     # A round of an 8-round run at epsilon 3 costs about 1.1 alone: allow that per release.
     privacy = DatasetPrivacy(epsilon=3.0, delta=1e-5, max_epsilon_per_release=3.0)
     policy = NodePolicy(dp={"tumours": privacy})
-    with Sandbox.from_frame(train, split_by="centre", dataset="tumours", policy=policy) as sandbox:
+    with Sandbox.from_frame(
+        train, split_by="centre", dataset="tumours", policy=policy, schema=declared(train)
+    ) as sandbox:
         yield sandbox
 
 
@@ -162,16 +183,27 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
 def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     """Killed after training, before its charge: the round goes on without it if it may."""
     train, _ = tumours
-    privacy = DatasetPrivacy(epsilon=3.0, delta=1e-5, max_epsilon_per_release=3.0)
+    # This centre releases the dataset only under DP: training scales by the declared bounds.
+    privacy = DatasetPrivacy(dp_required=True, epsilon=6.0, delta=1e-5, max_epsilon_per_release=3.0)
     policy = NodePolicy(dp={"tumours": privacy})
     victim = "centre-2"
     dp = {"epsilon": 3.0, "delta": 1e-5}
-    with Sandbox.from_frame(train, split_by="centre", dataset="tumours", policy=policy) as net:
+    with Sandbox.from_frame(
+        train, split_by="centre", dataset="tumours", policy=policy, schema=declared(train)
+    ) as net:
+        with (
+            net.session(dataset="tumours", progress=False) as s,
+            pytest.raises(OncofedError) as unbounded,
+        ):
+            s.train([*FEATURES, "mean_area"], "malignant", dp=dp, scaling="bounds", min_nodes=4)
+        assert unbounded.value.rule == "training.bounds" and "mean_area" in str(unbounded.value)
         net.stop_node(victim)
         net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
         net.wait_for_nodes(net.node_names)
         with net.session(dataset="tumours", progress=False, study="dies") as s:
-            model = s.train(FEATURES, "malignant", rounds=3, dp=dp, min_nodes=3, timeout=15)
+            model = s.train(
+                FEATURES, "malignant", rounds=3, dp=dp, scaling="bounds", min_nodes=3, timeout=15
+            )
         assert net.wait_node_exit(victim, 5) == 137
         survivors = sorted(set(net.node_names) - {victim})
         assert [r.nodes for r in model.history] == [survivors] * 3
@@ -185,7 +217,9 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
             net.session(dataset="tumours", progress=False, study="dies-4") as s,
             pytest.raises(OncofedError) as refused,
         ):
-            s.train(FEATURES, "malignant", rounds=3, dp=dp, min_nodes=4, timeout=15)
+            s.train(
+                FEATURES, "malignant", rounds=3, dp=dp, scaling="bounds", min_nodes=4, timeout=15
+            )
         assert refused.value.rule == "training.min_nodes"
         assert f"{victim} did not reply within 15 s" in str(refused.value)
         assert "dies-4" not in _budget_rows(net, victim)
