@@ -35,6 +35,7 @@ from oncofed.tasks.training.params import Standardisation, TrainParams
 from oncofed.tasks.training.records import ARRAYS
 
 FEATURES = ["age", "tumour_mm", "psa", "bmi", "grade"]
+LEARNING_RATE = 0.05
 
 
 def synthetic(rows: int, nodes: int, seed: int = 11) -> pd.DataFrame:
@@ -83,8 +84,7 @@ def main() -> None:
         "label": "relapse",
         "local_epochs": args.epochs,
         "batch_size": args.batch_size,
-        "learning_rate": 0.05,
-        "evaluate_every": 1000,  # held-out metrics after the last round only
+        "learning_rate": LEARNING_RATE,
     }
     with (
         Sandbox.from_frame(frame, split_by="centre", dataset="bench") as net,
@@ -93,7 +93,16 @@ def main() -> None:
 
         def federated(rounds: int) -> float:
             return median_seconds(
-                lambda: session.train(**request, rounds=rounds, min_nodes=args.nodes),  # type: ignore[arg-type]
+                lambda: session.train(
+                    FEATURES,
+                    "relapse",
+                    rounds=rounds,
+                    local_epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    learning_rate=LEARNING_RATE,
+                    evaluate_every=1000,  # held-out metrics after the last round only
+                    min_nodes=args.nodes,
+                ),
                 args.repeat,
                 warm_up=True,
             )
