@@ -3,9 +3,11 @@
 One task type, ``train``: ``architectures.py`` (the vetted networks and their
 losses), ``params.py`` (the request), ``data.py`` (a node's encoded rows),
 ``node.py`` (local training with Opacus and held-out metrics; torch is
-imported inside functions only), ``server.py`` (agreed design and federated
-standardisation, then FedAvg / FedProx / FedAdam unchanged) and ``model.py``
-(the trained model returned to the researcher).
+imported inside functions only), ``records.py`` (reply layout, and its summed
+form for secure aggregation), ``setup.py`` (agreed design and scaling),
+``grid.py`` (the grid the strategy drives), ``server.py`` (FedAvg / FedProx /
+FedAdam unchanged, metrics, progress) and ``model.py`` (the trained model
+returned to the researcher).
 """
 
 from oncofed.tasks.base import TaskType

@@ -5,131 +5,34 @@ drives the governed Grid exactly as it would Flower's own runtime; the task's
 parameters travel in the config record the nodes' mods read. Metric
 aggregation callbacks record each round's nodes, losses and the DP-SGD loss
 each node charged, and fail the task when fewer than ``min_nodes`` replied.
-With ``secure_aggregation`` the grid runs each round's messages as a masked
-sum and hands the strategy one summed reply (see ``records.py``).
+``setup.py`` agrees the design and the scaling first; ``grid.py`` wraps the
+grid the strategy drives (refusals, silent nodes, secure aggregation).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
-
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from oncofed.errors import FederatedErrors, OncofedError, QueryError, TaskFailed
-from oncofed.flower import PARAMS_RECORD, Run, reply_error
+from oncofed.errors import FederatedErrors, TaskFailed
+from oncofed.flower import PARAMS_RECORD
 from oncofed.privacy.accounting import PrivacyLoss
-from oncofed.tasks.base import broadcast, exchange_messages, report_progress, wait_for_nodes
-from oncofed.tasks.describe import DescribeParams, describe_serve
-from oncofed.tasks.formula import same_design
-from oncofed.tasks.secure import secure_sum
+from oncofed.tasks.base import report_progress, wait_for_nodes
 from oncofed.tasks.training.architectures import SURVIVAL, initial_state
+from oncofed.tasks.training.grid import WatchedGrid
 from oncofed.tasks.training.model import RoundMetrics, TrainedModel
-from oncofed.tasks.training.params import Standardisation, TrainParams
-from oncofed.tasks.training.records import ARRAYS, METRICS, charges, from_total, reply_nodes
-
-AggregateMetrics = Callable[[list[RecordDict], str], MetricRecord]
-
-
-class _WatchedGrid(Grid):
-    """The task's grid, keeping the refusals a strategy would only log.
-
-    Flower's strategies drop error replies and go on; a researcher must see
-    which node refused and why (e.g. ``privacy.budget``), so the task raises
-    them once a round has too few updates.
-    """
-
-    def __init__(self, grid: Grid, names: dict[int, str], secure: bool) -> None:
-        self._grid = grid
-        self._names = names
-        self._secure = secure
-        self.errors: list[OncofedError] = []
-        self.silent: list[str] = []  # nodes the last exchange asked that never answered
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def report(self, detail: str) -> None:
-        report_progress(self._grid, detail)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        sent = list(messages)
-        if self._secure and sent and sent[0].metadata.message_type in ("train", "evaluate"):
-            replies = [self._secure_sum(sent, timeout)]
-        else:
-            replies = list(self._grid.send_and_receive(sent, timeout=timeout))
-        self.errors.extend(reply_error(r) for r in replies if r.has_error())
-        answered = {
-            name
-            for r in replies
-            for name in (
-                [self._name(r.metadata.src_node_id)] if r.has_error() else reply_nodes(r.content)
-            )
-        }
-        asked = (self._name(m.metadata.dst_node_id) for m in sent)
-        self.silent = sorted(name for name in asked if name not in answered)
-        return replies
-
-    def _name(self, node_id: int) -> str:
-        return self._names.get(node_id, str(node_id))
-
-    def _secure_sum(self, sent: list[Message], timeout: float | None) -> Message:
-        """The strategy's messages, each node's reply masked, returned as one summed reply."""
-        by_node = {m.metadata.dst_node_id: m for m in sent}
-
-        def send(
-            ids: list[int], extra: Mapping[int, Mapping[str, ConfigRecord]]
-        ) -> tuple[dict[int, RecordDict], list[OncofedError]]:
-            staged = []
-            for node_id in ids:
-                template = by_node[node_id]
-                content = RecordDict(dict(template.content.items()))
-                for name, record in extra.get(node_id, {}).items():
-                    content[name] = record
-                staged.append(
-                    Message(
-                        content,
-                        node_id,
-                        template.metadata.message_type,
-                        group_id=template.metadata.group_id,
-                        ttl=template.metadata.ttl,
-                    )
-                )
-            wait = timeout if timeout is not None else sent[0].metadata.ttl
-            return exchange_messages(self._grid, staged, wait)
-
-        summed = secure_sum(send, sorted(by_node))
-        weights = sent[0].metadata.message_type == "train"
-        return Message(from_total(summed.total, weights, summed.privacy), reply_to=sent[0])
+from oncofed.tasks.training.params import TrainParams
+from oncofed.tasks.training.records import ARRAYS, METRICS, charges, reply_nodes
+from oncofed.tasks.training.setup import agreed_design, bounded_standardisation, standardisation
 
 
 class _Rounds:
     """Collects what the strategy's replies say, round by round, and shows progress."""
 
-    def __init__(self, params: TrainParams, grid: _WatchedGrid) -> None:
+    def __init__(self, params: TrainParams, grid: WatchedGrid) -> None:
         self.params = params
         self.grid = grid
         self.strategy: FedAvg | None = None  # set once built (it takes our callbacks)
@@ -253,75 +156,6 @@ def _strategy(params: TrainParams, rounds: _Rounds) -> FedAvg:
     return FedAvg(**common)  # type: ignore[arg-type]
 
 
-def standardisation(grid: Grid, params: TrainParams) -> Standardisation:
-    """Federated mean and standard deviation of each numeric feature (the describe task)."""
-    columns = params.numeric_features
-    if not columns:
-        return Standardisation()
-    stats = describe_serve(
-        grid,
-        DescribeParams(
-            dataset=params.dataset,
-            columns=columns,
-            where=params.where,
-            study=params.study,
-            min_nodes=params.min_nodes,
-            timeout=params.timeout,
-        ),
-    ).to_frame()
-    return Standardisation(
-        columns=columns,
-        mean=tuple(float(m) for m in stats.loc[list(columns), "mean"]),
-        std=tuple(float(s) if s else 1.0 for s in stats.loc[list(columns), "std"]),
-    )
-
-
-class Design(NamedTuple):
-    columns: list[str]
-    levels: dict[str, tuple[str, ...]]
-    bounds: dict[str, tuple[float, ...]]  # declared ranges of the numeric features, under DP
-    names: dict[int, str]  # node id -> node name, to say which node went silent
-
-
-def agreed_design(grid: Grid, params: TrainParams, nodes: list[int]) -> Design:
-    """Columns, factor levels and bounds, which every node must have alike."""
-    columns: list[str] | None = None
-    agreed: dict[str, dict[str, tuple[Any, ...]]] = {}
-    names: dict[int, str] = {}
-    for node_id, reply in broadcast(grid, "design", params, nodes).items():
-        meta = reply.config_records["meta"]
-        node = names[node_id] = str(meta["node"])
-        columns = same_design(columns, json.loads(str(meta["columns"])), node, "training")
-        for what in ("levels", "bounds"):
-            found = {k: tuple(v) for k, v in json.loads(str(meta[what])).items()}
-            if agreed.setdefault(what, found) != found:
-                raise QueryError(
-                    f"nodes declare different {what}: {agreed[what]} versus {found}",
-                    rule=f"training.{what}_disagree",
-                    node=node,
-                    fix="write every factor as C(column, levels=[...])"
-                    if what == "levels"
-                    else "the operators agree one schema, bounds included",
-                )
-    assert columns is not None  # broadcast raises when no node answered
-    return Design(columns, agreed["levels"], agreed["bounds"], names)
-
-
-def bounded_standardisation(bounds: Mapping[str, tuple[float, ...]]) -> Standardisation:
-    """Centre at the midpoint of the declared range, scale by a quarter of it: no budget spent.
-
-    For datasets a node releases only under DP, where the exact federated
-    describe is refused. Cruder than federated moments when the declared
-    range is much wider than the data: SGD then needs more steps.
-    """
-    columns = tuple(bounds)
-    return Standardisation(
-        columns=columns,
-        mean=tuple((bounds[c][0] + bounds[c][1]) / 2 for c in columns),
-        std=tuple((bounds[c][1] - bounds[c][0]) / 4 for c in columns),
-    )
-
-
 def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     nodes = wait_for_nodes(grid, params)
     columns, levels, bounds, names = agreed_design(grid, params, nodes)
@@ -331,7 +165,7 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
         else standardisation(grid, params)
     )
     run = params.model_copy(update={"standardisation": scaling})
-    watched = _WatchedGrid(grid, names, run.secure_aggregation)
+    watched = WatchedGrid(grid, names, run.secure_aggregation)
     rounds = _Rounds(run, watched)
     strategy = _strategy(run, rounds)
     rounds.strategy = strategy
@@ -385,11 +219,4 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
     )
 
 
-__all__ = [
-    "Design",
-    "agreed_design",
-    "bounded_standardisation",
-    "pooled_metrics",
-    "standardisation",
-    "train_serve",
-]
+__all__ = ["pooled_metrics", "train_serve"]

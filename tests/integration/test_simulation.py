@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,34 +12,28 @@ import pytest
 from oncofed.flower import server_app
 from oncofed.node.app import build_client_app
 from oncofed.node.data import FrameCatalogue, infer_schema
+from oncofed.tasks.base import TaskParams, TaskType
 from oncofed.tasks.describe import TASK, DescribeParams, DescribeResult
 from tests.oracle import assert_describe_matches
 
 pytest.importorskip("ray", reason="Flower's simulation runtime needs oncofed[simulation]")
 
 
-def test_describe_runs_unchanged_under_run_simulation(lung: pd.DataFrame) -> None:
+def simulate(task: TaskType[Any, Any], params: TaskParams, catalogues: list[FrameCatalogue]) -> str:
+    """The task's server function and the node ClientApp under ``run_simulation``; its result."""
     from flwr.simulation import run_simulation
 
-    columns = ["age", "time", "wt.loss"]
-    schema = infer_schema(lung)
-    centres = sorted(lung["centre"].unique())
-    catalogues = [
-        FrameCatalogue(name, {"lung": (schema, lung[lung["centre"] == name])}) for name in centres
-    ]
     client_app = build_client_app(
         lambda context: catalogues[int(context.node_config["partition-id"])]
     )
-    params = DescribeParams(dataset="lung", columns=tuple(columns), min_nodes=len(centres))
     results: list[str] = []
-    app = server_app(lambda grid: results.append(TASK.run_server(grid, params.model_dump_json())))
-
+    app = server_app(lambda grid: results.append(task.run_server(grid, params.model_dump_json())))
     environment = dict(os.environ)
     try:
         run_simulation(
             server_app=app,
             client_app=client_app,
-            num_supernodes=len(centres),
+            num_supernodes=len(catalogues),
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                 "init_args": {"num_cpus": 2, "include_dashboard": False},
@@ -48,9 +43,19 @@ def test_describe_runs_unchanged_under_run_simulation(lung: pd.DataFrame) -> Non
         # Ray writes PYTHONPATH and other variables into this process; later tests spawn processes.
         os.environ.clear()
         os.environ.update(environment)
-
     assert len(results) == 1, "the server function did not finish under simulation"
-    result = DescribeResult.model_validate_json(results[0])
+    return results[0]
+
+
+def test_describe_runs_unchanged_under_run_simulation(lung: pd.DataFrame) -> None:
+    columns = ["age", "time", "wt.loss"]
+    schema = infer_schema(lung)
+    centres = sorted(lung["centre"].unique())
+    catalogues = [
+        FrameCatalogue(name, {"lung": (schema, lung[lung["centre"] == name])}) for name in centres
+    ]
+    params = DescribeParams(dataset="lung", columns=tuple(columns), min_nodes=len(centres))
+    result = DescribeResult.model_validate_json(simulate(TASK, params, catalogues))
     assert sorted(result.nodes) == centres
     assert_describe_matches(result, lung, columns)
 
@@ -63,7 +68,6 @@ def test_training_runs_unchanged_for_50_simulated_centres() -> None:
     """
     pytest.importorskip("torch")
     pytest.importorskip("opacus")
-    from flwr.simulation import run_simulation
     from sklearn.linear_model import LogisticRegression
 
     from oncofed.tasks.training import TASK as TRAIN
@@ -84,9 +88,6 @@ def test_training_runs_unchanged_for_50_simulated_centres() -> None:
     catalogues = [
         FrameCatalogue(name, {"sim": (schema, rows)}) for name, rows in frame.groupby("centre")
     ]
-    client_app = build_client_app(
-        lambda context: catalogues[int(context.node_config["partition-id"])]
-    )
     params = TrainParams(
         dataset="sim",
         features=("a", "b", "c"),
@@ -99,25 +100,7 @@ def test_training_runs_unchanged_for_50_simulated_centres() -> None:
         min_nodes=centres,
         test_fraction=0.0,
     )
-    results: list[str] = []
-    app = server_app(lambda grid: results.append(TRAIN.run_server(grid, params.model_dump_json())))
-    environment = dict(os.environ)
-    try:
-        run_simulation(
-            server_app=app,
-            client_app=client_app,
-            num_supernodes=centres,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": 2, "include_dashboard": False},
-            },
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
-
-    assert len(results) == 1, "the server function did not finish under simulation"
-    model = TrainedModel.model_validate_json(results[0])
+    model = TrainedModel.model_validate_json(simulate(TRAIN, params, catalogues))
     assert len(model.nodes) == centres and model.rounds == 3
     pooled = LogisticRegression(penalty=None).fit(frame[["a", "b", "c"]], frame["y"])
     expected = pooled.score(fresh[["a", "b", "c"]], fresh["y"])
