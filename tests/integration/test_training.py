@@ -197,6 +197,9 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
         ):
             s.train([*FEATURES, "mean_area"], "malignant", dp=dp, scaling="bounds", min_nodes=4)
         assert unbounded.value.rule == "training.bounds" and "mean_area" in str(unbounded.value)
+        # One round first, so the survivors' first import of torch is not what the timeout meets.
+        with net.session(dataset="tumours", progress=False, study="warm-up") as s:
+            s.train(FEATURES, "malignant", rounds=1, dp=dp, scaling="bounds", min_nodes=4)
         net.stop_node(victim)
         net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
         net.wait_for_nodes(net.node_names)
@@ -208,7 +211,7 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
         survivors = sorted(set(net.node_names) - {victim})
         assert [r.nodes for r in model.history] == [survivors] * 3
         assert sorted(model.epsilon) == survivors
-        assert _budget_rows(net, victim) == {}, "the dead node never sent an update"
+        assert "dies" not in _budget_rows(net, victim), "the dead node never sent an update"
         assert _budget_rows(net, survivors[0])["dies"]["releases"] == 3
 
         net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
