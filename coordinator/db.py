@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from oncofed.errors import ConfigError, DatabaseUnavailable
+from oncofed.governance.audit import AUDIT_TABLE
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -62,8 +63,11 @@ class TaskRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
-    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # sealed (sealing.py)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    permit_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    nonce: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
+    signed_task: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class MessageRow(Base):
@@ -87,6 +91,42 @@ class ReplyRow(Base):
     src_node_id: Mapped[int] = mapped_column(BigInteger)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     received_at: Mapped[float] = mapped_column(Float)
+
+
+class ApplicationRow(Base):
+    __tablename__ = "applications"
+
+    application_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    applicant: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(24))
+    document: Mapped[str] = mapped_column(Text)
+    history: Mapped[str] = mapped_column(Text)
+    permit_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PermitRow(Base):
+    __tablename__ = "permits"
+
+    permit_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    issuer: Mapped[str] = mapped_column(String(64))
+    signed_json: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[float] = mapped_column(Float)
+
+
+class RevocationListRow(Base):
+    __tablename__ = "revocation_lists"
+
+    issuer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    signed_json: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[float] = mapped_column(Float)
+
+
+# The coordinator's audit trail is the table every node keeps too (governance/audit.py).
+AUDIT_TABLE.to_metadata(Base.metadata)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -132,4 +172,15 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-__all__ = ["Base", "MessageRow", "NodeRow", "ReplyRow", "TaskRow", "migrate", "open_database"]
+__all__ = [
+    "ApplicationRow",
+    "Base",
+    "MessageRow",
+    "NodeRow",
+    "PermitRow",
+    "ReplyRow",
+    "RevocationListRow",
+    "TaskRow",
+    "migrate",
+    "open_database",
+]

@@ -9,6 +9,8 @@ grid under ``run_simulation``. Differences that matter:
   its first run already received instead of asking the nodes again;
 * a message that expires unanswered comes back as a typed error reply that
   names the node, so the task fails with a clear reason instead of hanging;
+* every message carries the task's authorisation (signed task, permit,
+  revocation lists) for the node to check by itself;
 * a cancelled task stops at its next call into the grid.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -26,14 +28,30 @@ from flwr.supercore.run import Run
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import OutgoingMessage, Store
 from oncofed.errors import NodeUnavailable, TaskCancelled
-from oncofed.flower import content_digest, empty_run, error_reply, from_bytes, stamp, to_bytes
+from oncofed.flower import (
+    attach_authorisation,
+    content_digest,
+    empty_run,
+    error_reply,
+    from_bytes,
+    stamp,
+    to_bytes,
+)
 
 MESSAGE_NAMESPACE = uuid.UUID("6f1c2b0e-3d5a-4c1e-9b7a-0c4f2e8d9a11")
 
 
 class GovernedGrid(Grid):
-    def __init__(self, store: Store, hub: Hub, task_id: str, run_id: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        task_id: str,
+        run_id: int,
+        authorisation: Callable[[], str],
+    ) -> None:
         self._store = store
+        self._authorisation = authorisation
         self._hub = hub
         self._task_id = task_id
         self._run = empty_run(run_id)
@@ -68,6 +86,7 @@ class GovernedGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._check_cancelled()
         outgoing = []
+        authorisation = self._authorisation()
         for message in messages:
             meta = message.metadata
             key = (
@@ -76,6 +95,8 @@ class GovernedGrid(Grid):
             )
             message_id = uuid.uuid5(MESSAGE_NAMESPACE, key).hex
             stamp(message, run_id=self._run.run_id, message_id=message_id)
+            # After the id: a replay after a restart may carry a newer revocation list.
+            attach_authorisation(message, authorisation)
             self._sent[message_id] = message
             outgoing.append(
                 OutgoingMessage(

@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from oncofed.coordinator.auth import caller
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import Store
 from oncofed.flower import from_bytes
+from oncofed.governance.audit import AuditTrail
 from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import NodeLinkServicer
@@ -24,10 +26,11 @@ MISSED_HEARTBEATS = 3  # a node silent this many intervals is offline
 
 
 class NodeLink(NodeLinkServicer):
-    def __init__(self, store: Store, hub: Hub, heartbeat_seconds: float) -> None:
+    def __init__(self, store: Store, hub: Hub, heartbeat_seconds: float, audit: AuditTrail) -> None:
         self.store = store
         self.hub = hub
         self.heartbeat_seconds = heartbeat_seconds
+        self.audit = audit
 
     def Connect(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[pb.NodeFrame], context: grpc.ServicerContext
@@ -38,7 +41,18 @@ class NodeLink(NodeLinkServicer):
             return  # abort raises; this line tells the type checker so
         hello = first.hello
         problem = _check_hello(hello)
+        peer = caller(context)
+        if not problem and hello.node_name != peer.name:
+            # The certificate, not the hello, says who a node is.
+            problem = f"a node with the certificate of {peer.name!r} said it is {hello.node_name!r}"
         if problem:
+            self.audit.append(
+                actor=peer.name,
+                action="connect",
+                outcome="refused",
+                rule="node.hello",
+                problem=problem,
+            )
             log.warning("refused node hello: %s", problem)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         token = self.hub.claim(hello.node_name)
@@ -62,6 +76,9 @@ class NodeLink(NodeLinkServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.CoordinatorFrame]:
         node_id = self.store.register_node(hello.node_name, hello.version, hello.datasets_json)
+        self.audit.append(
+            actor=hello.node_name, action="connect", outcome="connected", version=hello.version
+        )
         again = self.store.requeue_unanswered(node_id)
         log.info(
             "node %s connected (id %d, version %s, %d message(s) to resend)",

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
-from typing import NoReturn
 
 import grpc
 from pydantic import ValidationError
 
+from oncofed.coordinator.access_store import AccessStore
+from oncofed.coordinator.auth import abort, caller
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store, TaskView
-from oncofed.errors import OncofedError, QueryError
+from oncofed.errors import AccessDenied, OncofedError, PermitRefused, QueryError
+from oncofed.governance.audit import AuditTrail
+from oncofed.governance.envelope import SignedTask, TaskEnvelope
+from oncofed.governance.permits import SignedPermit, check_validity, utcnow
 from oncofed.node.config import format_validation_error
 from oncofed.tasks import get_task
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import ResearcherServicer
 
 WATCH_POLL_SECONDS = 0.5  # upper bound; replies and task ends wake watchers at once
-
-
-def abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: OncofedError) -> NoReturn:
-    """End the call with a typed error the client turns back into its class."""
-    context.abort(code, error.to_json())
-    raise AssertionError("context.abort returns only by raising")
 
 
 def status(view: TaskView) -> pb.TaskStatus:
@@ -39,32 +38,136 @@ def status(view: TaskView) -> pb.TaskStatus:
 
 
 class Researcher(ResearcherServicer):
-    def __init__(self, store: Store, runner: TaskRunner, hub: Hub) -> None:
+    def __init__(
+        self,
+        store: Store,
+        access: AccessStore,
+        runner: TaskRunner,
+        hub: Hub,
+        audit: AuditTrail,
+    ) -> None:
         self.store = store
+        self.access = access
         self.runner = runner
         self.hub = hub
+        self.audit = audit
 
     def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.TaskRef:  # noqa: N802
+        peer = caller(context)
         try:
-            task = get_task(request.task_type)
-            params = task.params.model_validate_json(request.params_json or "{}")
-        except OncofedError as exc:
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
+            signed = SignedTask.model_validate_json(request.signed_task_json)
         except ValidationError as exc:
             abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 QueryError(
-                    f"invalid parameters for {request.task_type!r}: {format_validation_error(exc)}",
-                    rule="task.params",
-                    fix="correct the request",
+                    f"the signed task is malformed: {format_validation_error(exc)}",
+                    rule="task.envelope",
+                    fix="submit through oncofed's Session",
                 ),
             )
+        task = signed.task
+        try:
+            params_json = self._admissible(peer.name, signed)
+        except OncofedError as exc:
+            self._audit(peer.name, task, exc)
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if isinstance(exc, PermitRefused | AccessDenied)
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            abort(context, code, exc)
         view = self.store.create_task(
-            request.task_type, params.model_dump_json(), request.researcher or "anonymous"
+            task.task_type,
+            params_json,
+            peer.name,
+            permit_id=task.permit_id,
+            nonce=task.nonce,
+            signed_task=request.signed_task_json,
         )
+        if view is None:
+            replay = PermitRefused(
+                "this signed task was submitted before; a signed task runs once",
+                rule="task.replay",
+                fix="submit a new task (the Session signs a fresh one each time)",
+            )
+            self._audit(peer.name, task, replay)
+            abort(context, grpc.StatusCode.ALREADY_EXISTS, replay)
+        self._audit(peer.name, task, None, view.task_id)
         self.runner.launch(view.task_id)
         return pb.TaskRef(task_id=view.task_id)
+
+    def _admissible(self, caller_name: str, signed: SignedTask) -> str:
+        """The task's validated parameters, if the permit on file covers the signed task.
+
+        Nodes check all of this again by themselves; the coordinator checks it
+        so that a researcher hears at once instead of from every node.
+        """
+        task = signed.task
+        if task.researcher != caller_name:
+            raise AccessDenied(
+                f"{caller_name} submitted a task signed as {task.researcher}",
+                rule="task.signer",
+                fix="sign tasks with your own identity",
+            )
+        kind = get_task(task.task_type)
+        published = self.access.permit(task.permit_id)
+        if published is None:
+            raise PermitRefused(
+                f"permit {task.permit_id!r} has not been published to this coordinator",
+                rule="permit.unknown",
+                fix="the data-access body publishes it with `oncofed permit publish`",
+            )
+        permit = SignedPermit.model_validate_json(published).permit
+        person = permit.person(task.researcher)
+        if person is None:
+            raise PermitRefused(
+                f"{task.researcher} is not named in permit {permit.permit_id!r}",
+                rule="permit.person",
+                fix="ask the data-access body to amend the permit",
+            )
+        signed.verified(person.verifying_key())
+        check_validity(permit, utcnow())
+        if permit.permit_id in self.access.revoked_permits(permit.issuer.name):
+            raise PermitRefused(
+                f"permit {permit.permit_id!r} was revoked by {permit.issuer.name}",
+                rule="permit.revoked",
+                fix="ask the data-access body about the revocation",
+            )
+        if task.task_type not in permit.task_types:
+            raise PermitRefused(
+                f"permit {permit.permit_id!r} does not allow task type {task.task_type!r}",
+                rule="permit.task_type",
+                fix=f"the permit allows: {', '.join(permit.task_types)}",
+            )
+        try:
+            params = kind.params.model_validate_json(task.params_json or "{}")
+        except ValidationError as exc:
+            raise QueryError(
+                f"invalid parameters for {task.task_type!r}: {format_validation_error(exc)}",
+                rule="task.params",
+                fix="correct the request",
+            ) from None
+        if params.study != permit.permit_id:
+            raise PermitRefused(
+                f"the task's study {params.study!r} is not its permit {permit.permit_id!r}",
+                rule="task.permit",
+                fix="Session(permit=...) sets it",
+            )
+        return str(params.model_dump_json())
+
+    def _audit(
+        self, who: str, task: TaskEnvelope, error: OncofedError | None, task_id: str = ""
+    ) -> None:
+        self.audit.append(
+            actor=who,
+            action=f"submit:{task.task_type}"[:64],
+            permit_id=task.permit_id,
+            params_sha256=hashlib.sha256(task.params_json.encode()).hexdigest(),
+            outcome=type(error).__name__ if error else "accepted",
+            rule=error.rule if error else "",
+            task_id=task_id,
+        )
 
     def Watch(self, request: pb.TaskRef, context: grpc.ServicerContext) -> Iterator[pb.TaskStatus]:  # noqa: N802
         last: tuple[object, ...] | None = None
@@ -81,10 +184,18 @@ class Researcher(ResearcherServicer):
 
     def Result(self, request: pb.TaskRef, context: grpc.ServicerContext) -> pb.TaskResult:  # noqa: N802
         view = self._task(request.task_id, context)
+        peer = caller(context)
+        self.audit.append(
+            actor=peer.name,
+            action="result",
+            permit_id=view.permit_id or "",
+            outcome="sealed" if view.result else view.state,
+            task_id=view.task_id,
+        )
         return pb.TaskResult(
             task_id=view.task_id,
             state=view.state,
-            result_json=view.result or "",
+            sealed_result=view.result or "",
             error_json=view.error or "",
         )
 
@@ -94,8 +205,11 @@ class Researcher(ResearcherServicer):
         return status(self._task(request.task_id, context))
 
     def _task(self, task_id: str, context: grpc.ServicerContext) -> TaskView:
+        """A task the caller may see: their own, or any for a data-access body."""
         view = self.store.task(task_id)
-        if view is None:
+        peer = caller(context)
+        if view is None or (peer.role == "researcher" and view.researcher != peer.name):
+            # The same answer for another's task as for none: ids are not a way to probe.
             abort(
                 context,
                 grpc.StatusCode.NOT_FOUND,

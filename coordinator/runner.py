@@ -10,19 +10,24 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from oncofed.coordinator.access_store import AccessStore
 from oncofed.coordinator.grid import GovernedGrid
 from oncofed.coordinator.hub import Hub
-from oncofed.coordinator.store import Store
+from oncofed.coordinator.store import Store, TaskView
 from oncofed.errors import OncofedError, TaskCancelled, TaskFailed
 from oncofed.flower import server_app, server_context
+from oncofed.governance.envelope import Authorisation, SignedTask
+from oncofed.governance.permits import SignedPermit, SignedRevocations
+from oncofed.governance.sealing import seal
 from oncofed.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 
 class TaskRunner:
-    def __init__(self, store: Store, hub: Hub, max_parallel: int = 4) -> None:
+    def __init__(self, store: Store, access: AccessStore, hub: Hub, max_parallel: int = 4) -> None:
         self.store = store
+        self.access = access
         self.hub = hub
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="task")
 
@@ -53,13 +58,14 @@ class TaskRunner:
         try:
             task = get_task(view.task_type)
             app = server_app(lambda grid: results.append(task.run_server(grid, view.params)))
-            app(
-                GovernedGrid(self.store, self.hub, task_id, view.run_id),
-                server_context(view.run_id),
+            grid = GovernedGrid(
+                self.store, self.hub, task_id, view.run_id, lambda: self._authorisation(view)
             )
+            app(grid, server_context(view.run_id))
             if not results:
                 raise TaskFailed("the server function returned no result", rule="task.result")
-            self.store.finish_task(task_id, "succeeded", detail="done", result=results[0])
+            sealed = self._seal(view, results[0])
+            self.store.finish_task(task_id, "succeeded", detail="done", result=sealed)
             log.info("task %s (%s) succeeded", task_id, view.task_type)
         except TaskCancelled:
             self.store.finish_task(task_id, "cancelled", detail="cancelled")
@@ -76,6 +82,45 @@ class TaskRunner:
             self.store.finish_task(
                 task_id, "failed", detail=error.one_line(), error=error.to_json()
             )
+
+    def _signed_permit(self, view: TaskView) -> str:
+        published = self.access.permit(view.permit_id or "")
+        if published is None:
+            raise TaskFailed(
+                f"permit {view.permit_id!r} is no longer on file",
+                rule="permit.unknown",
+                fix="the data-access body publishes it again",
+            )
+        return published
+
+    def _authorisation(self, view: TaskView) -> str:
+        """What every message of the task carries: read afresh, so that a permit amended or
+        revoked mid-task reaches the nodes with the next round."""
+        authorisation = Authorisation(
+            task=SignedTask.model_validate_json(view.signed_task or ""),
+            permit=SignedPermit.model_validate_json(self._signed_permit(view)),
+            revocations=tuple(
+                SignedRevocations.model_validate_json(text)
+                for text in self.access.revocation_lists()
+            ),
+        )
+        return authorisation.model_dump_json()
+
+    def _seal(self, view: TaskView, result: str) -> str:
+        permit = SignedPermit.model_validate_json(self._signed_permit(view)).permit
+        researcher = permit.person(view.researcher)
+        if researcher is None:
+            raise TaskFailed(
+                f"{view.researcher} is no longer named in permit {permit.permit_id!r}; the "
+                "result is discarded",
+                rule="permit.person",
+                fix="ask the data-access body",
+            )
+        readers = {
+            researcher.name: researcher.sealing_key(),
+            permit.issuer.name: permit.issuer.sealing_key(),
+        }
+        return seal(result.encode(), readers, context=view.task_id)
 
 
 __all__ = ["TaskRunner"]

@@ -1,13 +1,17 @@
-"""The coordinator process: database, task runner and the three gRPC services."""
+"""The coordinator process: database, task runner and the gRPC services, over mutual TLS."""
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from oncofed.coordinator.access_store import AccessStore
+from oncofed.coordinator.auth import Authoriser
+from oncofed.coordinator.data_access import DataAccess
 from oncofed.coordinator.db import open_database
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.nodelink import NodeLink
@@ -17,6 +21,9 @@ from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store
 from oncofed.errors import ConfigError
 from oncofed.flower import install_process_identity
+from oncofed.governance.audit import AuditTrail
+from oncofed.governance.keys import Identity
+from oncofed.governance.tls import RevokedCertificates, TlsFiles, server_credentials
 from oncofed.wire import SERVER_OPTIONS
 from oncofed.wire import oncofed_pb2_grpc as rpc
 
@@ -27,23 +34,38 @@ class Coordinator:
     def __init__(
         self,
         database_url: str,
+        credentials: Path,
         listen: str = "127.0.0.1:7100",
         heartbeat_seconds: float = 5.0,
         max_parallel_tasks: int = 4,
+        crl: Path | None = None,
     ) -> None:
         install_process_identity()
-        self.store = Store(open_database(database_url))
+        self.tls = TlsFiles.in_directory(credentials)
+        identity = Identity.load(credentials)
+        engine = open_database(database_url)
+        self.store = Store(engine)
+        self.access = AccessStore(engine)
+        self.audit = AuditTrail(engine, identity.signing, create=False)
         self.hub = Hub()
-        self.runner = TaskRunner(self.store, self.hub, max_parallel_tasks)
+        self.runner = TaskRunner(self.store, self.access, self.hub, max_parallel_tasks)
         self.listen = listen
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=256), options=SERVER_OPTIONS)
+        revoked = RevokedCertificates(crl, self.tls.ca)
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=256),
+            options=SERVER_OPTIONS,
+            interceptors=[Authoriser(revoked, self.audit)],
+        )
         rpc.add_NodeLinkServicer_to_server(
-            NodeLink(self.store, self.hub, heartbeat_seconds), self._server
+            NodeLink(self.store, self.hub, heartbeat_seconds, self.audit), self._server
         )
         rpc.add_ResearcherServicer_to_server(
-            Researcher(self.store, self.runner, self.hub), self._server
+            Researcher(self.store, self.access, self.runner, self.hub, self.audit), self._server
         )
         rpc.add_OperatorServicer_to_server(Operator(self.store), self._server)
+        rpc.add_DataAccessServicer_to_server(
+            DataAccess(self.access, self.store, self.hub, self.audit), self._server
+        )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
@@ -52,7 +74,7 @@ class Coordinator:
         # Streams from before a restart are gone; nodes will say hello again.
         self.store.mark_all_offline()
         try:
-            port = self._server.add_insecure_port(self.listen)
+            port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot listen on {self.listen}: {exc}",

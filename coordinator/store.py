@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from oncofed.coordinator.db import MessageRow, NodeRow, ReplyRow, TaskRow
@@ -37,6 +38,8 @@ class TaskView:
     updated_at: float
     result: str | None
     error: str | None
+    permit_id: str | None = None
+    signed_task: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -119,7 +122,17 @@ class Store:
 
     # ---- tasks ----------------------------------------------------------
 
-    def create_task(self, task_type: str, params: str, researcher: str) -> TaskView:
+    def create_task(
+        self,
+        task_type: str,
+        params: str,
+        researcher: str,
+        *,
+        permit_id: str | None = None,
+        nonce: str | None = None,
+        signed_task: str | None = None,
+    ) -> TaskView | None:
+        """A new queued task; None if its nonce was used before (a replayed submission)."""
         now = time.time()
         row = TaskRow(
             task_id=uuid.uuid4().hex,
@@ -132,12 +145,16 @@ class Store:
             attempts=0,
             created_at=now,
             updated_at=now,
+            permit_id=permit_id,
+            nonce=nonce,
+            signed_task=signed_task,
         )
-        with self._session() as db, db.begin():
-            db.add(row)
-        view = self.task(row.task_id)
-        assert view is not None
-        return view
+        try:
+            with self._session() as db, db.begin():
+                db.add(row)
+        except IntegrityError:
+            return None
+        return self.task(row.task_id)
 
     def task(self, task_id: str) -> TaskView | None:
         with self._session() as db:
@@ -168,6 +185,8 @@ class Store:
                 updated_at=row.updated_at,
                 result=row.result,
                 error=row.error,
+                permit_id=row.permit_id,
+                signed_task=row.signed_task,
             )
 
     def unfinished_task_ids(self) -> list[str]:
@@ -227,6 +246,16 @@ class Store:
                 )
             )
             return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+    def unfinished_under_permit(self, permit_id: str) -> list[str]:
+        with self._session() as db:
+            return list(
+                db.scalars(
+                    select(TaskRow.task_id).where(
+                        TaskRow.permit_id == permit_id, TaskRow.state.not_in(TERMINAL_STATES)
+                    )
+                )
+            )
 
     def is_cancelled(self, task_id: str) -> bool:
         with self._session() as db:

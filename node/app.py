@@ -16,8 +16,15 @@ from flwr.clientapp import ClientApp
 
 from oncofed.errors import OncofedError, TaskFailed
 from oncofed.flower import error_reply, params_json
-from oncofed.node.audit import AuditLog
-from oncofed.node.mods import CatalogueFor, audit_mod, privacy_mod, validation_mod
+from oncofed.governance.audit import AuditTrail
+from oncofed.node.mods import (
+    CatalogueFor,
+    audit_mod,
+    privacy_mod,
+    privacy_under_permit,
+    validation_mod,
+)
+from oncofed.node.permits import PermitChecker, permit_mod
 from oncofed.node.secure import SecureKeys, secure_mod
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import LocalDataset, ModelHandler, NodeHandler, TaskType
@@ -27,14 +34,19 @@ log = logging.getLogger(__name__)
 
 def build_client_app(
     catalogue_for: CatalogueFor,
-    audit: AuditLog | None = None,
+    audit: AuditTrail | None = None,
     secure: SecureKeys | None = None,
+    permits: PermitChecker | None = None,
 ) -> ClientApp:
+    """The node's ClientApp. A real node passes all of audit, secure and permits;
+    Flower's simulation runtime, which has no coordinator to defend against, none."""
     mods = [
         validation_mod(catalogue_for),
         secure_mod(catalogue_for, secure),
         privacy_mod(catalogue_for),
     ]
+    if permits is not None:
+        mods.insert(0, permit_mod(permits, catalogue_for))
     if audit is not None:
         mods.insert(0, audit_mod(audit))
     app = ClientApp(mods=mods)
@@ -65,7 +77,7 @@ def _guarded(
             local = datasets.load(params.dataset)
             if params.dp is not None:
                 # Only DP handlers size their noise to what remains; others skip the read.
-                privacy = datasets.policy.privacy_for(params.dataset)
+                privacy = privacy_under_permit(datasets, message, params.dataset)
                 budget = datasets.ledger.budget(params.study, params.dataset, privacy)
                 local = replace(local, budget=budget)
             content = handler(params, local, message.content)

@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from oncofed.errors import ConfigError
+from oncofed.governance.keys import parse_public_key
 from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import NAME_PATTERN, ColumnSpec, DatasetSchema
 
@@ -35,6 +36,25 @@ class DatasetConfig(BaseModel):
         default=None, description="Defaults to the file's suffix."
     )
     columns: dict[str, ColumnSpec] = Field(min_length=1)
+    allowed_tasks: tuple[str, ...] | None = Field(
+        default=None,
+        description="Task types this node runs on the dataset (None: every installed task); "
+        "a permit can narrow this, never widen it.",
+    )
+    approval: Literal["automatic", "manual"] = Field(
+        default="automatic",
+        description="manual: each task waits for `oncofed node approvals approve`.",
+    )
+
+    @field_validator("allowed_tasks")
+    @classmethod
+    def _installed(cls, tasks: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from oncofed.tasks import TASKS
+
+        unknown = sorted(set(tasks or ()) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task type(s) {unknown}; installed: {sorted(TASKS)}")
+        return tasks
 
     @property
     def dataset_schema(self) -> DatasetSchema:
@@ -60,14 +80,44 @@ class SecureAggregationConfig(BaseModel):
     @field_validator("peers")
     @classmethod
     def _keys(cls, peers: dict[str, str]) -> dict[str, str]:
-        from oncofed.node.identity import parse_public_key
-
         for name, text in peers.items():
             try:
                 parse_public_key(text)
             except ValueError as exc:
                 raise ValueError(f"peer {name!r}: {exc}") from None
         return peers
+
+
+class GovernanceConfig(BaseModel):
+    """Whom this node trusts to grant access, and how strictly it reads time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trusted_bodies: dict[str, str] = Field(
+        min_length=1,
+        description="Data-access body name -> base64 Ed25519 public key (its card's signing_key).",
+    )
+    max_clock_skew_seconds: float = Field(
+        default=300.0, ge=0, le=3600, description="How far a task's time may be in the future."
+    )
+    max_task_age_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="How old a signed task may be when its first message arrives.",
+    )
+    audit_retention_days: int = Field(
+        default=366, ge=366, description="Audit entries are kept at least this long (EHDS Art. 73)."
+    )
+
+    @field_validator("trusted_bodies")
+    @classmethod
+    def _keys(cls, bodies: dict[str, str]) -> dict[str, str]:
+        for name, text in bodies.items():
+            try:
+                parse_public_key(text)
+            except ValueError as exc:
+                raise ValueError(f"trusted body {name!r}: {exc}") from None
+        return bodies
 
 
 class NodeConfig(BaseModel):
@@ -78,6 +128,10 @@ class NodeConfig(BaseModel):
         pattern=r"^[^\s:]+:\d{1,5}$", description="host:port of the coordinator."
     )
     state_dir: Path = Field(default=Path("state"), description="Audit log and local state.")
+    credentials: Path = Field(
+        description="Folder with this node's ca.crt, tls.crt and tls.key (`oncofed pki request`)."
+    )
+    governance: GovernanceConfig
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     max_workers: int = Field(default=2, ge=1, le=32, description="Tasks computed at once.")
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
@@ -103,7 +157,11 @@ class NodeConfig(BaseModel):
             for name, ds in self.datasets.items()
         }
         return self.model_copy(
-            update={"datasets": datasets, "state_dir": (base / self.state_dir).resolve()}
+            update={
+                "datasets": datasets,
+                "state_dir": (base / self.state_dir).resolve(),
+                "credentials": (base / self.credentials).resolve(),
+            }
         )
 
 
@@ -145,6 +203,7 @@ def format_validation_error(exc: ValidationError) -> str:
 
 __all__ = [
     "DatasetConfig",
+    "GovernanceConfig",
     "NodeConfig",
     "SecureAggregationConfig",
     "format_validation_error",

@@ -8,14 +8,14 @@ substitute from the real thing. The private key never leaves the file
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from oncofed.errors import ConfigError
+from oncofed.governance.keys import parse_public_key, public_key_text
 
 IDENTITY_FILE = "identity.ed25519.pem"
 
@@ -46,19 +46,6 @@ def load_or_create_identity(state_dir: Path) -> Ed25519PrivateKey:
             fix="move the file away; the node creates a new identity (and peers must re-pin it)",
         )
     return key
-
-
-def public_key_text(key: Ed25519PublicKey) -> str:
-    """The public key as peers pin it: base64 of the 32 raw bytes."""
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def parse_public_key(text: str) -> Ed25519PublicKey:
-    raw = base64.b64decode(text, validate=True)
-    if len(raw) != 32:
-        raise ValueError("an Ed25519 public key is 32 bytes (44 characters of base64)")
-    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 __all__ = ["IDENTITY_FILE", "load_or_create_identity", "parse_public_key", "public_key_text"]

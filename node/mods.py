@@ -1,13 +1,13 @@
 """Flower mods the node wraps around every task handler.
 
-Order (outermost first): audit, validation, privacy. The audit mod records
-every message and its outcome, refusals included; the validation mod refuses
-any request that is not an installed task, or that names a dataset or column
-the node does not offer, before a handler reads a single row; the privacy mod
-applies the rules that hold for every task -- minimum sites, DP required,
-budget -- and charges the ledger before a DP release leaves. The permit mod
-slots in the same way.
-"""
+Order (outermost first): audit, permit, validation, secure aggregation,
+privacy. The audit mod records every message and its outcome, refusals
+included; the permit mod (``permits.py``) refuses any message no valid
+permit covers; the validation mod refuses any request that is not an
+installed task, or that names a dataset or column the node does not offer,
+before a handler reads a single row; the privacy mod applies the rules that
+hold for every task -- minimum sites, DP required, budget -- and charges the
+ledger before a DP release leaves."""
 
 from __future__ import annotations
 
@@ -23,15 +23,17 @@ from pydantic import ValidationError
 
 from oncofed.errors import NodeRefusal, OncofedError, QueryError, UnknownTask
 from oncofed.flower import (
+    authorisation_json,
     content_from_bytes,
     content_to_bytes,
     error_reply,
+    grant_epsilon,
     params_json,
     participants_of,
     reply_error,
     to_bytes,
 )
-from oncofed.node.audit import AuditLog
+from oncofed.governance.audit import AuditTrail
 from oncofed.node.config import format_validation_error
 from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
 from oncofed.privacy.disclosure import check_factor_levels, check_participants
@@ -148,7 +150,6 @@ def _failpoint(name: str) -> None:
         os._exit(137)
 
 
-
 def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
     """Rules for every task, and the charge of every DP release before it leaves.
 
@@ -166,7 +167,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
             return Message(content_from_bytes(stored), reply_to=message)
         try:
             params = decode_params(message, node)
-            privacy = datasets.policy.privacy_for(params.dataset)
+            privacy = privacy_under_permit(datasets, message, params.dataset)
             check_participants(participants_of(message), datasets.policy, node)
             if params.dp is None and privacy.dp_required:
                 raise _dp_required(params.dataset, node)
@@ -211,15 +212,41 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
     return mod
 
 
-def _study_and_dataset(request: str) -> dict[str, str]:
-    """Who the release is charged to, for the audit entry (empty for unreadable requests)."""
+def privacy_under_permit(datasets: LocalDatasets, message: Message, dataset: str) -> DatasetPrivacy:
+    """The node's DP settings for a dataset, with the budget capped by the permit's grant."""
+    privacy = datasets.policy.privacy_for(dataset)
+    cap = grant_epsilon(message)
+    if cap is None or cap >= privacy.epsilon:
+        return privacy
+    return privacy.model_copy(
+        update={
+            "epsilon": cap,
+            "max_epsilon_per_release": min(privacy.max_epsilon_per_release, cap),
+        }
+    )
+
+
+def _claimed(message: Message) -> dict[str, str]:
+    """Who asked, under which permit and of which dataset, as the message claims it.
+
+    The audit trail records refused messages too, so this reads the claim
+    without trusting it; the permit mod is what verifies.
+    """
+    fields: dict[str, str] = {"actor": "", "permit_id": "", "dataset": ""}
+    text = authorisation_json(message)
+    if text is not None:
+        try:
+            task = json.loads(text)["task"]["task"]
+            fields["actor"] = str(task["researcher"])[:256]
+            fields["permit_id"] = str(task["permit_id"])[:128]
+        except (ValueError, KeyError, TypeError):
+            pass
     try:
-        fields = json.loads(request)
-    except ValueError:
-        return {}
-    if not isinstance(fields, dict):
-        return {}
-    return {"study": str(fields.get("study", "default")), "dataset": str(fields.get("dataset", ""))}
+        request = json.loads(params_json(message))
+        fields["dataset"] = str(request.get("dataset", ""))[:128]
+    except (KeyError, ValueError, AttributeError):
+        pass
+    return fields
 
 
 def _check_release_size(epsilon: float, privacy: DatasetPrivacy, node: str) -> None:
@@ -254,7 +281,9 @@ def _no_dp_mechanism(task: str, dataset: str, node: str) -> NodeRefusal:
     )
 
 
-def audit_mod(audit: AuditLog) -> Mod:
+def audit_mod(audit: AuditTrail) -> Mod:
+    """Record every message and its outcome before the reply leaves, refusals included."""
+
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
         try:
@@ -270,16 +299,16 @@ def audit_mod(audit: AuditLog) -> Mod:
             privacy = reply.content.config_records.get(PRIVACY_RECORD)
             epsilon = float(str(privacy["epsilon"])) if privacy is not None else 0.0
         audit.append(
-            task_run=message.metadata.run_id,
-            **_study_and_dataset(request),
-            message_id=message.metadata.message_id,
+            **_claimed(message),
             action=action_of(message),
             params_sha256=hashlib.sha256(request.encode()).hexdigest(),
-            params=request,
             outcome=outcome,
             rule=rule,
             released_bytes=size,
             epsilon=epsilon,
+            run_id=message.metadata.run_id,
+            message_id=message.metadata.message_id,
+            params=request,
         )
         return reply
 
@@ -293,5 +322,6 @@ __all__ = [
     "check_against_schema",
     "decode_params",
     "privacy_mod",
+    "privacy_under_permit",
     "validation_mod",
 ]

@@ -25,11 +25,14 @@ import grpc
 from oncofed import __version__
 from oncofed.errors import TaskFailed
 from oncofed.flower import error_reply, from_bytes, node_context, to_bytes
+from oncofed.governance.audit import AuditTrail
+from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.node.app import build_client_app
-from oncofed.node.audit import AuditLog
 from oncofed.node.config import NodeConfig
 from oncofed.node.data import Catalogue
+from oncofed.node.governance_state import GovernanceState
 from oncofed.node.identity import load_or_create_identity, parse_public_key
+from oncofed.node.permits import PermitChecker
 from oncofed.node.secure import SecureKeys
 from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.wire import CHANNEL_OPTIONS
@@ -37,6 +40,8 @@ from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import NodeLinkStub
 
 log = logging.getLogger(__name__)
+
+AUDIT_FILE = "audit.sqlite"
 
 
 class Backoff:
@@ -63,17 +68,26 @@ class NodeRunner:
             config.policy,
             PrivacyLedger.at(config.state_dir, config.name),
         )
-        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.tls = TlsFiles.in_directory(config.credentials)
+        identity = load_or_create_identity(config.state_dir)
+        self.audit = AuditTrail.open_sqlite(config.state_dir / AUDIT_FILE, identity)
+        retention = config.governance.audit_retention_days * 86_400
+        pruned = self.audit.prune(time.time() - retention)
+        if pruned:
+            log.info("audit trail: %d entries older than the retention period removed", pruned)
+        checker = PermitChecker(
+            config.name, config.governance, config.datasets, GovernanceState.at(config.state_dir)
+        )
         secure = None
         if config.secure_aggregation is not None:
             secure = SecureKeys(
-                load_or_create_identity(config.state_dir),
+                identity,
                 {
                     name: parse_public_key(text)
                     for name, text in config.secure_aggregation.peers.items()
                 },
             )
-        self.app = build_client_app(lambda _context: self.catalogue, self.audit, secure)
+        self.app = build_client_app(lambda _context: self.catalogue, self.audit, secure, checker)
         self._stop = threading.Event()
         self._call: Any = None  # the live stream call, cancelled by stop()
         self._pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="task")
@@ -135,7 +149,7 @@ class NodeRunner:
             while not self._stop.wait(interval[0]) and alive.is_set():
                 outbox.put(pb.NodeFrame(heartbeat=pb.Heartbeat(sent_at=time.time())))
 
-        with grpc.insecure_channel(self.config.coordinator, options=CHANNEL_OPTIONS) as channel:
+        with client_channel(self.config.coordinator, self.tls, CHANNEL_OPTIONS) as channel:
             responses = NodeLinkStub(channel).Connect(frames())
             self._call = responses
             node_id = 0
@@ -183,4 +197,4 @@ class NodeRunner:
         outbox.put(pb.NodeFrame(reply=to_bytes(reply)))
 
 
-__all__ = ["Backoff", "NodeRunner"]
+__all__ = ["AUDIT_FILE", "Backoff", "NodeRunner"]

@@ -14,13 +14,29 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import click
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from oncofed import __version__
+from oncofed.cli_governance import (
+    application_app,
+    approvals_app,
+    audit_app,
+    permit_app,
+    pki_app,
+)
+from oncofed.cli_options import (
+    DEFAULT_CREDENTIALS,
+    CoordinatorOption,
+    CredentialsOption,
+    LogFormatOption,
+    LogLevelOption,
+    PermitOption,
+    console,
+    err_console,
+)
 from oncofed.errors import ConfigError, ExitCode, OncofedError
-from oncofed.logs import LogFormat, setup_logging
+from oncofed.logs import setup_logging
 
 if TYPE_CHECKING:
     from oncofed.tasks.quantiles import Method
@@ -39,22 +55,11 @@ app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(query_app, name="query")
 app.add_typer(task_app, name="task")
-
-console = Console()
-err_console = Console(stderr=True)
-
-LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
-LogFormatOption = Annotated[
-    LogFormat,
-    typer.Option(envvar="ONCOFED_LOG_FORMAT", help="text, or json: one object per line."),
-]
-
-CoordinatorOption = Annotated[
-    str,
-    typer.Option(
-        "--coordinator", "-c", envvar="ONCOFED_COORDINATOR", help="host:port of the coordinator."
-    ),
-]
+app.add_typer(pki_app, name="pki")
+app.add_typer(application_app, name="application")
+app.add_typer(permit_app, name="permit")
+app.add_typer(audit_app, name="audit")
+node_app.add_typer(approvals_app, name="approvals")
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -107,11 +112,19 @@ def sandbox(
             f"[green]network up[/]: coordinator at [bold]{net.address}[/], "
             f"nodes {', '.join(net.node_names)}, dataset [bold]{dataset}[/]"
         )
-        console.print("Connect from Python:")
+        net.grant("sandbox")
+        folder = str(net.credentials(net.researcher))
+        console.print(f"Researcher {net.researcher!r} holds permit 'sandbox'. Connect from Python:")
         console.print(
-            f"  from oncofed import Session\n  s = Session({net.address!r}, dataset={dataset!r})"
+            f"  from oncofed import Session\n  s = Session({net.address!r}, "
+            f"credentials={folder!r}, permit='sandbox', dataset={dataset!r})",
+            soft_wrap=True,
         )
-        console.print(f"or: oncofed query describe -c {net.address} --dataset {dataset} COLUMN")
+        console.print(
+            f"or: oncofed query describe -c {net.address} --credentials {folder} "
+            f"--permit sandbox --dataset {dataset} COLUMN",
+            soft_wrap=True,
+        )
         console.print(f"Logs and node configs: {net.workdir}. Press Ctrl-C to stop.")
         stop.wait()
     finally:
@@ -134,6 +147,17 @@ def coordinator_start(
         Path | None, typer.Option(help="Write the bound port here once serving.")
     ] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 5.0,
+    credentials: Annotated[
+        Path,
+        typer.Option(
+            envvar="ONCOFED_CREDENTIALS",
+            help="The coordinator's folder: identity.json, tls.key, tls.crt, ca.crt.",
+        ),
+    ] = Path("credentials"),
+    crl: Annotated[
+        Path | None,
+        typer.Option(help="The network CA's crl.pem (re-read when it changes)."),
+    ] = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -141,7 +165,7 @@ def coordinator_start(
     from oncofed.coordinator.server import Coordinator
 
     setup_logging(log_level, log_format)
-    coordinator = Coordinator(db, listen, heartbeat_seconds=heartbeat)
+    coordinator = Coordinator(db, credentials, listen, heartbeat_seconds=heartbeat, crl=crl)
     port = coordinator.start()
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
@@ -211,7 +235,7 @@ def node_budget(
     config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead.")] = False,
 ) -> None:
-    """Privacy spent and remaining per study and dataset, from the node's ledger."""
+    """Privacy spent and remaining per permit and dataset, from the node's ledger."""
     from oncofed.node.config import load_node_config
     from oncofed.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
@@ -224,10 +248,12 @@ def node_budget(
     ledger.close()
     if as_json:
         for row in rows:
-            print(json.dumps({**asdict(row), "remaining_epsilon": row.remaining_epsilon}))
+            fields = asdict(row)
+            fields["permit"] = fields.pop("study")
+            print(json.dumps({**fields, "remaining_epsilon": row.remaining_epsilon}))
         return
     table = Table(title=f"privacy budget at node {cfg.name}", title_justify="left")
-    for column in ("study", "dataset", "releases", "spent ε", "cap ε", "remaining ε", "δ"):
+    for column in ("permit", "dataset", "releases", "spent ε", "cap ε", "remaining ε", "δ"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -243,11 +269,14 @@ def node_budget(
 
 
 @app.command()
-def nodes(coordinator: CoordinatorOption = "127.0.0.1:7100") -> None:
+def nodes(
+    coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+) -> None:
     """List the nodes the coordinator knows: name, version, online, datasets."""
     from oncofed.session import Session
 
-    with Session(coordinator, progress=False) as session:
+    with Session(coordinator, credentials=credentials, progress=False) as session:
         listing = session.nodes()
     table = Table()
     for column in listing.columns:
@@ -262,6 +291,8 @@ def query_describe(
     columns: Annotated[list[str], typer.Argument(help="Numeric columns.")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")],
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     by: Annotated[str | None, typer.Option(help="Categorical column to group by.")] = None,
     categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
     min_nodes: Annotated[int, typer.Option(help="Wait for this many nodes.")] = 1,
@@ -273,7 +304,13 @@ def query_describe(
     from oncofed.render import describe_table
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.describe(
             columns,
             by=by,
@@ -309,6 +346,8 @@ def query_correlation(
     columns: Annotated[list[str], typer.Argument(help="Two or more numeric columns.")],
     dataset: DatasetOption,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     min_nodes: MinNodesOption = 1,
     timeout: TimeoutOption = 120.0,
     where: WhereOption = None,
@@ -321,7 +360,13 @@ def query_correlation(
     from oncofed.render import correlation_tables
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.correlation(columns, min_nodes=min_nodes, timeout=timeout, where=where)
     if csv:
         sys.stdout.write((result.covariance if covariance else result.correlation).to_csv())
@@ -335,6 +380,8 @@ def query_crosstab(
     col: Annotated[str, typer.Argument(help="Column for the table's columns.")],
     dataset: DatasetOption,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     row_categories: Annotated[
         str | None, typer.Option(help="Agreed row categories, comma separated.")
     ] = None,
@@ -353,7 +400,13 @@ def query_crosstab(
     from oncofed.render import crosstab_table
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.crosstab(
             row,
             col,
@@ -375,6 +428,8 @@ def query_histogram(
     column: Annotated[str, typer.Argument(help="Numeric column.")],
     dataset: DatasetOption,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     edges: Annotated[
         str | None, typer.Option(help='Agreed bin edges, e.g. "40,50,60,70,80".')
     ] = None,
@@ -398,7 +453,13 @@ def query_histogram(
     interval = _numbers(range_, "--range") if range_ is not None else None
     if interval is not None and len(interval) != 2:
         raise typer.BadParameter("write --range as lo,hi", param_hint="--range")
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.histogram(
             column,
             agreed,
@@ -422,6 +483,8 @@ def query_quantiles(
     lower: Annotated[float, typer.Option(help="Agreed lower end of the search.")],
     upper: Annotated[float, typer.Option(help="Agreed upper end of the search.")],
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     q: Annotated[str, typer.Option(help="Probabilities, comma separated.")] = "0.25,0.5,0.75",
     tolerance: Annotated[
         float | None, typer.Option(help="Largest absolute error; default (upper-lower)/1000.")
@@ -441,7 +504,13 @@ def query_quantiles(
     from oncofed.render import quantiles_table
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.quantiles(
             column,
             _numbers(q, "--q"),
@@ -471,6 +540,8 @@ def query_glm(
         ),
     ] = "gaussian",
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     max_iter: Annotated[int, typer.Option(help="Iteration cap.")] = 50,
     min_nodes: MinNodesOption = 1,
     timeout: TimeoutOption = 120.0,
@@ -480,7 +551,13 @@ def query_glm(
     """A generalised linear model fitted by federated IRLS; prints the summary table."""
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.glm(
             formula,
             family,
@@ -512,6 +589,8 @@ def query_kaplan_meier(
     event: Annotated[str, typer.Argument(help="0/1 column: 1 = event observed.")],
     dataset: DatasetOption,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     by: Annotated[str | None, typer.Option(help="Column whose categories are groups.")] = None,
     categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
     grid: GridOption = None,
@@ -528,7 +607,13 @@ def query_kaplan_meier(
     from oncofed.render import kaplan_meier_table
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.kaplan_meier(
             duration,
             event,
@@ -557,6 +642,8 @@ def query_logrank(
     group: Annotated[str, typer.Argument(help="Column whose categories are compared.")],
     dataset: DatasetOption,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
     grid: GridOption = None,
     time_points: TimePointsOption = None,
@@ -570,7 +657,13 @@ def query_logrank(
     from oncofed.render import logrank_table
     from oncofed.session import Session
 
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.logrank(
             duration,
             event,
@@ -598,6 +691,8 @@ def query_coxph(
     ],
     dataset: DatasetOption,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    permit: PermitOption = None,
     strata: Annotated[
         list[str] | None, typer.Option(help="Stratify by this column (repeatable).")
     ] = None,
@@ -625,7 +720,13 @@ def query_coxph(
                 f"{text!r} is not COLUMN=LEVEL,LEVEL", param_hint="--strata-categories"
             )
         levels[column] = values.split(",")
-    with Session(coordinator, dataset=dataset, console=err_console) as session:
+    with Session(
+        coordinator,
+        credentials=credentials,
+        permit=permit,
+        dataset=dataset,
+        console=err_console,
+    ) as session:
         result = session.coxph(
             duration,
             event,
@@ -645,11 +746,15 @@ def query_coxph(
 
 
 @task_app.command("status")
-def task_status(task_id: str, coordinator: CoordinatorOption = "127.0.0.1:7100") -> None:
+def task_status(
+    task_id: str,
+    coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+) -> None:
     """Show a task's state and progress."""
     from oncofed.session import Session
 
-    with Session(coordinator, progress=False) as session:
+    with Session(coordinator, credentials=credentials, progress=False) as session:
         status = session.status(task_id)
     console.print(
         f"{status.task_id} {status.task_type}: {status.state} "
@@ -658,20 +763,28 @@ def task_status(task_id: str, coordinator: CoordinatorOption = "127.0.0.1:7100")
 
 
 @task_app.command("result")
-def task_result(task_id: str, coordinator: CoordinatorOption = "127.0.0.1:7100") -> None:
+def task_result(
+    task_id: str,
+    coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+) -> None:
     """Wait for a task and print its result as JSON."""
     from oncofed.session import Session
 
-    with Session(coordinator, console=err_console) as session:
+    with Session(coordinator, credentials=credentials, console=err_console) as session:
         sys.stdout.write(session.wait(task_id) + "\n")
 
 
 @task_app.command("cancel")
-def task_cancel(task_id: str, coordinator: CoordinatorOption = "127.0.0.1:7100") -> None:
+def task_cancel(
+    task_id: str,
+    coordinator: CoordinatorOption = "127.0.0.1:7100",
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+) -> None:
     """Cancel a queued or running task."""
     from oncofed.session import Session
 
-    with Session(coordinator, progress=False) as session:
+    with Session(coordinator, credentials=credentials, progress=False) as session:
         console.print(f"{task_id}: {session.cancel(task_id)}")
 
 

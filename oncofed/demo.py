@@ -3,12 +3,15 @@
 The NCCTG lung cancer data (228 patients, ``lifelines.datasets.load_lung``)
 carries the institution that treated each patient. The demo merges the 18
 institutions into a few centres of similar size, starts a coordinator and one
-node per centre as real processes, runs federated queries and prints each
-federated statistic next to the pooled one.
+node per centre as real processes, makes a CA and a data-access body, walks
+a researcher's application through to a signed permit, runs federated
+queries under it, prints each federated statistic next to the pooled one,
+and ends with each node's verified audit trail.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import string
 import time
@@ -19,9 +22,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from oncofed.access import DataAccessClient, draft_permit
 from oncofed.errors import ConfigError
+from oncofed.governance.audit import AuditTrail
+from oncofed.governance.permits import DataAccessApplication, DatasetRequest, Purpose
+from oncofed.node.runner import AUDIT_FILE
 from oncofed.render import comparison_table, max_relative_difference, pooled_describe
-from oncofed.sandbox import Sandbox
+from oncofed.sandbox import HDAB, Sandbox
 from oncofed.session import Session
 
 COLUMNS = ["age", "time", "ph.karno", "meal.cal", "wt.loss"]
@@ -74,7 +81,8 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
         sandbox = Sandbox.from_frame(frame, split_by="centre", dataset="lung")
         sandbox.start()
     try:
-        with sandbox.session(console=console) as session:
+        permit_id = grant_access(console, sandbox, frame)
+        with sandbox.session(permit=permit_id, console=console) as session:
             nodes = session.nodes()
             table = Table(title="nodes connected to the coordinator", title_justify="left")
             for column in ("name", "version", "online", "datasets"):
@@ -103,6 +111,7 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
             worst = max(worst, max_relative_difference(by_sex, pooled_sex))
             survival_worst, survival_count = survival_by_sex(console, session, frame, n_centres)
             worst = max(worst, survival_worst)
+        show_audit(console, sandbox, permit_id)
     finally:
         with console.status("stopping the network ..."):
             sandbox.stop()
@@ -112,6 +121,77 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
         f"in {time.monotonic() - started:.1f} s."
     )
     return worst
+
+
+def grant_access(console: Console, sandbox: Sandbox, frame: pd.DataFrame) -> str:
+    """The EHDS path, each actor with its own key: application, review, signed permit."""
+    console.rule("[bold]access: application -> data-access body -> signed permit")
+    researcher, body = sandbox.identity(sandbox.researcher), sandbox.identity(HDAB)
+    today = datetime.date.today()
+    application = DataAccessApplication(
+        applicant=researcher.card,
+        organisation="Example University Hospital",
+        persons=(researcher.card,),
+        purposes=(Purpose.SCIENTIFIC_RESEARCH,),
+        description="Survival of advanced lung cancer by sex across centres: describe, "
+        "Kaplan-Meier on a 30-day grid.",
+        datasets=(DatasetRequest(dataset="lung", variables=(*COLUMNS, "sex", "status")),),
+        task_types=("describe", "kaplan_meier"),
+        period_start=today,
+        period_end=today + datetime.timedelta(days=365),
+    )
+    with DataAccessClient(sandbox.address, sandbox.credentials(researcher.name)) as client:
+        filed = client.submit_application(application)
+    console.print(
+        f"researcher [bold]{researcher.name}[/] filed application {filed.application_id[:8]}... "
+        f"(signed in with her own certificate)"
+    )
+    permit = draft_permit(
+        application,
+        body,
+        permit_id="lung-survival-demo",
+        application_id=filed.application_id,
+        conditions="Results are published in aggregate only.",
+    )
+    sandbox.publish_permit(permit.sign(body.signing))  # signed offline, with the body's key
+    with DataAccessClient(sandbox.address, sandbox.credentials(HDAB)) as client:
+        decided = client.application(filed.application_id)
+    table = Table(title=f"permit {permit.permit_id}, signed by {body.name}", title_justify="left")
+    table.add_column("field")
+    table.add_column("granted")
+    table.add_row("application", f"{decided.application_id[:8]}... now {decided.state}")
+    table.add_row("persons", ", ".join(p.name for p in permit.persons))
+    table.add_row("purpose", ", ".join(p.value for p in permit.purposes))
+    table.add_row("datasets", "lung: " + ", ".join(permit.datasets[0].variables or ()))
+    table.add_row("task types", ", ".join(permit.task_types))
+    table.add_row("valid", f"{permit.valid_from:%Y-%m-%d} to {permit.valid_until:%Y-%m-%d}")
+    console.print(table)
+    console.print(
+        f"{len(sandbox.node_names)} nodes trust {body.name}'s key; each checks the permit, "
+        f"{researcher.name}'s signature on every task, and the variables used."
+    )
+    return permit.permit_id
+
+
+def show_audit(console: Console, sandbox: Sandbox, permit_id: str) -> None:
+    """Each node's audit trail: verified, and what it recorded under the permit."""
+    table = Table(title=f"audit trails under permit {permit_id}", title_justify="left")
+    for column in ("node", "entries", "released", "bytes out", "chain"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for name in sandbox.node_names:
+        trail = AuditTrail.open_sqlite(sandbox.workdir / name / "state" / AUDIT_FILE)
+        entries = list(trail.entries(permit_id))
+        problems = trail.verify(sandbox.node_identity(name))
+        trail.close()
+        released = [e for e in entries if e.outcome == "released"]
+        table.add_row(
+            name,
+            str(len(entries)),
+            str(len(released)),
+            str(sum(e.released_bytes for e in released)),
+            "intact" if not problems else f"{len(problems)} problem(s)",
+        )
+    console.print(table)
 
 
 def survival_by_sex(
@@ -171,4 +251,4 @@ def _days(value: float | None) -> str:
     return "not reached" if value is None or math.isinf(value) else f"{value:g}"
 
 
-__all__ = ["load_lung", "lung_centres", "run_demo", "survival_by_sex"]
+__all__ = ["grant_access", "load_lung", "lung_centres", "run_demo", "show_audit", "survival_by_sex"]

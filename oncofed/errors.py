@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 6
     TASK_FAILED = 7
     CANCELLED = 8
+    DENIED = 9
     INTERRUPTED = 130
 
 
@@ -152,6 +153,18 @@ class UnknownTask(OncofedError):
     exit_code = ExitCode.REFUSED
 
 
+class PermitRefused(OncofedError):
+    """A node or the coordinator found no valid permit covering the task."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class AccessDenied(OncofedError):
+    """The caller's certificate is missing, revoked, or its role may not make this call."""
+
+    exit_code = ExitCode.DENIED
+
+
 class SandboxError(OncofedError):
     """A sandbox process could not start or stopped unexpectedly."""
 
@@ -210,12 +223,15 @@ _REGISTRY: dict[str, type[OncofedError]] = {
         TaskFailed,
         TaskCancelled,
         UnknownTask,
+        PermitRefused,
+        AccessDenied,
         SandboxError,
         FederatedErrors,
     )
 }
 
 __all__ = [
+    "AccessDenied",
     "ConfigError",
     "CoordinatorUnavailable",
     "DataError",
@@ -225,6 +241,7 @@ __all__ = [
     "NodeRefusal",
     "NodeUnavailable",
     "OncofedError",
+    "PermitRefused",
     "QueryError",
     "SandboxError",
     "TaskCancelled",

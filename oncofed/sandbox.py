@@ -5,10 +5,16 @@ of the frame to its own node's data directory, starts a coordinator process and
 one node process per part on loopback -- the same programs, configuration
 files and gRPC streams as a real deployment -- and hands out the same
 ``Session`` class a researcher uses against a real network.
+
+The secure path is the only path: the sandbox makes a network CA, gives the
+coordinator, each node, a data-access body and a researcher their own keys
+and certificates, and every task runs under a permit the body signed
+(``session(permit=...)`` grants one on first use).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -23,15 +29,30 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from oncofed.access import DataAccessClient, revoke
 from oncofed.errors import CoordinatorUnavailable, SandboxError
+from oncofed.governance.keys import Identity, Role
+from oncofed.governance.permits import (
+    DatasetGrant,
+    OutputPolicy,
+    Permit,
+    Purpose,
+    SignedPermit,
+    SignedRevocations,
+    utcnow,
+)
+from oncofed.governance.pki import CA_CERT, CRL_FILE, init_network, issue, request
 from oncofed.node.data import infer_schema
 from oncofed.node.identity import load_or_create_identity, public_key_text
 from oncofed.privacy.policy import NodePolicy
 from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.session import Session
+from oncofed.tasks import TASKS
 
 START_TIMEOUT = 90.0
+HDAB = "hdab"  # the sandbox's data-access body
 
 
 def _toml_string(value: str) -> str:
@@ -60,14 +81,28 @@ def node_config_toml(
     heartbeat_seconds: float,
     policy: NodePolicy,
     peers: Mapping[str, str] | None = None,
+    *,
+    credentials: Path,
+    trusted_bodies: Mapping[str, str],
+    approval: str = "automatic",
+    allowed_tasks: list[str] | None = None,
 ) -> str:
     lines = [
         f"name = {_toml_string(name)}",
         f"coordinator = {_toml_string(coordinator)}",
         f"heartbeat_seconds = {heartbeat_seconds}",
+        f"credentials = {_toml_string(str(credentials))}",
+        "",
+        "[governance]",
+        f"trusted_bodies = {_toml_value(dict(trusted_bodies))}",
         "",
         f"[datasets.{_toml_string(dataset)}]",
         f"path = {_toml_string(str(data_file))}",
+        f"approval = {_toml_string(approval)}",
+    ]
+    if allowed_tasks is not None:
+        lines.append(f"allowed_tasks = {_toml_value(allowed_tasks)}")
+    lines += [
         "",
         f"[datasets.{_toml_string(dataset)}.columns]",
     ]
@@ -104,6 +139,8 @@ class Sandbox:
         heartbeat_seconds: float = 1.0,
         keep: bool = False,
         policy: NodePolicy | None = None,
+        approval: str = "automatic",
+        researcher: str = "ada",
     ) -> None:
         if not partitions:
             raise SandboxError("a sandbox needs at least one partition", rule="sandbox.nodes")
@@ -117,6 +154,10 @@ class Sandbox:
         self.keep = keep
         # The same model as a real node's [policy] section, with the same safe defaults.
         self.policy = policy or NodePolicy()
+        self.approval = approval
+        self.researcher = researcher
+        self.pki = self.workdir / "pki"
+        self._granted: set[str] = set()
         self.port = 0
         self._coordinator: subprocess.Popen[bytes] | None = None
         self._nodes: dict[str, subprocess.Popen[bytes]] = {}
@@ -178,6 +219,7 @@ class Sandbox:
 
     def start(self) -> None:
         try:
+            self._make_network()
             for name, part in self.partitions.items():
                 node_dir = self.workdir / name
                 node_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +228,7 @@ class Sandbox:
                 identity = load_or_create_identity(node_dir / "state")
                 self._identities[name] = public_key_text(identity.public_key())
             self.start_coordinator()
+            self.publish_revocations()
             for name in self.partitions:
                 self.start_node(name)
             self.wait_for_nodes(self.node_names)
@@ -203,10 +246,116 @@ class Sandbox:
         if self._own_dir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def session(self, **options: Any) -> Session:
-        """A researcher session connected to this sandbox's coordinator."""
+    # ---- the network's people, keys and permits ---------------------------
+
+    def credentials(self, name: str) -> Path:
+        """The credentials folder of a person or node of this sandbox (made on first use)."""
+        return self.pki / name
+
+    def _make_network(self) -> None:
+        """A CA, and each party's own keys and certificate, as ``oncofed pki`` makes them."""
+        if (self.pki / "ca" / CA_CERT).exists():
+            return
+        init_network(self.pki / "ca", "oncofed-sandbox")
+        self.enrol("coordinator", "coordinator", hosts=("127.0.0.1", "localhost"))
+        self.enrol(HDAB, "hdab")
+        self.enrol(self.researcher, "researcher")
+        for name in self.partitions:
+            self.enrol(name, "node")
+
+    def enrol(self, name: str, role: Role, hosts: tuple[str, ...] = ()) -> Path:
+        """Keys made in the party's own folder, the certificate issued by the sandbox CA."""
+        folder = self.credentials(name)
+        issue(self.pki / "ca", request(folder, role, name, hosts))
+        return folder
+
+    def node_identity(self, name: str) -> Ed25519PublicKey:
+        """A node's public key, which signs its secure-aggregation adverts and audit checkpoints."""
+        return load_or_create_identity(self.workdir / name / "state").public_key()
+
+    def identity(self, name: str) -> Identity:
+        return Identity.load(self.credentials(name))
+
+    def grant(
+        self,
+        permit_id: str,
+        *,
+        persons: list[str] | None = None,
+        task_types: list[str] | None = None,
+        variables: list[str] | None = None,
+        datasets: list[str] | None = None,
+        epsilon: float | None = None,
+        valid_from: datetime.datetime | None = None,
+        valid_until: datetime.datetime | None = None,
+        models_may_leave: bool = True,
+        version: int = 1,
+    ) -> SignedPermit:
+        """A permit signed by the sandbox's data-access body and published to the coordinator.
+
+        Defaults grant the sandbox researcher every installed task on the
+        sandbox dataset for a day.
+        """
+        body = self.identity(HDAB)
+        now = utcnow()
+        permit = Permit(
+            permit_id=permit_id,
+            version=version,
+            issuer=body.card,
+            holder="oncofed sandbox",
+            purposes=(Purpose.SCIENTIFIC_RESEARCH,),
+            persons=tuple(self.identity(p).card for p in (persons or [self.researcher])),
+            datasets=tuple(
+                DatasetGrant(
+                    dataset=d,
+                    variables=tuple(variables) if variables is not None else None,
+                    epsilon=epsilon,
+                )
+                for d in (datasets or [self.dataset])
+            ),
+            task_types=tuple(task_types or sorted(TASKS)),
+            valid_from=valid_from or now - datetime.timedelta(hours=1),
+            valid_until=valid_until or now + datetime.timedelta(days=1),
+            output=OutputPolicy(models_may_leave=models_may_leave),
+        )
+        signed = permit.sign(body.signing)
+        self.publish_permit(signed)
+        return signed
+
+    def publish_permit(self, signed: SignedPermit) -> None:
+        """Publish a permit as the sandbox's data-access body (sessions then use it as is)."""
+        with DataAccessClient(self.address, self.credentials(HDAB)) as body_client:
+            body_client.publish_permit(signed)
+        self._granted.add(signed.permit.permit_id)
+
+    def publish_revocations(
+        self,
+        permit_ids: list[str] | None = None,
+        valid_for: datetime.timedelta = datetime.timedelta(days=1),
+    ) -> SignedRevocations:
+        """The body's next revocation list (revoking ``permit_ids``), published."""
+        signed = revoke(
+            self.identity(HDAB), self.credentials(HDAB), permit_ids or [], valid_for=valid_for
+        )
+        with DataAccessClient(self.address, self.credentials(HDAB)) as body_client:
+            body_client.publish_revocations(signed)
+        return signed
+
+    def researcher_env(self, permit: str = "sandbox") -> dict[str, str]:
+        """Environment variables for the `oncofed` command as the sandbox researcher."""
+        if permit not in self._granted:
+            self.grant(permit)
+        return {
+            "ONCOFED_CREDENTIALS": str(self.credentials(self.researcher)),
+            "ONCOFED_PERMIT": permit,
+        }
+
+    def session(self, permit: str = "sandbox", **options: Any) -> Session:
+        """A researcher session under ``permit`` (granted on first use) on this sandbox."""
         options.setdefault("dataset", self.dataset)
-        return Session(self.address, **options)
+        options.setdefault("credentials", self.credentials(self.researcher))
+        if permit not in self._granted:
+            self.grant(permit)
+        return Session(self.address, permit=permit, **options)
 
     # ---- processes (also used by fault-injection tests) -------------------
 
@@ -225,6 +374,10 @@ class Sandbox:
             str(ready),
             "--heartbeat",
             str(self.heartbeat_seconds),
+            "--credentials",
+            str(self.credentials("coordinator")),
+            "--crl",
+            str(self.pki / "ca" / CRL_FILE),
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
@@ -252,6 +405,9 @@ class Sandbox:
                 self.heartbeat_seconds,
                 self.policy,
                 {peer: key for peer, key in self._identities.items() if peer != name},
+                credentials=self.credentials(name),
+                trusted_bodies={HDAB: self.identity(HDAB).card.signing_key},
+                approval=self.approval,
             )
         )
         self._nodes[name] = self._spawn(name, "node", "start", str(config), env=env)
@@ -277,7 +433,9 @@ class Sandbox:
 
     def wait_for_nodes(self, names: list[str], timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        with Session(self.address, progress=False) as probe:
+        with Session(
+            self.address, credentials=self.credentials(self.researcher), progress=False
+        ) as probe:
             while True:
                 for name, process in self._nodes.items():
                     self._check_alive(name, process)

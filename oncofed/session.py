@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,13 +15,17 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from oncofed.access import grpc_error
 from oncofed.errors import (
-    CoordinatorUnavailable,
     OncofedError,
     QueryError,
     TaskCancelled,
     TaskFailed,
 )
+from oncofed.governance.envelope import SignedTask
+from oncofed.governance.keys import Identity
+from oncofed.governance.sealing import open_sealed
+from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.tasks import get_task
 from oncofed.tasks.correlation import CorrelationResult
 from oncofed.tasks.coxph import CoxPHResult, covariate_formula
@@ -45,7 +49,12 @@ RECONNECT_SECONDS = 60.0
 class Session:
     """A connection to a coordinator, with one method per analysis.
 
-    >>> with Session("coordinator.example.org:7100", dataset="lung") as s:
+    ``credentials`` is the researcher's own folder (identity, TLS key and
+    certificate: ``oncofed pki request``); ``permit`` the id of the data permit
+    the work runs under.
+
+    >>> with Session("coord.example.org:7100", credentials="~/.oncofed/ada",
+    ...              permit="lung-outcomes-2026", dataset="lung") as s:
     ...     s.describe(["age", "wt.loss"], by="sex", categories=["1", "2"]).to_frame()
     """
 
@@ -53,20 +62,21 @@ class Session:
         self,
         address: str,
         *,
+        credentials: Path | str,
+        permit: str | None = None,
         dataset: str | None = None,
-        researcher: str | None = None,
-        study: str = "default",
         progress: bool = True,
         console: Console | None = None,
     ) -> None:
         self.address = address
         self.dataset = dataset
-        # Each node keeps a privacy budget per (study, dataset); tasks carry the study.
-        self.study = study
-        self.researcher = researcher or getpass.getuser()
+        # Every task runs under a permit; each node keeps a privacy budget per (permit, dataset).
+        self.permit = permit
         self.progress = progress
         self.console = console or Console(stderr=True)
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        folder = Path(credentials).expanduser()
+        self.identity = Identity.load(folder)
+        self._channel = client_channel(address, TlsFiles.in_directory(folder), CHANNEL_OPTIONS)
         self._researcher = ResearcherStub(self._channel)
         self._operator = OperatorStub(self._channel)
 
@@ -491,10 +501,16 @@ class Session:
         return result
 
     def submit(self, task_type: str, params: dict[str, Any]) -> str:
-        params = {"study": self.study, **params}
-        request = pb.SubmitRequest(
-            task_type=task_type, params_json=json.dumps(params), researcher=self.researcher
-        )
+        """Sign the task with this researcher's own key and submit it under the permit."""
+        if self.permit is None:
+            raise QueryError(
+                "no permit given",
+                rule="session.permit",
+                fix="create the Session with permit=... (the id of a data permit naming you)",
+            )
+        params = {"study": self.permit, **params}
+        signed = SignedTask.create(self.identity, task_type, json.dumps(params), self.permit)
+        request = pb.SubmitRequest(signed_task_json=signed.model_dump_json())
         with self._rpc():
             return str(self._researcher.Submit(request).task_id)
 
@@ -521,7 +537,8 @@ class Session:
         with self._rpc():
             result = self._researcher.Result(pb.TaskRef(task_id=task_id))
         if result.state == "succeeded":
-            return str(result.result_json)
+            sealed = str(result.sealed_result)
+            return open_sealed(sealed, self.identity.name, self.identity.encryption).decode()
         if result.state == "cancelled":
             raise TaskCancelled(f"task {task_id} was cancelled", rule="task.cancelled")
         if result.error_json:
@@ -570,15 +587,7 @@ class Session:
             raise self._error(exc) from None
 
     def _error(self, exc: grpc.RpcError) -> OncofedError:
-        code = _code(exc)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return CoordinatorUnavailable(
-                f"cannot reach the coordinator at {self.address}",
-                rule="session.connect",
-                fix="check the address and that the coordinator is running",
-            )
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        return OncofedError.from_json(details or str(code))
+        return grpc_error(exc, self.address)
 
     @contextmanager
     def _progress(self) -> Iterator[Any]:

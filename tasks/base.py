@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import pandas as pd
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -50,7 +50,8 @@ class TaskParams(BaseModel):
     study: str = Field(
         default="default",
         pattern=NAME_PATTERN,
-        description="Study the work belongs to; each node keeps a privacy budget per study.",
+        description="The permit the work runs under (its id); each node keeps a privacy "
+        "budget per permit and dataset, and refuses a study that is not the signed permit's.",
     )
     dp: DPRequest | None = Field(
         default=None,
@@ -75,6 +76,26 @@ class TaskParams(BaseModel):
 
     SECURE_SUM: ClassVar[bool] = False
     """Whether every number of this task's reply adds across nodes (so it can be masked)."""
+
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset()
+    """Fields the server function fills in between rounds (current coefficients, probes).
+
+    Every other field must reach each node exactly as the researcher signed it;
+    the node's permit check compares them.
+    """
+
+    def request_for(self, task: str) -> TaskParams | None:
+        """The request this task sends as a step of its own to ``task`` (None: it sends none).
+
+        Nodes accept another task's message under this task's signature only
+        when it equals what this returns, so a task that composes another
+        (training standardises through ``describe``) builds that request here.
+        """
+        return None
+
+    def researcher_fields(self) -> dict[str, Any]:
+        """The request as the researcher chose it: everything but the server's state."""
+        return self.model_dump(mode="json", exclude=set(self.SERVER_STATE))
 
     def release_loss(self) -> PrivacyLoss | None:
         """The loss one reply to this request will cost, known before it is computed.

@@ -36,6 +36,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +80,9 @@ DIVERGING_STEP = 1e-4
 
 
 class CoxPHParams(SurvivalParams):
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset(
+        {"center", "event_times", "tied_times", "beta", "risk_edges"}
+    )
     formula: Formula = Field(description="Right-hand side: the covariates (see formula.py).")
     strata: tuple[str, ...] = Field(default=(), description="Columns whose levels are strata.")
     strata_categories: dict[str, tuple[str, ...]] | None = Field(

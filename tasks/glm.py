@@ -30,7 +30,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -230,6 +230,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (Gaussian(), Binomial(), Poiss
 
 
 class GLMParams(TaskParams):
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"coefficients", "response_mean"})
     formula: Formula = Field(description="Model formula with a response (see formula.py).")
     family: FamilyName = "gaussian"
     max_iter: int = Field(default=50, ge=1, le=1000, description="Iteration cap.")

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +90,7 @@ MAX_DP_CELLS = 4096
 
 
 class QuantilesParams(TaskParams):
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"probe"})
     column: str = Field(min_length=1, description="Numeric column.")
     q: tuple[float, ...] = Field(
         min_length=1, max_length=99, description="Probabilities in (0, 1)."

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("node", "coordinator", "tasks", "privacy")
+SUBPACKAGES = ("node", "coordinator", "tasks", "privacy", "governance")
 
 
 def test_ruff_clean() -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aoncofed/wire/oncofed.proto\x12\noncofed.v1\"\x07\n\x05\x45mpty\"F\n\tNodeHello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rdatasets_json\x18\x03 \x01(\t\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_at\x18\x01 \x01(\x01\"y\n\tNodeFrame\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.oncofed.v1.NodeHelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.oncofed.v1.HeartbeatH\x00\x12\x0f\n\x05reply\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"5\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"\x7f\n\x10\x43oordinatorFrame\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.oncofed.v1.WelcomeH\x00\x12\x0e\n\x04task\x18\x02 \x01(\x0cH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.oncofed.v1.HeartbeatH\x00\x42\x07\n\x05\x66rame\"K\n\rSubmitRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x12\n\nresearcher\x18\x03 \x01(\t\"\x1a\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x86\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07replies\x18\x04 \x01(\x05\x12\x10\n\x08\x65xpected\x18\x05 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\"U\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x12\n\nerror_json\x18\x04 \x01(\t\"t\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12\x11\n\tlast_seen\x18\x05 \x01(\x01\x12\x15\n\rdatasets_json\x18\x06 \x01(\t\"/\n\x08NodeList\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.oncofed.v1.NodeInfo2N\n\x08NodeLink\x12\x42\n\x07\x43onnect\x12\x15.oncofed.v1.NodeFrame\x1a\x1c.oncofed.v1.CoordinatorFrame(\x01\x30\x01\x32\xec\x01\n\nResearcher\x12\x38\n\x06Submit\x12\x19.oncofed.v1.SubmitRequest\x1a\x13.oncofed.v1.TaskRef\x12\x36\n\x05Watch\x12\x13.oncofed.v1.TaskRef\x1a\x16.oncofed.v1.TaskStatus0\x01\x12\x35\n\x06Result\x12\x13.oncofed.v1.TaskRef\x1a\x16.oncofed.v1.TaskResult\x12\x35\n\x06\x43\x61ncel\x12\x13.oncofed.v1.TaskRef\x1a\x16.oncofed.v1.TaskStatus2@\n\x08Operator\x12\x34\n\tListNodes\x12\x11.oncofed.v1.Empty\x1a\x14.oncofed.v1.NodeListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aoncofed/wire/oncofed.proto\x12\noncofed.v1\"\x07\n\x05\x45mpty\"F\n\tNodeHello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rdatasets_json\x18\x03 \x01(\t\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_at\x18\x01 \x01(\x01\"y\n\tNodeFrame\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.oncofed.v1.NodeHelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.oncofed.v1.HeartbeatH\x00\x12\x0f\n\x05reply\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"5\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"\x7f\n\x10\x43oordinatorFrame\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.oncofed.v1.WelcomeH\x00\x12\x0e\n\x04task\x18\x02 \x01(\x0cH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.oncofed.v1.HeartbeatH\x00\x42\x07\n\x05\x66rame\")\n\rSubmitRequest\x12\x18\n\x10signed_task_json\x18\x01 \x01(\t\"\x1a\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x86\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07replies\x18\x04 \x01(\x05\x12\x10\n\x08\x65xpected\x18\x05 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\"W\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x15\n\rsealed_result\x18\x03 \x01(\t\x12\x12\n\nerror_json\x18\x04 \x01(\t\"t\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12\x11\n\tlast_seen\x18\x05 \x01(\x01\x12\x15\n\rdatasets_json\x18\x06 \x01(\t\"/\n\x08NodeList\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.oncofed.v1.NodeInfo\"\x18\n\x08\x44ocument\x12\x0c\n\x04json\x18\x01 \x01(\t\"A\n\x15\x41pplicationSubmission\x12\x18\n\x10\x61pplication_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61mends\x18\x02 \x01(\t\"(\n\x0e\x41pplicationRef\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\"\xa4\x01\n\x11\x41pplicationRecord\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x11\n\tapplicant\x18\x03 \x01(\t\x12\x18\n\x10\x61pplication_json\x18\x04 \x01(\t\x12\x14\n\x0chistory_json\x18\x05 \x01(\t\x12\x11\n\tpermit_id\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\"F\n\x0f\x41pplicationList\x12\x33\n\x0c\x61pplications\x18\x01 \x03(\x0b\x32\x1d.oncofed.v1.ApplicationRecord\"B\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"\x1e\n\tPermitRef\x12\x11\n\tpermit_id\x18\x01 \x01(\t2N\n\x08NodeLink\x12\x42\n\x07\x43onnect\x12\x15.oncofed.v1.NodeFrame\x1a\x1c.oncofed.v1.CoordinatorFrame(\x01\x30\x01\x32\xec\x01\n\nResearcher\x12\x38\n\x06Submit\x12\x19.oncofed.v1.SubmitRequest\x1a\x13.oncofed.v1.TaskRef\x12\x36\n\x05Watch\x12\x13.oncofed.v1.TaskRef\x1a\x16.oncofed.v1.TaskStatus0\x01\x12\x35\n\x06Result\x12\x13.oncofed.v1.TaskRef\x1a\x16.oncofed.v1.TaskResult\x12\x35\n\x06\x43\x61ncel\x12\x13.oncofed.v1.TaskRef\x1a\x16.oncofed.v1.TaskStatus2@\n\x08Operator\x12\x34\n\tListNodes\x12\x11.oncofed.v1.Empty\x1a\x14.oncofed.v1.NodeList2\xea\x03\n\nDataAccess\x12U\n\x11SubmitApplication\x12!.oncofed.v1.ApplicationSubmission\x1a\x1d.oncofed.v1.ApplicationRecord\x12\x42\n\x10ListApplications\x12\x11.oncofed.v1.Empty\x1a\x1b.oncofed.v1.ApplicationList\x12K\n\x0eGetApplication\x12\x1a.oncofed.v1.ApplicationRef\x1a\x1d.oncofed.v1.ApplicationRecord\x12=\n\x06\x44\x65\x63ide\x12\x14.oncofed.v1.Decision\x1a\x1d.oncofed.v1.ApplicationRecord\x12<\n\rPublishPermit\x12\x14.oncofed.v1.Document\x1a\x15.oncofed.v1.PermitRef\x12\x38\n\tGetPermit\x12\x15.oncofed.v1.PermitRef\x1a\x14.oncofed.v1.Document\x12=\n\x12PublishRevocations\x12\x14.oncofed.v1.Document\x1a\x11.oncofed.v1.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +44,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COORDINATORFRAME']._serialized_start=331
   _globals['_COORDINATORFRAME']._serialized_end=458
   _globals['_SUBMITREQUEST']._serialized_start=460
-  _globals['_SUBMITREQUEST']._serialized_end=535
-  _globals['_TASKREF']._serialized_start=537
-  _globals['_TASKREF']._serialized_end=563
-  _globals['_TASKSTATUS']._serialized_start=566
-  _globals['_TASKSTATUS']._serialized_end=700
-  _globals['_TASKRESULT']._serialized_start=702
-  _globals['_TASKRESULT']._serialized_end=787
-  _globals['_NODEINFO']._serialized_start=789
-  _globals['_NODEINFO']._serialized_end=905
-  _globals['_NODELIST']._serialized_start=907
-  _globals['_NODELIST']._serialized_end=954
-  _globals['_NODELINK']._serialized_start=956
-  _globals['_NODELINK']._serialized_end=1034
-  _globals['_RESEARCHER']._serialized_start=1037
-  _globals['_RESEARCHER']._serialized_end=1273
-  _globals['_OPERATOR']._serialized_start=1275
-  _globals['_OPERATOR']._serialized_end=1339
+  _globals['_SUBMITREQUEST']._serialized_end=501
+  _globals['_TASKREF']._serialized_start=503
+  _globals['_TASKREF']._serialized_end=529
+  _globals['_TASKSTATUS']._serialized_start=532
+  _globals['_TASKSTATUS']._serialized_end=666
+  _globals['_TASKRESULT']._serialized_start=668
+  _globals['_TASKRESULT']._serialized_end=755
+  _globals['_NODEINFO']._serialized_start=757
+  _globals['_NODEINFO']._serialized_end=873
+  _globals['_NODELIST']._serialized_start=875
+  _globals['_NODELIST']._serialized_end=922
+  _globals['_DOCUMENT']._serialized_start=924
+  _globals['_DOCUMENT']._serialized_end=948
+  _globals['_APPLICATIONSUBMISSION']._serialized_start=950
+  _globals['_APPLICATIONSUBMISSION']._serialized_end=1015
+  _globals['_APPLICATIONREF']._serialized_start=1017
+  _globals['_APPLICATIONREF']._serialized_end=1057
+  _globals['_APPLICATIONRECORD']._serialized_start=1060
+  _globals['_APPLICATIONRECORD']._serialized_end=1224
+  _globals['_APPLICATIONLIST']._serialized_start=1226
+  _globals['_APPLICATIONLIST']._serialized_end=1296
+  _globals['_DECISION']._serialized_start=1298
+  _globals['_DECISION']._serialized_end=1364
+  _globals['_PERMITREF']._serialized_start=1366
+  _globals['_PERMITREF']._serialized_end=1396
+  _globals['_NODELINK']._serialized_start=1398
+  _globals['_NODELINK']._serialized_end=1476
+  _globals['_RESEARCHER']._serialized_start=1479
+  _globals['_RESEARCHER']._serialized_end=1715
+  _globals['_OPERATOR']._serialized_start=1717
+  _globals['_OPERATOR']._serialized_end=1781
+  _globals['_DATAACCESS']._serialized_start=1784
+  _globals['_DATAACCESS']._serialized_end=2274
 # @@protoc_insertion_point(module_scope)

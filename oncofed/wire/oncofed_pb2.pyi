@@ -55,14 +55,10 @@ class CoordinatorFrame(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[bytes] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("task_type", "params_json", "researcher")
-    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
-    RESEARCHER_FIELD_NUMBER: _ClassVar[int]
-    task_type: str
-    params_json: str
-    researcher: str
-    def __init__(self, task_type: _Optional[str] = ..., params_json: _Optional[str] = ..., researcher: _Optional[str] = ...) -> None: ...
+    __slots__ = ("signed_task_json",)
+    SIGNED_TASK_JSON_FIELD_NUMBER: _ClassVar[int]
+    signed_task_json: str
+    def __init__(self, signed_task_json: _Optional[str] = ...) -> None: ...
 
 class TaskRef(_message.Message):
     __slots__ = ("task_id",)
@@ -89,16 +85,16 @@ class TaskStatus(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., state: _Optional[str] = ..., replies: _Optional[int] = ..., expected: _Optional[int] = ..., detail: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "state", "result_json", "error_json")
+    __slots__ = ("task_id", "state", "sealed_result", "error_json")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEALED_RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_JSON_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: str
-    result_json: str
+    sealed_result: str
     error_json: str
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[str] = ..., result_json: _Optional[str] = ..., error_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[str] = ..., sealed_result: _Optional[str] = ..., error_json: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "name", "version", "online", "last_seen", "datasets_json")
@@ -121,3 +117,63 @@ class NodeList(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class ApplicationSubmission(_message.Message):
+    __slots__ = ("application_json", "amends")
+    APPLICATION_JSON_FIELD_NUMBER: _ClassVar[int]
+    AMENDS_FIELD_NUMBER: _ClassVar[int]
+    application_json: str
+    amends: str
+    def __init__(self, application_json: _Optional[str] = ..., amends: _Optional[str] = ...) -> None: ...
+
+class ApplicationRef(_message.Message):
+    __slots__ = ("application_id",)
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    application_id: str
+    def __init__(self, application_id: _Optional[str] = ...) -> None: ...
+
+class ApplicationRecord(_message.Message):
+    __slots__ = ("application_id", "state", "applicant", "application_json", "history_json", "permit_id", "updated_at")
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPLICANT_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_JSON_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_JSON_FIELD_NUMBER: _ClassVar[int]
+    PERMIT_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    application_id: str
+    state: str
+    applicant: str
+    application_json: str
+    history_json: str
+    permit_id: str
+    updated_at: float
+    def __init__(self, application_id: _Optional[str] = ..., state: _Optional[str] = ..., applicant: _Optional[str] = ..., application_json: _Optional[str] = ..., history_json: _Optional[str] = ..., permit_id: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class ApplicationList(_message.Message):
+    __slots__ = ("applications",)
+    APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
+    applications: _containers.RepeatedCompositeFieldContainer[ApplicationRecord]
+    def __init__(self, applications: _Optional[_Iterable[_Union[ApplicationRecord, _Mapping]]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("application_id", "decision", "note")
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    application_id: str
+    decision: str
+    note: str
+    def __init__(self, application_id: _Optional[str] = ..., decision: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class PermitRef(_message.Message):
+    __slots__ = ("permit_id",)
+    PERMIT_ID_FIELD_NUMBER: _ClassVar[int]
+    permit_id: str
+    def __init__(self, permit_id: _Optional[str] = ...) -> None: ...

@@ -368,3 +368,333 @@ class Operator(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class DataAccessStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SubmitApplication = channel.unary_unary(
+                '/oncofed.v1.DataAccess/SubmitApplication',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationSubmission.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+                _registered_method=True)
+        self.ListApplications = channel.unary_unary(
+                '/oncofed.v1.DataAccess/ListApplications',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationList.FromString,
+                _registered_method=True)
+        self.GetApplication = channel.unary_unary(
+                '/oncofed.v1.DataAccess/GetApplication',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRef.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+                _registered_method=True)
+        self.Decide = channel.unary_unary(
+                '/oncofed.v1.DataAccess/Decide',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Decision.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+                _registered_method=True)
+        self.PublishPermit = channel.unary_unary(
+                '/oncofed.v1.DataAccess/PublishPermit',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
+                _registered_method=True)
+        self.GetPermit = channel.unary_unary(
+                '/oncofed.v1.DataAccess/GetPermit',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
+                _registered_method=True)
+        self.PublishRevocations = channel.unary_unary(
+                '/oncofed.v1.DataAccess/PublishRevocations',
+                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class DataAccessServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def SubmitApplication(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApplications(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApplication(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decide(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishPermit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPermit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishRevocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DataAccessServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SubmitApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitApplication,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationSubmission.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
+            ),
+            'ListApplications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApplications,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationList.SerializeToString,
+            ),
+            'GetApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApplication,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRef.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
+            ),
+            'Decide': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Decision.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
+            ),
+            'PublishPermit': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishPermit,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
+            ),
+            'GetPermit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPermit,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+            ),
+            'PublishRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishRevocations,
+                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
+                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oncofed.v1.DataAccess', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oncofed.v1.DataAccess', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DataAccess(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def SubmitApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/SubmitApplication',
+            oncofed_dot_wire_dot_oncofed__pb2.ApplicationSubmission.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApplications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/ListApplications',
+            oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.ApplicationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/GetApplication',
+            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRef.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/Decide',
+            oncofed_dot_wire_dot_oncofed__pb2.Decision.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishPermit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/PublishPermit',
+            oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPermit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/GetPermit',
+            oncofed_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncofed.v1.DataAccess/PublishRevocations',
+            oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+            oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -13,6 +13,7 @@ from oncofed.privacy.dp import DPRequest
 from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import ColumnRole, TaskParams
 from oncofed.tasks.coxph import covariate_formula
+from oncofed.tasks.describe import DescribeParams
 from oncofed.tasks.formula import Formula, check_formula
 from oncofed.tasks.training.architectures import DEFAULT_HIDDEN, SURVIVAL, Architecture
 
@@ -49,6 +50,7 @@ class Standardisation(BaseModel):
 
 
 class TrainParams(TaskParams):
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"standardisation"})
     model: Architecture = Field(default="logistic", description="Vetted architecture.")
     features: Formula = Field(
         description="Numeric columns (standardised) and C(column) factors (one-hot, agreed levels)."
@@ -136,6 +138,19 @@ class TrainParams(TaskParams):
     @property
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(f.column for f in self.features.factors() if not f.categorical)
+
+    def request_for(self, task: str) -> TaskParams | None:
+        """Scaling by federated moments asks every node to describe the numeric features."""
+        if task != "describe" or self.scaling != "describe" or not self.numeric_features:
+            return None
+        return DescribeParams(
+            dataset=self.dataset,
+            columns=self.numeric_features,
+            where=self.where,
+            study=self.study,
+            min_nodes=self.min_nodes,
+            timeout=self.timeout,
+        )
 
     def required_columns(self) -> dict[str, ColumnRole]:
         roles = super().required_columns()

@@ -20,17 +20,9 @@ def standardisation(grid: Grid, params: TrainParams) -> Standardisation:
     columns = params.numeric_features
     if not columns:
         return Standardisation()
-    stats = describe_serve(
-        grid,
-        DescribeParams(
-            dataset=params.dataset,
-            columns=columns,
-            where=params.where,
-            study=params.study,
-            min_nodes=params.min_nodes,
-            timeout=params.timeout,
-        ),
-    ).to_frame()
+    request = params.request_for("describe")
+    assert isinstance(request, DescribeParams)
+    stats = describe_serve(grid, request).to_frame()
     return Standardisation(
         columns=columns,
         mean=tuple(float(m) for m in stats.loc[list(columns), "mean"]),

@@ -14,14 +14,18 @@ from oncofed.sandbox import Sandbox
 
 
 def _cli(
-    *args: str, timeout: float = 120, cwd: Path | None = None
+    *args: str,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    net: Sandbox | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``net``: run as that sandbox's researcher (credentials and permit in the environment)."""
     return subprocess.run(
         [sys.executable, "-m", "oncofed", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", **(net.researcher_env() if net else {})},
         cwd=cwd,
     )
 
@@ -40,10 +44,10 @@ def test_demo_runs_and_shows_federated_next_to_pooled(tmp_path: Path) -> None:
 
 def test_query_describe_prints_a_table_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:
     common = ("query", "describe", "-c", lung_net.address, "--dataset", "lung")
-    table = _cli(*common, "age", "wt.loss", "--by", "sex", "--categories", "1,2")
+    table = _cli(*common, "age", "wt.loss", "--by", "sex", "--categories", "1,2", net=lung_net)
     assert table.returncode == ExitCode.OK, table.stderr
     assert "wt.loss" in table.stdout and "4 nodes" in table.stdout
-    csv = _cli(*common, "age", "--csv")
+    csv = _cli(*common, "age", "--csv", net=lung_net)
     assert csv.returncode == ExitCode.OK, csv.stderr
     from io import StringIO
 
@@ -53,21 +57,23 @@ def test_query_describe_prints_a_table_and_csv(lung_net: Sandbox, lung: pd.DataF
 
 
 def test_refusal_is_one_line_with_rule_and_exit_code(lung_net: Sandbox) -> None:
-    run = _cli("query", "describe", "-c", lung_net.address, "--dataset", "lung", "nope")
+    run = _cli(
+        "query", "describe", "-c", lung_net.address, "--dataset", "lung", "nope", net=lung_net
+    )
     assert run.returncode == ExitCode.REFUSED
     assert "Traceback" not in run.stderr
     assert "rule: schema.unknown_column" in run.stderr
     assert "nope" in run.stderr and "centre-A" in run.stderr
 
 
-def test_unreachable_coordinator_is_exit_code_unavailable() -> None:
-    run = _cli("nodes", "-c", "127.0.0.1:9")
+def test_unreachable_coordinator_is_exit_code_unavailable(lung_net: Sandbox) -> None:
+    run = _cli("nodes", "-c", "127.0.0.1:9", net=lung_net)
     assert run.returncode == ExitCode.UNAVAILABLE
     assert "cannot reach the coordinator" in run.stderr
 
 
 def test_nodes_lists_every_node(lung_net: Sandbox) -> None:
-    run = _cli("nodes", "-c", lung_net.address)
+    run = _cli("nodes", "-c", lung_net.address, net=lung_net)
     assert run.returncode == ExitCode.OK, run.stderr
     for name in lung_net.node_names:
         assert name in run.stdout

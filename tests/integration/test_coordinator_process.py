@@ -6,44 +6,20 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oncofed.errors import ExitCode
+from oncofed.governance.tls import TlsFiles, client_channel
+from tests.pki import make_network, start_coordinator
 
 
 def test_health_json_logs_and_sigterm(tmp_path: Path) -> None:
-    ready = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "oncofed",
-            "coordinator",
-            "start",
-            "--db",
-            f"sqlite:///{tmp_path / 'c.db'}",
-            "--listen",
-            "127.0.0.1:0",
-            "--ready-file",
-            str(ready),
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    make_network(tmp_path, {"coordinator": "coordinator", "ops": "admin"})
+    process, address = start_coordinator(tmp_path, "--log-format", "json")
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        with grpc.insecure_channel(f"127.0.0.1:{ready.read_text()}") as channel:
+        with client_channel(address, TlsFiles.in_directory(tmp_path / "ops"), []) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
     finally:
@@ -56,8 +32,19 @@ def test_health_json_logs_and_sigterm(tmp_path: Path) -> None:
 
 
 def test_coordinator_refuses_a_bad_database_url_in_one_line(tmp_path: Path) -> None:
+    make_network(tmp_path, {"coordinator": "coordinator"})
     run = subprocess.run(
-        [sys.executable, "-m", "oncofed", "coordinator", "start", "--db", "mysql://nowhere/x"],
+        [
+            sys.executable,
+            "-m",
+            "oncofed",
+            "coordinator",
+            "start",
+            "--db",
+            "mysql://nowhere/x",
+            "--credentials",
+            str(tmp_path / "coordinator"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

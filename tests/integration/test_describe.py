@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from oncofed.errors import QueryError, TaskCancelled, UnknownTask
-from oncofed.node.audit import AuditLog
+from oncofed.governance.audit import AuditTrail
 from oncofed.sandbox import Sandbox
 from tests.oracle import assert_describe_matches
 
@@ -122,15 +122,18 @@ def test_every_release_and_refusal_is_in_the_node_audit_log(lung_net: Sandbox) -
         with pytest.raises(QueryError):
             session.describe(["no_such_column"])
     for name in lung_net.node_names:
-        log = AuditLog(lung_net.workdir / name / "state" / "audit.jsonl")
-        entries = list(log.entries())
-        assert log.verify() == []
-        outcomes = {e["outcome"] for e in entries}
+        trail = AuditTrail.open_sqlite(lung_net.workdir / name / "state" / "audit.sqlite")
+        entries = list(trail.entries())
+        assert trail.verify(lung_net.node_identity(name)) == []
+        outcomes = {e.outcome for e in entries}
         assert {"released", "QueryError"} <= outcomes
-        released = [e for e in entries if e["outcome"] == "released"]
-        assert all(e["released_bytes"] > 0 and e["action"] == "describe" for e in released)
-        refused = [e for e in entries if e["outcome"] == "QueryError"]
-        assert any(json.loads(e["params"])["columns"] == ["no_such_column"] for e in refused)
+        released = [e for e in entries if e.outcome == "released"]
+        assert all(e.released_bytes > 0 and e.action == "describe" for e in released)
+        assert all(e.permit_id == "sandbox" and e.actor == lung_net.researcher for e in released)
+        refused = [e for e in entries if e.outcome == "QueryError"]
+        assert any(
+            json.loads(e.details["params"])["columns"] == ["no_such_column"] for e in refused
+        )
 
 
 def test_cancel_a_waiting_task(lung_net: Sandbox) -> None:

@@ -16,7 +16,7 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 
 from oncofed.errors import ExitCode, NodeRefusal, QueryError, TaskFailed
-from oncofed.node.audit import AuditLog
+from oncofed.governance.audit import AuditTrail
 from oncofed.sandbox import Sandbox
 from oncofed.tasks.glm import GLMResult
 
@@ -181,18 +181,18 @@ def test_every_iteration_is_an_audited_release(lung_net: Sandbox) -> None:
     with lung_net.session(progress=False) as session:
         result = session.glm("status ~ age + ph.karno", "binomial", where="sex == 2")
     for name in lung_net.node_names:
-        log = AuditLog(lung_net.workdir / name / "state" / "audit.jsonl")
-        assert log.verify() == []
+        trail = AuditTrail.open_sqlite(lung_net.workdir / name / "state" / "audit.sqlite")
+        assert trail.verify() == []
         mine = [
             e
-            for e in log.entries()
-            if e["action"] == "glm"
-            and (json.loads(e["params"])["where"] or {}).get("column") == "sex"
+            for e in trail.entries()
+            if e.action == "glm"
+            and (json.loads(e.details["params"])["where"] or {}).get("column") == "sex"
         ]
         assert len(mine) == result.round_trips
-        assert all(e["outcome"] == "released" for e in mine)
+        assert all(e.outcome == "released" and e.actor == lung_net.researcher for e in mine)
         # Each round carries its own state, so each message and its audit entry differ.
-        assert len({e["params_sha256"] for e in mine}) == result.round_trips
+        assert len({e.params_sha256 for e in mine}) == result.round_trips
 
 
 def test_cli_prints_the_summary_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:
@@ -202,7 +202,7 @@ def test_cli_prints_the_summary_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -
             capture_output=True,
             text=True,
             timeout=120,
-            env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+            env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", **lung_net.researcher_env()},
         )
 
     formula = "status ~ age + C(sex, levels=[1, 2]) + ph.karno"

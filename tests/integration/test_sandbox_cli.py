@@ -37,15 +37,19 @@ def test_sandbox_command_serves_until_interrupted(tmp_path: Path, lung: pd.DataF
     )
     try:
         assert process.stdout is not None
-        address = ""
+        address = credentials = ""
         deadline = time.monotonic() + 120
-        while not address:
+        while not (address and credentials):
             line = process.stdout.readline()
             assert line or process.poll() is None, process.stderr.read() if process.stderr else ""
             match = re.search(r"coordinator at (127\.0\.0\.1:\d+)", line)
-            address = match.group(1) if match else ""
+            address = match.group(1) if match else address
+            match = re.search(r"credentials='([^']+)'", line)
+            credentials = match.group(1) if match else credentials
             assert time.monotonic() < deadline
-        with Session(address, dataset="lung", progress=False) as session:
+        with Session(
+            address, credentials=credentials, permit="sandbox", dataset="lung", progress=False
+        ) as session:
             result = session.describe(["age"], min_nodes=4)
         assert result.to_frame().loc["age", "count"] == len(lung)
     finally:

@@ -393,34 +393,46 @@ def test_non_convergence_separation_and_collinearity_are_clear_errors(
 # ---- command line ------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(net: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "oncofed", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", **net.researcher_env()},
     )
 
 
 def test_query_commands_print_tables_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:
     common = ("-c", lung_net.address, "--dataset", "lung", "--grid", "30")
     km = _cli(
-        "query", "kaplan-meier", "time", "status", "--by", "sex", "--categories", "1,2", *common
+        lung_net,
+        "query",
+        "kaplan-meier",
+        "time",
+        "status",
+        "--by",
+        "sex",
+        "--categories",
+        "1,2",
+        *common,
     )
     assert km.returncode == ExitCode.OK, km.stderr
     assert "median survival" in km.stdout and "multiples of 30" in km.stdout
-    csv = _cli("query", "kaplan-meier", "time", "status", "--csv", *common)
+    csv = _cli(lung_net, "query", "kaplan-meier", "time", "status", "--csv", *common)
     frame = pd.read_csv(StringIO(csv.stdout)).set_index("time")
     expected = KaplanMeierFitter().fit(np.ceil(lung["time"] / 30) * 30, lung["status"])
     check("km survival", frame["survival"], expected.survival_function_.iloc[:, 0])
-    lr = _cli("query", "logrank", "time", "status", "sex", "--categories", "1,2", *common)
+    lr = _cli(lung_net, "query", "logrank", "time", "status", "sex", "--categories", "1,2", *common)
     assert lr.returncode == ExitCode.OK, lr.stderr
     assert "chi-square" in lr.stdout and "on 1 df" in lr.stdout
-    cox = _cli("query", "coxph", "time", "status", "age", "C(sex, levels=[1, 2])", *common)
+    cox = _cli(
+        lung_net, "query", "coxph", "time", "status", "age", "C(sex, levels=[1, 2])", *common
+    )
     assert cox.returncode == ExitCode.OK, cox.stderr
     assert "C(sex)[T.2]" in cox.stdout and "concordance" in cox.stdout
     refused = _cli(
+        lung_net,
         "query",
         "coxph",
         "time",

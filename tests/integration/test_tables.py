@@ -333,7 +333,9 @@ def test_query_commands_print_tables_and_csv(lung_open_net: Sandbox, lung: pd.Da
     common = ["-c", lung_open_net.address, "--dataset", "lung"]
 
     def run(*args: str) -> str:
-        outcome = runner.invoke(app, ["query", *args, *common], env={"COLUMNS": "160"})
+        outcome = runner.invoke(
+            app, ["query", *args, *common], env={"COLUMNS": "160", **lung_open_net.researcher_env()}
+        )
         assert outcome.exit_code == 0, outcome.output
         return outcome.output
 

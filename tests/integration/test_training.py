@@ -153,7 +153,7 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
     net: Sandbox, tumours: tuple[pd.DataFrame, pd.DataFrame], tmp_path
 ) -> None:
     _, test = tumours
-    with net.session(dataset="tumours", progress=False, study="dp-training") as s:
+    with net.session(dataset="tumours", progress=False, permit="dp-training") as s:
         model = s.train(
             FEATURES,
             "malignant",
@@ -198,12 +198,12 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
             s.train([*FEATURES, "mean_area"], "malignant", dp=dp, scaling="bounds", min_nodes=4)
         assert unbounded.value.rule == "training.bounds" and "mean_area" in str(unbounded.value)
         # One round first, so the survivors' first import of torch is not what the timeout meets.
-        with net.session(dataset="tumours", progress=False, study="warm-up") as s:
+        with net.session(dataset="tumours", progress=False, permit="warm-up") as s:
             s.train(FEATURES, "malignant", rounds=1, dp=dp, scaling="bounds", min_nodes=4)
         net.stop_node(victim)
         net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
         net.wait_for_nodes(net.node_names)
-        with net.session(dataset="tumours", progress=False, study="dies") as s:
+        with net.session(dataset="tumours", progress=False, permit="dies") as s:
             model = s.train(
                 FEATURES, "malignant", rounds=3, dp=dp, scaling="bounds", min_nodes=3, timeout=15
             )
@@ -217,7 +217,7 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
         net.start_node(victim, env={FAILPOINT: "before-ledger-charge"})
         net.wait_for_nodes(net.node_names)
         with (
-            net.session(dataset="tumours", progress=False, study="dies-4") as s,
+            net.session(dataset="tumours", progress=False, permit="dies-4") as s,
             pytest.raises(OncofedError) as refused,
         ):
             s.train(
@@ -229,14 +229,14 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
 
 
 def _budget_rows(net: Sandbox, node: str) -> dict[str, dict[str, object]]:
-    """``oncofed node budget --json``, by study, as an operator would read it."""
+    """``oncofed node budget --json``, by permit, as an operator would read it."""
     run = subprocess.run(
         [sys.executable, "-m", "oncofed", "node", "budget", str(net.node_config(node)), "--json"],
         capture_output=True,
         text=True,
         check=True,
     )
-    return {r["study"]: r for r in map(json.loads, run.stdout.splitlines())}
+    return {r["permit"]: r for r in map(json.loads, run.stdout.splitlines())}
 
 
 def test_the_researcher_sees_each_round_while_it_runs(net: Sandbox) -> None:

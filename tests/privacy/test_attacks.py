@@ -65,8 +65,8 @@ def test_differencing_by_where_is_refused_by_the_complement_rule(
 
 
 def test_differencing_under_dp_is_charged_and_drowned_in_noise(dp_net: Sandbox) -> None:
-    study = "differencing"
-    with dp_net.session(dataset="lung", progress=False, study=study) as s:
+    permit = "differencing"
+    with dp_net.session(dataset="lung", progress=False, permit=permit) as s:
         whole = s.describe(["wt.loss"], dp=DP, bounds=BOUNDS)
         rest = s.describe(["wt.loss"], dp=DP, bounds=BOUNDS, where="pid != 999")
     difference = whole.to_frame().loc["wt.loss", "sum"] - rest.to_frame().loc["wt.loss", "sum"]
@@ -75,7 +75,7 @@ def test_differencing_under_dp_is_charged_and_drowned_in_noise(dp_net: Sandbox) 
     # The difference's noise is many times the largest value one patient can contribute.
     assert noise > 10 * max(abs(b) for b in BOUNDS["wt.loss"])
     assert difference != TARGET["wt.loss"]
-    charged = {row["study"]: row for row in _budget(dp_net, "centre-A")}[study]
+    charged = {row["permit"]: row for row in _budget(dp_net, "centre-A")}[permit]
     assert charged["releases"] == 2
     expected = (DPRequest(**DP).loss() + DPRequest(**DP).loss()).epsilon(1e-6)
     assert charged["spent_epsilon"] == pytest.approx(expected, rel=1e-6)
@@ -85,14 +85,14 @@ def test_differencing_under_dp_is_charged_and_drowned_in_noise(dp_net: Sandbox) 
 
 
 def _reconstruction_attack(
-    net: Sandbox, centre_pids: list[int], study: str
+    net: Sandbox, centre_pids: list[int], permit: str
 ) -> tuple[np.ndarray, np.ndarray, OncofedError | None]:
     """Sums of `status` over random halves of one centre's patients, solved by least squares."""
     rng = np.random.default_rng(7)
     rows, sums = [], []
     refusal = None
     dp = DP if net.policy.privacy_for("lung").dp_required else None
-    with net.session(dataset="lung", progress=False, study=study) as s:
+    with net.session(dataset="lung", progress=False, permit=permit) as s:
         for _ in range(len(centre_pids) + 10):
             chosen = rng.random(len(centre_pids)) < 0.5
             picked = [str(p) for p, c in zip(centre_pids, chosen, strict=True) if c]
@@ -138,9 +138,9 @@ def test_glm_scores_on_a_dp_dataset_are_refused(dp_net: Sandbox) -> None:
 
 
 def test_repeated_noisy_answers_are_each_charged_until_the_budget_ends(dp_net: Sandbox) -> None:
-    study = "averaging"
+    permit = "averaging"
     answers = []
-    with dp_net.session(dataset="lung", progress=False, study=study) as s:
+    with dp_net.session(dataset="lung", progress=False, permit=permit) as s:
         for _ in range(30):
             try:
                 result = s.histogram("age", [30, 50, 60, 70, 90], dp=DP)
@@ -156,7 +156,7 @@ def test_repeated_noisy_answers_are_each_charged_until_the_budget_ends(dp_net: S
         spent, allowed = spent + one, allowed + 1
     assert len(answers) == allowed
     assert len(set(answers)) == len(answers)  # fresh noise every time
-    charged = {row["study"]: row for row in _budget(dp_net, "centre-B")}[study]
+    charged = {row["permit"]: row for row in _budget(dp_net, "centre-B")}[permit]
     assert charged["releases"] == allowed and charged["spent_epsilon"] <= cap.epsilon
 
 

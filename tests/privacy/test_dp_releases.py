@@ -34,7 +34,7 @@ def _within_noise(released: object, exact: object, std: float) -> None:
 
 
 def test_describe_under_dp(dp_net: Sandbox, lung_with_target: pd.DataFrame) -> None:
-    with dp_net.session(dataset="lung", progress=False, study="dp-describe") as s:
+    with dp_net.session(dataset="lung", progress=False, permit="dp-describe") as s:
         result = s.describe(["age"], dp=DP, bounds={"age": (18.0, 100.0)})
     assert result.privacy is not None
     assert result.privacy.epsilon == pytest.approx(dict.fromkeys(dp_net.node_names, 1.0))
@@ -47,7 +47,7 @@ def test_describe_under_dp(dp_net: Sandbox, lung_with_target: pd.DataFrame) -> N
 
 def test_histogram_and_crosstab_under_dp(dp_net: Sandbox, lung_with_target: pd.DataFrame) -> None:
     edges = [30, 50, 60, 70, 90]
-    with dp_net.session(dataset="lung", progress=False, study="dp-tables") as s:
+    with dp_net.session(dataset="lung", progress=False, permit="dp-tables") as s:
         histogram = s.histogram("age", edges, dp=DP)
         table = s.crosstab(
             "sex", "status", row_categories=["1", "2"], col_categories=["0", "1"], dp=DP
@@ -62,7 +62,7 @@ def test_histogram_and_crosstab_under_dp(dp_net: Sandbox, lung_with_target: pd.D
 
 def test_kaplan_meier_under_dp_needs_time_points(dp_net: Sandbox) -> None:
     points = [90, 180, 365, 730, 1100]
-    with dp_net.session(dataset="lung", progress=False, study="dp-km") as s:
+    with dp_net.session(dataset="lung", progress=False, permit="dp-km") as s:
         with pytest.raises(OncofedError) as caught:
             s.kaplan_meier("time", "status", grid=30, dp=DP)
         assert caught.value.rule == "privacy.time_points_required"

@@ -30,7 +30,7 @@ def test_kill_between_charge_and_reply_neither_loses_nor_repeats_the_charge(
         net.stop_node(victim)
         net.start_node(victim, env={FAILPOINT: "after-ledger-charge"})
         net.wait_for_nodes(net.node_names)
-        with net.session(dataset="lung", progress=False, study="crash") as session:
+        with net.session(dataset="lung", progress=False, permit="crash") as session:
             task_id = session.submit(
                 "histogram",
                 {"dataset": "lung", "column": "age", "bins": [30, 60, 90], "dp": {"epsilon": 0.5}},

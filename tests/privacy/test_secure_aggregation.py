@@ -94,7 +94,7 @@ def test_secure_crosstab_equals_the_pooled_table_and_test(
 def test_secure_dp_describe_adds_floats_in_fixed_point(
     net: Sandbox, lung_with_target: pd.DataFrame
 ) -> None:
-    with net.session(dataset="lung", progress=False, study="secure-dp") as s:
+    with net.session(dataset="lung", progress=False, permit="secure-dp") as s:
         result = s.describe(
             ["age"], dp={"epsilon": 1.0}, bounds={"age": (18.0, 100.0)}, secure_aggregation=True
         )

@@ -16,6 +16,10 @@ from oncofed.node.data import Catalogue, read_dataset
 GOOD = """
 name = "centre-a"
 coordinator = "127.0.0.1:7100"
+credentials = "credentials"
+
+[governance]
+trusted_bodies = { "hdab-example" = "gYPvdaGHV0zvQMVNCqaM4CqMXiWqwpzgk+F9v0XtsO0=" }
 
 [datasets.lung]
 path = "lung.csv"

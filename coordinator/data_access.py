@@ -1,0 +1,263 @@
+"""The data-access API: applications filed and reviewed, permits and revocations published.
+
+Researchers file applications; the data-access body reviews them and
+publishes the permits and revocation lists it signed offline. Publishing a
+revocation cancels the running tasks under the revoked permits here at once;
+the nodes refuse their next messages by themselves anyway.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from pydantic import ValidationError
+
+from oncofed.coordinator.access_store import AccessStore, ApplicationView
+from oncofed.coordinator.auth import abort, caller
+from oncofed.coordinator.hub import Hub
+from oncofed.coordinator.store import Store
+from oncofed.errors import AccessDenied, OncofedError, PermitRefused, QueryError
+from oncofed.governance.audit import AuditTrail
+from oncofed.governance.permits import (
+    DataAccessApplication,
+    SignedPermit,
+    SignedRevocations,
+)
+from oncofed.node.config import format_validation_error
+from oncofed.wire import oncofed_pb2 as pb
+from oncofed.wire.oncofed_pb2_grpc import DataAccessServicer
+
+DECISIONS = {"request-changes": "changes-requested", "refuse": "refused", "approve": "approved"}
+
+
+def _record(view: ApplicationView) -> pb.ApplicationRecord:
+    return pb.ApplicationRecord(
+        application_id=view.application_id,
+        state=view.state,
+        applicant=view.applicant,
+        application_json=view.document,
+        history_json=view.history,
+        permit_id=view.permit_id,
+        updated_at=view.updated_at,
+    )
+
+
+def _invalid(what: str, exc: ValidationError) -> QueryError:
+    return QueryError(
+        f"invalid {what}: {format_validation_error(exc)}",
+        rule=f"{what.replace(' ', '_')}.schema",
+        fix="see docs/data-access-bodies.md for the fields",
+    )
+
+
+class DataAccess(DataAccessServicer):
+    def __init__(self, access: AccessStore, store: Store, hub: Hub, audit: AuditTrail) -> None:
+        self.access = access
+        self.store = store
+        self.hub = hub
+        self.audit = audit
+
+    def SubmitApplication(  # noqa: N802
+        self, request: pb.ApplicationSubmission, context: grpc.ServicerContext
+    ) -> pb.ApplicationRecord:
+        peer = caller(context)
+        try:
+            application = DataAccessApplication.model_validate_json(request.application_json)
+        except ValidationError as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, _invalid("application", exc))
+        if application.applicant.name != peer.name:
+            abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                AccessDenied(
+                    f"{peer.name} filed an application in {application.applicant.name}'s name",
+                    rule="application.applicant",
+                    fix="file applications with your own identity card as applicant",
+                ),
+            )
+        if request.amends:
+            previous = self.access.application(request.amends)
+            if previous is None or previous.applicant != peer.name:
+                abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.amends))
+            if previous.state != "changes-requested":
+                abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    QueryError(
+                        f"application {request.amends} is {previous.state}, not open for changes",
+                        rule="application.state",
+                        fix="file a new application",
+                    ),
+                )
+        view = self.access.file_application(
+            peer.name, application.model_dump_json(), request.amends
+        )
+        self.audit.append(
+            actor=peer.name,
+            action="application",
+            outcome="submitted",
+            application_id=view.application_id,
+        )
+        return _record(view)
+
+    def ListApplications(  # noqa: N802
+        self, request: pb.Empty, context: grpc.ServicerContext
+    ) -> pb.ApplicationList:
+        peer = caller(context)
+        mine = None if peer.role == "hdab" else peer.name
+        return pb.ApplicationList(
+            applications=[_record(v) for v in self.access.applications(applicant=mine)]
+        )
+
+    def GetApplication(  # noqa: N802
+        self, request: pb.ApplicationRef, context: grpc.ServicerContext
+    ) -> pb.ApplicationRecord:
+        peer = caller(context)
+        view = self.access.application(request.application_id)
+        if view is None or (peer.role != "hdab" and view.applicant != peer.name):
+            abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.application_id))
+        return _record(view)
+
+    def Decide(  # noqa: N802
+        self, request: pb.Decision, context: grpc.ServicerContext
+    ) -> pb.ApplicationRecord:
+        peer = caller(context)
+        state = DECISIONS.get(request.decision)
+        if state is None:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                QueryError(
+                    f"unknown decision {request.decision!r}",
+                    rule="application.decision",
+                    fix=f"decide one of: {', '.join(DECISIONS)}",
+                ),
+            )
+        view = self.access.decide(request.application_id, state, peer.name, request.note)
+        if view is None:
+            abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.application_id))
+        self.audit.append(
+            actor=peer.name,
+            action="decide",
+            outcome=state,
+            application_id=view.application_id,
+            note=request.note,
+        )
+        return _record(view)
+
+    def PublishPermit(  # noqa: N802
+        self, request: pb.Document, context: grpc.ServicerContext
+    ) -> pb.PermitRef:
+        peer = caller(context)
+        try:
+            signed = SignedPermit.model_validate_json(request.json)
+        except ValidationError as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, _invalid("permit", exc))
+        permit = signed.permit
+        try:
+            self._check_publisher(peer.name, permit.issuer.name)
+            signed.verified({permit.issuer.name: permit.issuer.verifying_key()})
+        except OncofedError as exc:
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, exc)
+        if not self.access.publish_permit(
+            permit.permit_id, permit.version, permit.issuer.name, signed.model_dump_json()
+        ):
+            abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                QueryError(
+                    f"permit {permit.permit_id!r} version {permit.version} is not newer than "
+                    "the one published",
+                    rule="permit.version",
+                    fix="raise the version when amending a permit",
+                ),
+            )
+        if permit.application_id:
+            self.access.decide(
+                permit.application_id,
+                "approved",
+                peer.name,
+                f"permit {permit.permit_id} v{permit.version}",
+                permit_id=permit.permit_id,
+            )
+        self.audit.append(
+            actor=peer.name,
+            action="publish-permit",
+            permit_id=permit.permit_id,
+            outcome="published",
+            version=permit.version,
+        )
+        return pb.PermitRef(permit_id=permit.permit_id)
+
+    def GetPermit(  # noqa: N802
+        self, request: pb.PermitRef, context: grpc.ServicerContext
+    ) -> pb.Document:
+        peer = caller(context)
+        published = self.access.permit(request.permit_id)
+        permit = SignedPermit.model_validate_json(published).permit if published else None
+        if permit is None or (peer.role == "researcher" and permit.person(peer.name) is None):
+            abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                PermitRefused(
+                    f"no permit {request.permit_id!r} names you",
+                    rule="permit.unknown",
+                    fix="check the permit id with your data-access body",
+                ),
+            )
+        return pb.Document(json=published or "")
+
+    def PublishRevocations(  # noqa: N802
+        self, request: pb.Document, context: grpc.ServicerContext
+    ) -> pb.Empty:
+        peer = caller(context)
+        try:
+            signed = SignedRevocations.model_validate_json(request.json)
+        except ValidationError as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, _invalid("revocation list", exc))
+        revocations = signed.revocations
+        try:
+            self._check_publisher(peer.name, revocations.issuer.name)
+            signed.verified({revocations.issuer.name: revocations.issuer.verifying_key()})
+        except OncofedError as exc:
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, exc)
+        self.access.publish_revocations(
+            revocations.issuer.name, revocations.sequence, signed.model_dump_json()
+        )
+        for permit_id in sorted(revocations.revoked_ids()):
+            for task_id in self.store.unfinished_under_permit(permit_id):
+                self.store.finish_task(
+                    task_id,
+                    "cancelled",
+                    detail=f"permit {permit_id} was revoked by {revocations.issuer.name}",
+                )
+        self.hub.notify_progress()
+        self.audit.append(
+            actor=peer.name,
+            action="publish-revocations",
+            outcome="published",
+            sequence=revocations.sequence,
+            revoked=json.dumps(sorted(revocations.revoked_ids())),
+        )
+        return pb.Empty()
+
+    @staticmethod
+    def _check_publisher(caller_name: str, issuer: str) -> None:
+        if caller_name != issuer:
+            raise AccessDenied(
+                f"{caller_name} published a document issued by {issuer}",
+                rule="permit.publisher",
+                fix="each data-access body publishes its own permits and revocation lists",
+            )
+
+
+def _no_application(application_id: str) -> QueryError:
+    return QueryError(
+        f"no application {application_id!r}",
+        rule="application.exists",
+        fix="list applications with `oncofed application list`",
+    )
+
+
+__all__ = ["DataAccess"]

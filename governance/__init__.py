@@ -1,0 +1,1 @@
+"""Who may ask what: identities, the network PKI, permits, signed tasks, the audit trail."""

@@ -1,0 +1,225 @@
+"""Personal keys: every person and node holds its own, none is shared by an organisation.
+
+An identity is two key pairs: Ed25519 to sign (tasks, permits, audit
+checkpoints) and X25519 to receive sealed results. The private halves stay in
+``identity.json`` (mode 0600) where they were made; the public *card*
+(``card.json``) is what others pin -- a data-access body copies a researcher's
+card into the permit, which is how a node can check a task's signature
+without trusting the coordinator or the network's certificate authority.
+The TLS key pair (``pki.py``) is separate: it authenticates connections, the
+identity authenticates acts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from oncofed.errors import ConfigError
+from oncofed.schema import NAME_PATTERN
+
+Role = Literal["researcher", "hdab", "node", "coordinator", "admin"]
+ROLES: tuple[Role, ...] = ("researcher", "hdab", "node", "coordinator", "admin")
+
+IDENTITY_FILE = "identity.json"
+CARD_FILE = "card.json"
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte string a JSON value is signed as."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _raw(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_text(key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """A public key as people copy it: base64 of the 32 raw bytes."""
+    return base64.b64encode(_raw(key)).decode()
+
+
+def _key_bytes(text: str) -> bytes:
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) != 32:
+        raise ValueError("a public key is 32 bytes (44 characters of base64)")
+    return raw
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_key_bytes(text))
+
+
+def parse_encryption_key(text: str) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(_key_bytes(text))
+
+
+def sign(key: Ed25519PrivateKey, payload: bytes) -> str:
+    return base64.b64encode(key.sign(payload)).decode()
+
+
+def signature_valid(key: Ed25519PublicKey, payload: bytes, signature: str) -> bool:
+    try:
+        key.verify(base64.b64decode(signature, validate=True), payload)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class IdentityCard(BaseModel):
+    """The public half of an identity: what a permit names and a node checks against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    role: Role
+    signing_key: str = Field(description="Ed25519 public key, base64.")
+    encryption_key: str = Field(description="X25519 public key, base64.")
+
+    @field_validator("signing_key", "encryption_key")
+    @classmethod
+    def _key(cls, text: str) -> str:
+        _key_bytes(text)
+        return text
+
+    def verifying_key(self) -> Ed25519PublicKey:
+        return parse_public_key(self.signing_key)
+
+    def sealing_key(self) -> X25519PublicKey:
+        return parse_encryption_key(self.encryption_key)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: Role
+    signing: Ed25519PrivateKey
+    encryption: X25519PrivateKey
+
+    @classmethod
+    def generate(cls, name: str, role: Role) -> Identity:
+        return cls(name, role, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+    @property
+    def card(self) -> IdentityCard:
+        return IdentityCard(
+            name=self.name,
+            role=self.role,
+            signing_key=public_key_text(self.signing.public_key()),
+            encryption_key=public_key_text(self.encryption.public_key()),
+        )
+
+    def sign(self, payload: bytes) -> str:
+        return sign(self.signing, payload)
+
+    def save(self, directory: Path) -> None:
+        """Write identity.json (0600, never overwritten) and card.json beside it."""
+        directory.mkdir(parents=True, exist_ok=True)
+        private = {
+            "name": self.name,
+            "role": self.role,
+            "signing": base64.b64encode(
+                self.signing.private_bytes(
+                    serialization.Encoding.Raw,
+                    serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption(),
+                )
+            ).decode(),
+            "encryption": base64.b64encode(
+                self.encryption.private_bytes(
+                    serialization.Encoding.Raw,
+                    serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption(),
+                )
+            ).decode(),
+        }
+        write_private(directory / IDENTITY_FILE, canonical_json(private))
+        (directory / CARD_FILE).write_text(self.card.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> Identity:
+        path = directory / IDENTITY_FILE
+        try:
+            data = json.loads(path.read_text())
+            role = data["role"]
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}")
+            return cls(
+                str(data["name"]),
+                role,
+                Ed25519PrivateKey.from_private_bytes(base64.b64decode(data["signing"])),
+                X25519PrivateKey.from_private_bytes(base64.b64decode(data["encryption"])),
+            )
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no identity in {str(directory)!r}",
+                rule="identity.file",
+                fix="create one with `oncofed pki request --role ROLE --name NAME --out DIR`",
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{path} is not a valid identity file: {exc}",
+                rule="identity.file",
+                fix="restore it from backup or create a new identity (and get it re-named "
+                "in permits)",
+            ) from None
+
+
+def load_card(path: Path) -> IdentityCard:
+    try:
+        return IdentityCard.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"identity card {str(path)!r} does not exist",
+            rule="identity.card",
+            fix="ask the person for their card.json",
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(
+            f"{path} is not a valid identity card: {exc}",
+            rule="identity.card",
+            fix="ask the person for their card.json again",
+        ) from None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create a secret file readable by its owner only; an existing one is never replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"{path} already exists",
+            rule="identity.file",
+            fix="keys are never overwritten; move the old file away first",
+        ) from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+
+
+__all__ = [
+    "CARD_FILE",
+    "IDENTITY_FILE",
+    "ROLES",
+    "Identity",
+    "IdentityCard",
+    "Role",
+    "canonical_json",
+    "load_card",
+    "parse_encryption_key",
+    "parse_public_key",
+    "public_key_text",
+    "sign",
+    "signature_valid",
+    "write_private",
+]

@@ -1,0 +1,398 @@
+"""Zero trust toward the coordinator: each attack is a message the coordinator itself sends.
+
+The attacker here *is* the coordinator: the test writes task messages straight
+into the coordinator's database (its queue), and the real node processes
+receive them over their mutual-TLS streams and answer. Every refusal must
+come from the node itself, naming the rule and the node. A first message
+built the honest way is released, so the harness can tell a refusal from a
+broken test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pandas as pd
+import pytest
+from flwr.app import Message
+
+from oncofed.coordinator.access_store import AccessStore
+from oncofed.coordinator.db import open_database
+from oncofed.coordinator.store import OutgoingMessage, Store
+from oncofed.errors import AccessDenied, OncofedError, PermitRefused, TaskCancelled
+from oncofed.flower import (
+    attach_authorisation,
+    from_bytes,
+    install_process_identity,
+    params_content,
+    reply_error,
+    stamp,
+    to_bytes,
+)
+from oncofed.governance.envelope import Authorisation, SignedTask, TaskEnvelope
+from oncofed.governance.keys import Identity
+from oncofed.governance.permits import SignedPermit, SignedRevocations, utcnow
+from oncofed.governance.tls import TlsFiles, client_channel
+from oncofed.sandbox import HDAB, Sandbox
+from oncofed.wire import oncofed_pb2 as pb
+from oncofed.wire.oncofed_pb2_grpc import ResearcherStub
+
+NODE = "centre-B"
+REPLY_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def net(lung: pd.DataFrame) -> Iterator[Sandbox]:
+    install_process_identity()
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as sandbox:
+        sandbox.enrol("mallory", "researcher")
+        sandbox.grant("study-1")
+        yield sandbox
+
+
+class Attacker:
+    """What a compromised coordinator can do: write any message into its own queue."""
+
+    def __init__(self, net: Sandbox) -> None:
+        engine = open_database(net.database_url)
+        self.net = net
+        self.store = Store(engine)
+        self.access = AccessStore(engine)
+
+    def permit(self, permit_id: str) -> SignedPermit:
+        published = self.access.permit(permit_id)
+        assert published is not None
+        return SignedPermit.model_validate_json(published)
+
+    def revocations(self) -> tuple[SignedRevocations, ...]:
+        return tuple(
+            SignedRevocations.model_validate_json(t) for t in self.access.revocation_lists()
+        )
+
+    def send(
+        self,
+        action: str,
+        params: dict[str, Any],
+        authorisation: Authorisation | None,
+        run_id: int | None = None,
+    ) -> tuple[OncofedError | None, int]:
+        """One message to NODE; its typed refusal (None if released) and the run id used."""
+        node_id = {n.name: n.node_id for n in self.store.nodes()}[NODE]
+        task = self.store.create_task(action, "{}", "attacker")
+        assert task is not None
+        message = Message(
+            params_content(json.dumps(params), participants=4), node_id, f"query.{action}", ttl=60
+        )
+        message_id = uuid.uuid4().hex
+        run = run_id if run_id is not None else task.run_id
+        stamp(message, run_id=run, message_id=message_id)
+        if authorisation is not None:
+            attach_authorisation(message, authorisation.model_dump_json())
+        self.store.put_messages(
+            task.task_id,
+            [
+                OutgoingMessage(
+                    message_id,
+                    node_id,
+                    message.metadata.message_type,
+                    to_bytes(message),
+                    time.time() + REPLY_SECONDS,
+                )
+            ],
+        )
+        deadline = time.monotonic() + REPLY_SECONDS
+        while time.monotonic() < deadline:
+            replies = self.store.replies([message_id])
+            if replies:
+                reply = from_bytes(replies[message_id])
+                return (reply_error(reply) if reply.has_error() else None), run
+            time.sleep(0.1)
+        raise AssertionError(f"{NODE} did not answer")
+
+
+@pytest.fixture(scope="module")
+def attacker(net: Sandbox) -> Attacker:
+    return Attacker(net)
+
+
+def _describe(permit_id: str, columns: tuple[str, ...] = ("age",)) -> dict[str, Any]:
+    return {"dataset": "lung", "columns": list(columns), "study": permit_id}
+
+
+def _authorise(
+    attacker: Attacker,
+    permit: SignedPermit,
+    params: dict[str, Any],
+    signer: Identity,
+    task_type: str = "describe",
+) -> Authorisation:
+    task = SignedTask.create(signer, task_type, json.dumps(params), permit.permit.permit_id)
+    return Authorisation(task=task, permit=permit, revocations=attacker.revocations())
+
+
+def _refusal(error: OncofedError | None, rule: str) -> None:
+    assert isinstance(error, PermitRefused), error
+    assert (error.rule, error.node) == (rule, NODE), error.one_line()
+
+
+def test_an_honest_message_is_released(net: Sandbox, attacker: Attacker) -> None:
+    params = _describe("study-1")
+    ada = net.identity(net.researcher)
+    error, _ = attacker.send(
+        "describe", params, _authorise(attacker, attacker.permit("study-1"), params, ada)
+    )
+    assert error is None
+
+
+def test_a_message_without_a_permit_is_refused(attacker: Attacker) -> None:
+    error, _ = attacker.send("describe", _describe("study-1"), None)
+    _refusal(error, "permit.missing")
+
+
+def test_a_forged_permit_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    real = attacker.permit("study-1")
+    widened = real.permit.model_copy(
+        update={"valid_until": utcnow() + datetime.timedelta(days=900)}
+    )
+    forged = SignedPermit(permit=widened, signature=real.signature)
+    params = _describe("study-1")
+    error, _ = attacker.send(
+        "describe", params, _authorise(attacker, forged, params, net.identity(net.researcher))
+    )
+    _refusal(error, "permit.signature")
+
+
+def test_a_permit_signed_by_a_body_the_node_does_not_trust_is_refused(
+    net: Sandbox, attacker: Attacker
+) -> None:
+    impostor = Identity.generate(HDAB, "hdab")  # same name, the coordinator's own key
+    permit = attacker.permit("study-1").permit.model_copy(update={"issuer": impostor.card})
+    params = _describe("study-1")
+    signed = permit.sign(impostor.signing)
+    error, _ = attacker.send(
+        "describe", params, _authorise(attacker, signed, params, net.identity(net.researcher))
+    )
+    _refusal(error, "permit.issuer")
+
+
+def test_an_expired_permit_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    now = utcnow()
+    net.grant(
+        "expired",
+        valid_from=now - datetime.timedelta(days=10),
+        valid_until=now - datetime.timedelta(days=1),
+    )
+    params = _describe("expired")
+    error, _ = attacker.send(
+        "describe",
+        params,
+        _authorise(attacker, attacker.permit("expired"), params, net.identity(net.researcher)),
+    )
+    _refusal(error, "permit.validity")
+
+
+def test_a_permit_for_another_dataset_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    net.grant("other-data", datasets=["gbsg2"])
+    params = _describe("other-data")
+    error, _ = attacker.send(
+        "describe",
+        params,
+        _authorise(attacker, attacker.permit("other-data"), params, net.identity(net.researcher)),
+    )
+    _refusal(error, "permit.dataset")
+
+
+def test_variables_the_permit_does_not_grant_are_refused(net: Sandbox, attacker: Attacker) -> None:
+    net.grant("age-only", variables=["age"])
+    params = _describe("age-only", ("age", "wt.loss"))
+    error, _ = attacker.send(
+        "describe",
+        params,
+        _authorise(attacker, attacker.permit("age-only"), params, net.identity(net.researcher)),
+    )
+    _refusal(error, "permit.variables")
+
+
+def test_a_researcher_the_permit_does_not_name_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    params = _describe("study-1")
+    error, _ = attacker.send(
+        "describe",
+        params,
+        _authorise(attacker, attacker.permit("study-1"), params, net.identity("mallory")),
+    )
+    _refusal(error, "permit.person")
+
+
+def test_a_task_signed_with_another_key_than_the_permits_is_refused(
+    net: Sandbox, attacker: Attacker
+) -> None:
+    # The coordinator signs in ada's name with a key of its own.
+    fake_ada = Identity.generate(net.researcher, "researcher")
+    params = _describe("study-1")
+    error, _ = attacker.send(
+        "describe", params, _authorise(attacker, attacker.permit("study-1"), params, fake_ada)
+    )
+    _refusal(error, "task.signature")
+
+
+def test_a_task_type_the_permit_does_not_allow_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    net.grant("describe-only", task_types=["describe"])
+    params = {
+        "dataset": "lung",
+        "row": "sex",
+        "col": "status",
+        "study": "describe-only",
+        "row_categories": ["1", "2"],
+        "col_categories": ["1", "2"],
+    }
+    permit = attacker.permit("describe-only")
+    error, _ = attacker.send(
+        "crosstab",
+        params,
+        _authorise(attacker, permit, params, net.identity(net.researcher), task_type="crosstab"),
+    )
+    _refusal(error, "permit.task_type")
+
+
+def test_a_task_altered_after_signing_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    signed_params = _describe("study-1")
+    authorisation = _authorise(
+        attacker, attacker.permit("study-1"), signed_params, net.identity(net.researcher)
+    )
+    sneaked = _describe("study-1", ("age", "wt.loss"))
+    error, _ = attacker.send("describe", sneaked, authorisation)
+    _refusal(error, "task.altered")
+    assert "columns" in error.detail if error else False
+    # Nor may it run the signed parameters as another task type.
+    histogram = {"dataset": "lung", "column": "age", "bins": [40, 60, 80], "study": "study-1"}
+    error, _ = attacker.send("histogram", histogram, authorisation)
+    _refusal(error, "task.altered")
+
+
+def test_a_replayed_task_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    params = _describe("study-1")
+    authorisation = _authorise(
+        attacker, attacker.permit("study-1"), params, net.identity(net.researcher)
+    )
+    first, run = attacker.send("describe", params, authorisation)
+    assert first is None
+    again, _ = attacker.send("describe", params, authorisation, run_id=run)
+    assert again is None  # the same run may ask again (a coordinator restart replays it)
+    replay, _ = attacker.send("describe", params, authorisation)
+    _refusal(replay, "task.replay")
+
+
+def test_a_task_dated_in_the_future_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    ada = net.identity(net.researcher)
+    params = _describe("study-1")
+    task = TaskEnvelope(
+        task_type="describe",
+        params_json=json.dumps(params),
+        permit_id="study-1",
+        researcher=ada.name,
+        nonce=uuid.uuid4().hex,
+        issued_at=time.time() + 3600,
+    )
+    authorisation = Authorisation(
+        task=SignedTask(task=task, signature=ada.sign(task.payload())),
+        permit=attacker.permit("study-1"),
+        revocations=attacker.revocations(),
+    )
+    error, _ = attacker.send("describe", params, authorisation)
+    _refusal(error, "task.clock")
+
+
+def test_a_revoked_permit_is_refused_even_when_the_coordinator_relays_an_older_list(
+    net: Sandbox, attacker: Attacker
+) -> None:
+    net.grant("to-revoke")
+    before = attacker.revocations()
+    params = _describe("to-revoke")
+    ada = net.identity(net.researcher)
+    error, _ = attacker.send(
+        "describe", params, _authorise(attacker, attacker.permit("to-revoke"), params, ada)
+    )
+    assert error is None
+    net.publish_revocations(["to-revoke"])
+    error, _ = attacker.send(
+        "describe", params, _authorise(attacker, attacker.permit("to-revoke"), params, ada)
+    )
+    _refusal(error, "permit.revoked")
+    # Withholding: the coordinator relays the list from before the revocation.
+    stale = Authorisation(
+        task=SignedTask.create(ada, "describe", json.dumps(params), "to-revoke"),
+        permit=attacker.permit("to-revoke"),
+        revocations=before,
+    )
+    error, _ = attacker.send("describe", params, stale)
+    _refusal(error, "permit.revoked")
+
+
+def test_revocation_stops_a_running_task(net: Sandbox) -> None:
+    net.grant("running")
+    with net.session(permit="running", progress=False) as session:
+        task_id = session.submit(
+            "describe", {"dataset": "lung", "columns": ["age"], "min_nodes": 50, "timeout": 600}
+        )
+        net.publish_revocations(["running"])
+        with pytest.raises(TaskCancelled):
+            session.wait(task_id)
+        with pytest.raises(PermitRefused) as caught:
+            session.describe(["age"])
+    assert caught.value.rule == "permit.revoked"
+
+
+def test_a_withheld_revocation_list_stops_all_work_once_it_is_due(
+    net: Sandbox, attacker: Attacker
+) -> None:
+    """A list that is not renewed expires; the coordinator cannot keep a node working by
+    withholding the next one. (It renews the list before it ends.)"""
+    net.publish_revocations(valid_for=datetime.timedelta(seconds=3))
+    time.sleep(3.5)
+    params = _describe("study-1")
+    error, _ = attacker.send(
+        "describe",
+        params,
+        _authorise(attacker, attacker.permit("study-1"), params, net.identity(net.researcher)),
+    )
+    _refusal(error, "permit.revocations_stale")
+    net.publish_revocations()
+    with net.session(permit="study-1", progress=False) as session:
+        assert session.describe(["age"]).rows[0].count > 0
+
+
+def _submit(net: Sandbox, caller: str, signed: SignedTask) -> str:
+    folder = TlsFiles.in_directory(net.credentials(caller))
+    with client_channel(net.address, folder, []) as channel:
+        request = pb.SubmitRequest(signed_task_json=signed.model_dump_json())
+        return str(ResearcherStub(channel).Submit(request, timeout=30).task_id)
+
+
+def _rejected(call: Any) -> tuple[grpc.StatusCode, OncofedError]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    return error.code(), OncofedError.from_json(error.details() or "")
+
+
+def test_the_coordinator_runs_a_signed_task_once(net: Sandbox) -> None:
+    ada = net.identity(net.researcher)
+    signed = SignedTask.create(ada, "describe", json.dumps(_describe("study-1")), "study-1")
+    assert _submit(net, net.researcher, signed)
+    code, error = _rejected(lambda: _submit(net, net.researcher, signed))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and error.rule == "task.replay"
+
+
+def test_a_researcher_cannot_submit_a_task_signed_by_another(net: Sandbox) -> None:
+    ada = net.identity(net.researcher)
+    signed = SignedTask.create(ada, "describe", json.dumps(_describe("study-1")), "study-1")
+    code, error = _rejected(lambda: _submit(net, "mallory", signed))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert (type(error), error.rule) == (AccessDenied, "task.signer")

@@ -1,0 +1,54 @@
+"""A network's PKI made on the fly for tests, the way `oncofed pki` makes it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from oncofed.governance.keys import Role
+from oncofed.governance.pki import init_network, issue, request
+
+
+def make_network(root: Path, parties: dict[str, Role], network: str = "test-net") -> Path:
+    """A CA in ``root/ca`` and a credentials folder ``root/NAME`` per party; returns the CA dir."""
+    ca = root / "ca"
+    init_network(ca, network)
+    for name, role in parties.items():
+        hosts = ("127.0.0.1", "localhost") if role == "coordinator" else ()
+        issue(ca, request(root / name, role, name, hosts))
+    return ca
+
+
+def start_coordinator(root: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """`oncofed coordinator start` on a free loopback port with ``root/coordinator``'s
+    credentials and a SQLite file in ``root``; the process and its address once serving."""
+    ready = root / "port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oncofed",
+            "coordinator",
+            "start",
+            "--db",
+            f"sqlite:///{root / 'c.db'}",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+            "--credentials",
+            str(root / "coordinator"),
+            *options,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, "the coordinator did not start"
+        time.sleep(0.05)
+    return process, f"127.0.0.1:{ready.read_text()}"
