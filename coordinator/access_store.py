@@ -131,12 +131,14 @@ class AccessStore:
             row.sequence, row.signed_json, row.published_at = sequence, signed, time.time()
             return True
 
-    def revoked_permits(self, issuer: str) -> frozenset[str]:
+    def revoked(self, issuer: str, permit_id: str, version: int) -> bool:
+        """Whether the body's newest list revokes this permit version (outright or superseded)."""
         with self._session() as db:
             row = db.get(RevocationListRow, issuer)
         if row is None:
-            return frozenset()
-        return SignedRevocations.model_validate_json(row.signed_json).revocations.revoked_ids()
+            return False
+        revocations = SignedRevocations.model_validate_json(row.signed_json).revocations
+        return revocations.revokes(permit_id, version)
 
     def revocation_lists(self) -> list[str]:
         with self._session() as db:

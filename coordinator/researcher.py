@@ -57,15 +57,19 @@ class Researcher(ResearcherServicer):
         try:
             signed = SignedTask.model_validate_json(request.signed_task_json)
         except ValidationError as exc:
-            abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                QueryError(
-                    f"the signed task is malformed: {format_validation_error(exc)}",
-                    rule="task.envelope",
-                    fix="submit through oncofed's Session",
-                ),
+            malformed = QueryError(
+                f"the signed task is malformed: {format_validation_error(exc)[:500]}",
+                rule="task.envelope",
+                fix="submit through oncofed's Session",
             )
+            self.audit.append(
+                actor=peer.name,
+                action="submit",
+                outcome="QueryError",
+                rule=malformed.rule,
+                request_bytes=len(request.signed_task_json),
+            )
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, malformed)
         task = signed.task
         try:
             params_json = self._admissible(peer.name, signed)
@@ -128,7 +132,7 @@ class Researcher(ResearcherServicer):
             )
         signed.verified(person.verifying_key())
         check_validity(permit, utcnow())
-        if permit.permit_id in self.access.revoked_permits(permit.issuer.name):
+        if self.access.revoked(permit.issuer.name, permit.permit_id, permit.version):
             raise PermitRefused(
                 f"permit {permit.permit_id!r} was revoked by {permit.issuer.name}",
                 rule="permit.revoked",

@@ -213,6 +213,17 @@ class RevokedPermit(_Frozen):
     permit_id: str
     revoked_at: datetime.datetime
     reason: str = ""
+    before_version: int = Field(
+        default=0,
+        ge=0,
+        description="0 revokes the permit; N revokes its versions below N (superseded by an "
+        "amendment), so a coordinator cannot keep relaying an older, wider version.",
+    )
+
+    def covers(self, permit_id: str, version: int) -> bool:
+        if permit_id != self.permit_id:
+            return False
+        return self.before_version == 0 or version < self.before_version
 
 
 class RevocationList(_Frozen):
@@ -226,7 +237,11 @@ class RevocationList(_Frozen):
         return SignedRevocations(revocations=self, signature=sign(key, _payload(self)))
 
     def revoked_ids(self) -> frozenset[str]:
-        return frozenset(r.permit_id for r in self.revoked)
+        """Permits revoked outright (every version)."""
+        return frozenset(r.permit_id for r in self.revoked if r.before_version == 0)
+
+    def revokes(self, permit_id: str, version: int) -> bool:
+        return any(r.covers(permit_id, version) for r in self.revoked)
 
 
 class SignedRevocations(_Frozen):

@@ -119,6 +119,13 @@ class PermitChecker:
                 "permit.revoked",
                 "ask the data-access body about the revocation",
             )
+        if revocations.revokes(permit.permit_id, permit.version):
+            raise self._refuse(
+                f"version {permit.version} of permit {permit.permit_id!r} was superseded by an "
+                "amendment",
+                "permit.superseded",
+                "the coordinator must relay the permit's newest version",
+            )
         if now >= revocations.next_update.timestamp():
             raise self._refuse(
                 f"the newest revocation list from {permit.issuer.name} this node holds expired "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -195,11 +195,14 @@ def revoke(
     permit_ids: Sequence[str] = (),
     reason: str = "",
     valid_for: datetime.timedelta = DEFAULT_LIST_VALIDITY,
+    superseded: Mapping[str, int] | None = None,
 ) -> SignedRevocations:
     """The body's next revocation list: the previous one plus ``permit_ids``, re-signed.
 
-    Called with no ids it renews the list (a new ``next_update``); a body runs
-    that at least once per ``valid_for``, or nodes stop work under its permits.
+    ``superseded`` maps a permit to its newest version, revoking the older ones
+    (``permit publish`` of an amendment does this). Called with nothing it
+    renews the list (a new ``next_update``); a body runs that at least once
+    per ``valid_for``, or nodes stop work under its permits.
     """
     held = _held_revocations(body_dir)
     previous = held.revocations if held is not None else None
@@ -209,6 +212,10 @@ def revoke(
         RevokedPermit(permit_id=p, revoked_at=now, reason=reason)
         for p in permit_ids
         if p not in known
+    )
+    revoked += tuple(
+        RevokedPermit(permit_id=p, revoked_at=now, reason="amended", before_version=v)
+        for p, v in (superseded or {}).items()
     )
     signed = RevocationList(
         issuer=body.card,

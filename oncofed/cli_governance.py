@@ -318,13 +318,19 @@ def permit_publish(
     coordinator: CoordinatorOption = "127.0.0.1:7100",
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
-    """Hand a signed permit (or amendment) to the coordinator, which relays it with tasks."""
+    """Hand a signed permit (or amendment) to the coordinator, which relays it with tasks.
+
+    An amendment (version > 1) also signs and publishes the body's next revocation
+    list, revoking the older versions, so no coordinator can keep relaying them."""
     from oncofed.access import DataAccessClient, load_document
     from oncofed.governance.permits import SignedPermit
 
-    document = load_document(signed, SignedPermit, "signed permit")
+    document: SignedPermit = load_document(signed, SignedPermit, "signed permit")
     with DataAccessClient(coordinator, credentials) as client:
         console.print(f"published permit [bold]{client.publish_permit(document)}[/]")
+    permit = document.permit
+    if permit.version > 1:
+        _revocations([], "", 24, coordinator, credentials, {permit.permit_id: permit.version})
 
 
 @permit_app.command("show")
@@ -363,7 +369,12 @@ def permit_renew(
 
 
 def _revocations(
-    permit_ids: list[str], reason: str, valid_hours: float, coordinator: str, credentials: Path
+    permit_ids: list[str],
+    reason: str,
+    valid_hours: float,
+    coordinator: str,
+    credentials: Path,
+    superseded: dict[str, int] | None = None,
 ) -> None:
     from oncofed.access import DataAccessClient, revoke
     from oncofed.governance.keys import Identity
@@ -374,6 +385,7 @@ def _revocations(
         permit_ids,
         reason,
         datetime.timedelta(hours=valid_hours),
+        superseded,
     )
     with DataAccessClient(coordinator, credentials) as client:
         client.publish_revocations(signed)

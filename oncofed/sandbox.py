@@ -319,6 +319,8 @@ class Sandbox:
         )
         signed = permit.sign(body.signing)
         self.publish_permit(signed)
+        if version > 1:
+            self.publish_revocations(superseded={permit_id: version})
         return signed
 
     def publish_permit(self, signed: SignedPermit) -> None:
@@ -331,10 +333,16 @@ class Sandbox:
         self,
         permit_ids: list[str] | None = None,
         valid_for: datetime.timedelta = datetime.timedelta(days=1),
+        superseded: dict[str, int] | None = None,
     ) -> SignedRevocations:
-        """The body's next revocation list (revoking ``permit_ids``), published."""
+        """The body's next revocation list (revoking ``permit_ids``, and versions of a
+        permit older than ``superseded`` names), published."""
         signed = revoke(
-            self.identity(HDAB), self.credentials(HDAB), permit_ids or [], valid_for=valid_for
+            self.identity(HDAB),
+            self.credentials(HDAB),
+            permit_ids or [],
+            valid_for=valid_for,
+            superseded=superseded,
         )
         with DataAccessClient(self.address, self.credentials(HDAB)) as body_client:
             body_client.publish_revocations(signed)

@@ -334,6 +334,21 @@ def test_a_revoked_permit_is_refused_even_when_the_coordinator_relays_an_older_l
     _refusal(error, "permit.revoked")
 
 
+def test_an_amended_permits_older_version_is_refused(net: Sandbox, attacker: Attacker) -> None:
+    ada = net.identity(net.researcher)
+    net.grant("amended")
+    wider = attacker.permit("amended")
+    net.grant("amended", version=2, variables=["age"])  # the body narrows it
+    both = _describe("amended", ("age", "wt.loss"))
+    error, _ = attacker.send("describe", both, _authorise(attacker, wider, both, ada))
+    _refusal(error, "permit.superseded")
+    age = _describe("amended")
+    current = attacker.permit("amended")
+    assert current.permit.version == 2
+    error, _ = attacker.send("describe", age, _authorise(attacker, current, age, ada))
+    assert error is None
+
+
 def test_revocation_stops_a_running_task(net: Sandbox) -> None:
     net.grant("running")
     with net.session(permit="running", progress=False) as session:

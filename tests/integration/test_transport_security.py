@@ -157,3 +157,10 @@ def test_malformed_submissions_get_a_typed_refusal(net: Net, payload: str, words
     error = _typed(caught.value)
     assert isinstance(error, QueryError) and error.rule == "task.envelope"
     assert words in error.detail
+    trail = AuditTrail(open_database(net.database), create=False)
+    assert any(
+        e.actor == "ada"
+        and e.rule == "task.envelope"
+        and e.details["request_bytes"] == len(payload.encode())
+        for e in trail.entries()
+    )

@@ -115,6 +115,9 @@ def test_revocation_lists_only_grow_and_are_numbered(tmp_path: Path) -> None:
     renewed = revoke(BODY, tmp_path)
     assert [x.revocations.sequence for x in (first, second, renewed)] == [1, 2, 3]
     assert renewed.revocations.revoked_ids() == {"p1", "p2"}
+    amended = revoke(BODY, tmp_path, superseded={"p3": 2}).revocations
+    assert amended.revokes("p3", 1) and not amended.revokes("p3", 2)
+    assert "p3" not in amended.revoked_ids() and amended.revokes("p1", 7)
     assert renewed.verified({BODY.name: BODY.signing.public_key()}) == renewed.revocations
     assert oct((tmp_path / "revocations.json").stat().st_mode & 0o777) == "0o600"
 
