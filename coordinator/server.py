@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store
 from oncofed.errors import ConfigError
 from oncofed.flower import install_process_identity
-from oncofed.governance.audit import AuditTrail
+from oncofed.governance.audit import DEFAULT_RETENTION_DAYS, AuditTrail
 from oncofed.governance.keys import Identity
 from oncofed.governance.tls import RevokedCertificates, TlsFiles, server_credentials
 from oncofed.wire import SERVER_OPTIONS
@@ -39,6 +40,7 @@ class Coordinator:
         heartbeat_seconds: float = 5.0,
         max_parallel_tasks: int = 4,
         crl: Path | None = None,
+        audit_retention_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
         install_process_identity()
         self.tls = TlsFiles.in_directory(credentials)
@@ -47,6 +49,7 @@ class Coordinator:
         self.store = Store(engine)
         self.access = AccessStore(engine)
         self.audit = AuditTrail(engine, identity.signing, create=False)
+        self.audit_retention_days = audit_retention_days
         self.hub = Hub()
         self.runner = TaskRunner(self.store, self.access, self.hub, max_parallel_tasks)
         self.listen = listen
@@ -73,6 +76,9 @@ class Coordinator:
         """Serve; returns the bound port (useful with port 0)."""
         # Streams from before a restart are gone; nodes will say hello again.
         self.store.mark_all_offline()
+        pruned = self.audit.prune(time.time() - self.audit_retention_days * 86_400)
+        if pruned:
+            log.info("audit trail: %d entries older than the retention period removed", pruned)
         try:
             port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
         except RuntimeError as exc:

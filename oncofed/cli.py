@@ -158,6 +158,10 @@ def coordinator_start(
         Path | None,
         typer.Option(help="The network CA's crl.pem (re-read when it changes)."),
     ] = None,
+    audit_retention_days: Annotated[
+        int,
+        typer.Option(min=366, help="Keep audit entries at least this many days (EHDS: a year)."),
+    ] = 366,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -165,7 +169,14 @@ def coordinator_start(
     from oncofed.coordinator.server import Coordinator
 
     setup_logging(log_level, log_format)
-    coordinator = Coordinator(db, credentials, listen, heartbeat_seconds=heartbeat, crl=crl)
+    coordinator = Coordinator(
+        db,
+        credentials,
+        listen,
+        heartbeat_seconds=heartbeat,
+        crl=crl,
+        audit_retention_days=audit_retention_days,
+    )
     port = coordinator.start()
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
