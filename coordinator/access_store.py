@@ -115,6 +115,10 @@ class AccessStore:
             row.published_at = time.time()
             return True
 
+    def permit_issuer(self, permit_id: str) -> str | None:
+        with self._session() as db:
+            return db.scalar(select(PermitRow.issuer).where(PermitRow.permit_id == permit_id))
+
     def permit(self, permit_id: str) -> str | None:
         with self._session() as db:
             row = db.get(PermitRow, permit_id)

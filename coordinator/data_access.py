@@ -158,6 +158,13 @@ class DataAccess(DataAccessServicer):
         try:
             self._check_publisher(peer.name, permit.issuer.name)
             signed.verified({permit.issuer.name: permit.issuer.verifying_key()})
+            owner = self.access.permit_issuer(permit.permit_id)
+            if owner is not None and owner != permit.issuer.name:
+                raise AccessDenied(
+                    f"permit id {permit.permit_id!r} belongs to {owner}",
+                    rule="permit.owner",
+                    fix="choose another permit id",
+                )
         except OncofedError as exc:
             abort(context, grpc.StatusCode.PERMISSION_DENIED, exc)
         if not self.access.publish_permit(
@@ -222,10 +229,22 @@ class DataAccess(DataAccessServicer):
             signed.verified({revocations.issuer.name: revocations.issuer.verifying_key()})
         except OncofedError as exc:
             abort(context, grpc.StatusCode.PERMISSION_DENIED, exc)
-        self.access.publish_revocations(
+        if not self.access.publish_revocations(
             revocations.issuer.name, revocations.sequence, signed.model_dump_json()
-        )
+        ):
+            abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                QueryError(
+                    f"revocation list {revocations.sequence} of {revocations.issuer.name} is not "
+                    "newer than the one published",
+                    rule="permit.revocations_sequence",
+                    fix="publish the body's newest list (`oncofed permit renew`)",
+                ),
+            )
         for permit_id in sorted(revocations.revoked_ids()):
+            if self.access.permit_issuer(permit_id) != revocations.issuer.name:
+                continue  # a body revokes only its own permits
             for task_id in self.store.unfinished_under_permit(permit_id):
                 self.store.finish_task(
                     task_id,

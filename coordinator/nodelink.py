@@ -16,6 +16,7 @@ from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import Store
 from oncofed.flower import from_bytes
 from oncofed.governance.audit import AuditTrail
+from oncofed.governance.tls import RevokedCertificates
 from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import NodeLinkServicer
@@ -26,11 +27,19 @@ MISSED_HEARTBEATS = 3  # a node silent this many intervals is offline
 
 
 class NodeLink(NodeLinkServicer):
-    def __init__(self, store: Store, hub: Hub, heartbeat_seconds: float, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        heartbeat_seconds: float,
+        audit: AuditTrail,
+        revoked: RevokedCertificates,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.heartbeat_seconds = heartbeat_seconds
         self.audit = audit
+        self.revoked = revoked
 
     def Connect(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[pb.NodeFrame], context: grpc.ServicerContext
@@ -64,13 +73,14 @@ class NodeLink(NodeLinkServicer):
                 "each node needs its own name",
             )
         try:
-            yield from self._serve(hello, token, request_iterator, context)
+            yield from self._serve(hello, peer.serial, token, request_iterator, context)
         finally:
             self.hub.release(hello.node_name, token)
 
     def _serve(
         self,
         hello: pb.NodeHello,
+        serial: int,
         token: object,
         request_iterator: Iterator[pb.NodeFrame],
         context: grpc.ServicerContext,
@@ -120,6 +130,16 @@ class NodeLink(NodeLinkServicer):
                 if silent > MISSED_HEARTBEATS * self.heartbeat_seconds:
                     # A frozen node keeps its TCP connection open; silence is what tells.
                     log.warning("node %s silent for %.1f s; dropping it", hello.node_name, silent)
+                    return
+                if self.revoked.is_revoked(serial):
+                    # The interceptor admits a call once; a stream lives for days.
+                    log.warning("node %s's certificate was revoked; closing", hello.node_name)
+                    self.audit.append(
+                        actor=hello.node_name,
+                        action="connect",
+                        outcome="AccessDenied",
+                        rule="auth.revoked",
+                    )
                     return
                 wake.clear()  # before reading the queue, so no notification is lost
                 for _message_id, payload in self.store.take_undelivered(node_id):

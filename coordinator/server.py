@@ -60,7 +60,7 @@ class Coordinator:
             interceptors=[Authoriser(revoked, self.audit)],
         )
         rpc.add_NodeLinkServicer_to_server(
-            NodeLink(self.store, self.hub, heartbeat_seconds, self.audit), self._server
+            NodeLink(self.store, self.hub, heartbeat_seconds, self.audit, revoked), self._server
         )
         rpc.add_ResearcherServicer_to_server(
             Researcher(self.store, self.access, self.runner, self.hub, self.audit), self._server

@@ -195,9 +195,13 @@ def _entries_phrase(first: int, last: int) -> str:
 
 
 def _chain_problems(
-    entries: Iterator[AuditEntry], key: Ed25519PublicKey | None
+    entries: Iterator[AuditEntry], key: Ed25519PublicKey | None, checkpoint_every: int | None
 ) -> list[AuditProblem]:
     problems: list[AuditProblem] = []
+    # The writer signs a checkpoint after every ``checkpoint_every`` events, so a longer
+    # unsigned stretch means checkpoints were removed or turned into events -- the only
+    # way to rewrite signed history without the key.
+    unsigned = 0
     # (removed_through_seq, removed_through_hash) from pruning records that are themselves sound.
     prunings: list[tuple[int, str]] = []
     first: AuditEntry | None = None
@@ -208,6 +212,15 @@ def _chain_problems(
             problems.append(AuditProblem(entry.seq, f"unknown kind {entry.kind!r}"))
         if not intact:
             problems.append(AuditProblem(entry.seq, "its content does not match its hash (edited)"))
+        unsigned = 0 if entry.kind in SIGNED_KINDS else unsigned + 1
+        if checkpoint_every is not None and unsigned == checkpoint_every + 1:
+            problems.append(
+                AuditProblem(
+                    entry.seq,
+                    f"more than {checkpoint_every} entries without a signed checkpoint "
+                    "(checkpoints were removed or altered)",
+                )
+            )
         signed = True
         if entry.kind in SIGNED_KINDS:
             if not entry.signature:
@@ -557,13 +570,15 @@ class AuditTrail:
         """Everything wrong with the trail, entry by entry (empty when intact).
 
         Signatures are checked against ``public_key``, or the trail's own signer's when
-        none is given; with neither, signed entries are only checked to carry one.
+        none is given; with neither, signed entries are only checked to carry one, and
+        the spacing of checkpoints is not checked (a trail written without a key has none).
         """
         if public_key is None and self.signer is not None:
             public_key = self.signer.public_key()
-        return _chain_problems(self.entries(), public_key)
+        spacing = self.checkpoint_every if public_key is not None else None
+        return _chain_problems(self.entries(), public_key, spacing)
 
-    def export(self, permit_id: str) -> dict[str, Any]:
+    def export(self, permit_id: str, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
         """What a health data access body asks for: one permit's entries, and the chain's state.
 
         ``verified`` covers the whole trail, not only these entries: a gap anywhere may
@@ -578,7 +593,7 @@ class AuditTrail:
                 .order_by(AUDIT_TABLE.c.seq.desc())
                 .limit(1)
             ).first()
-        problems = self.verify()
+        problems = self.verify(public_key)
         return {
             "permit_id": permit_id,
             "exported_at": exported_at,

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from oncofed.errors import PermitRefused
 from oncofed.governance.keys import IdentityCard, canonical_json, sign, signature_valid
@@ -56,7 +56,7 @@ class DatasetRequest(_Frozen):
         default=None, description="Columns needed; None asks for every declared column."
     )
     epsilon: float | None = Field(
-        default=None, gt=0, description="Privacy budget asked for (None: exact releases only)."
+        default=None, gt=0, description="Privacy budget asked for (None: each node's own cap)."
     )
 
 
@@ -130,11 +130,11 @@ class Permit(_Frozen):
     datasets: tuple[DatasetGrant, ...] = Field(min_length=1)
     task_types: tuple[str, ...] = Field(min_length=1)
     access: Literal["anonymised", "pseudonymised"] = "anonymised"
-    valid_from: datetime.datetime
-    valid_until: datetime.datetime
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
     output: OutputPolicy = Field(default_factory=OutputPolicy)
     conditions: str = Field(default="", description="Special conditions, in words.")
-    issued_at: datetime.datetime = Field(default_factory=utcnow)
+    issued_at: AwareDatetime = Field(default_factory=utcnow)
 
     @model_validator(mode="after")
     def _consistent(self) -> Permit:
@@ -211,7 +211,7 @@ def check_validity(permit: Permit, now: datetime.datetime, node: str = "") -> No
 
 class RevokedPermit(_Frozen):
     permit_id: str
-    revoked_at: datetime.datetime
+    revoked_at: AwareDatetime
     reason: str = ""
     before_version: int = Field(
         default=0,
@@ -229,8 +229,8 @@ class RevokedPermit(_Frozen):
 class RevocationList(_Frozen):
     issuer: IdentityCard
     sequence: int = Field(ge=1, description="Raised by every list the body signs.")
-    issued_at: datetime.datetime
-    next_update: datetime.datetime
+    issued_at: AwareDatetime
+    next_update: AwareDatetime
     revoked: tuple[RevokedPermit, ...] = ()
 
     def sign(self, key: Ed25519PrivateKey) -> SignedRevocations:

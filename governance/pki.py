@@ -187,11 +187,14 @@ def issue(ca_dir: Path, csr_path: Path, out: Path | None = None, days: int = 365
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
-    try:
-        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        builder = builder.add_extension(sans.value, critical=False)
-    except x509.ExtensionNotFound:
-        pass
+    # Host names only for the coordinator: a client certificate naming the coordinator's
+    # host would otherwise be one step from impersonating it.
+    if role == "coordinator":
+        try:
+            sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            builder = builder.add_extension(sans.value, critical=False)
+        except x509.ExtensionNotFound:
+            pass
     cert = builder.sign(ca_key, hashes.SHA256())
     target = out or csr_path.with_name(TLS_CERT)
     target.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

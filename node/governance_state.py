@@ -46,7 +46,7 @@ nonces = Table(
     "task_nonces",
     _metadata,
     Column("nonce", String(32), primary_key=True),
-    Column("run_id", BigInteger, nullable=False),
+    Column("run_id", BigInteger, nullable=False, index=True),
     Column("permit_id", String(64), nullable=False),
     Column("first_seen", Float, nullable=False),
 )
@@ -118,10 +118,18 @@ class GovernanceState:
 
     # ---- nonces ----------------------------------------------------------
 
-    def nonce_run(self, nonce: str) -> int | None:
+    def nonce_run(self, nonce: str) -> tuple[int, float] | None:
+        """The run a nonce is bound to and when it was first seen, or None."""
         with self.engine.connect() as db:
-            bound = db.scalar(select(nonces.c.run_id).where(nonces.c.nonce == nonce))
-        return int(bound) if bound is not None else None
+            row = db.execute(
+                select(nonces.c.run_id, nonces.c.first_seen).where(nonces.c.nonce == nonce)
+            ).first()
+        return (int(row.run_id), float(row.first_seen)) if row is not None else None
+
+    def run_nonce(self, run_id: int) -> str | None:
+        """The signed task (its nonce) a run carries, or None for a run not seen yet."""
+        with self.engine.connect() as db:
+            return db.scalar(select(nonces.c.nonce).where(nonces.c.run_id == run_id).limit(1))
 
     def bind_nonce(self, nonce: str, run_id: int, permit_id: str) -> int:
         """Bind a task nonce to a run on first sight; returns the run it is bound to."""

@@ -245,11 +245,16 @@ class PermitChecker:
                 )
 
     def _check_replay(self, task: TaskEnvelope, run_id: int) -> None:
-        bound = self.state.nonce_run(task.nonce)
-        if bound is None:
+        replay = self._refuse(
+            "this signed task already ran as another run; a signed task runs once",
+            "task.replay",
+            "the researcher submits a new task",
+        )
+        now = time.time()
+        seen = self.state.nonce_run(task.nonce)
+        if seen is None:
             # Time is judged when a task first arrives; a long training run's later
             # rounds carry the same signed task.
-            now = time.time()
             skew = self.governance.max_clock_skew_seconds
             if task.issued_at > now + skew:
                 raise self._refuse(
@@ -265,12 +270,23 @@ class PermitChecker:
                     f"tasks must reach nodes within {self.governance.max_task_age_hours:g} h "
                     "of signing; submit it again",
                 )
+            carried = self.state.run_nonce(run_id)
+            if carried is not None and carried != task.nonce:
+                # One run, one signed task: else an approval or a binding given to one
+                # task would cover another sent under the same run.
+                raise replay
             bound = self.state.bind_nonce(task.nonce, run_id, task.permit_id)
+            seen = (bound, now)
+        bound, first_seen = seen
         if bound != run_id:
+            raise replay
+        running_hours = (now - first_seen) / 3600
+        if running_hours > self.governance.max_run_hours:
             raise self._refuse(
-                "this signed task already ran as another run; a signed task runs once",
-                "task.replay",
-                "the researcher submits a new task",
+                f"this task began {running_hours:.1f} h ago at this node; a task may send "
+                f"messages for {self.governance.max_run_hours:g} h",
+                "task.expired",
+                "submit a new task",
             )
 
     def wait_for_approval(
@@ -296,6 +312,7 @@ class PermitChecker:
                 covered.task.researcher,
                 run_id,
             )
+        deadline = min(deadline, time.time() + self.governance.max_approval_wait_seconds)
         while approval.state == "pending" and time.time() < deadline:
             time.sleep(APPROVAL_POLL_SECONDS)
             found = self.state.approval(run_id)

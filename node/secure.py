@@ -22,6 +22,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from oncofed.errors import OncofedError
 from oncofed.flower import error_reply
+from oncofed.node.mods import action_of, decode_params
 from oncofed.privacy.disclosure import check_participants
 from oncofed.privacy.secagg import SecAggError, SecAggNode
 from oncofed.privacy.secagg.records import MASKED_RECORD, SECAGG_RECORD, flatten
@@ -53,10 +54,24 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         record = message.content.config_records.get(SECAGG_RECORD)
-        if record is None:
-            return call_next(message, context)
         datasets = catalogue_for(context)
         node_name = datasets.node_name
+        if record is None:
+            # A coordinator must not strip the masking a researcher signed for: a request
+            # with secure_aggregation reads rows only inside the mask stage.
+            params = decode_params(message, node_name)
+            if params.secure_aggregation and params.reads_rows(action_of(message)):
+                return error_reply(
+                    message,
+                    SecAggError(
+                        "the request asks for secure aggregation but this message is not a "
+                        "masking stage",
+                        rule="secagg.required",
+                        node=node_name,
+                        fix="the coordinator must run the secure-aggregation stages",
+                    ),
+                )
+            return call_next(message, context)
         try:
             if keys is None:
                 raise SecAggError(

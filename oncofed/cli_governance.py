@@ -529,8 +529,8 @@ def audit_export(
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """Every entry under a permit, with the chain's verification: what a body asks for."""
-    trail, _key, owner = _trail(node, db, credentials)
-    record = {"source": owner, **trail.export(permit)}
+    trail, key, owner = _trail(node, db, credentials)
+    record = {"source": owner, **trail.export(permit, key)}
     _write(json.dumps(record, indent=1, sort_keys=True), out)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -288,6 +290,42 @@ def test_a_replayed_task_is_refused(net: Sandbox, attacker: Attacker) -> None:
     _refusal(replay, "task.replay")
 
 
+def test_a_run_carries_one_signed_task_only(net: Sandbox, attacker: Attacker) -> None:
+    """Else an approval, or the binding of a nonce, given to one task would cover another."""
+    ada = net.identity(net.researcher)
+    params = _describe("study-1")
+    first, run = attacker.send(
+        "describe", params, _authorise(attacker, attacker.permit("study-1"), params, ada)
+    )
+    assert first is None
+    other = _describe("study-1", ("age", "wt.loss"))
+    error, _ = attacker.send(
+        "describe", other, _authorise(attacker, attacker.permit("study-1"), other, ada), run_id=run
+    )
+    _refusal(error, "task.replay")
+
+
+def test_masking_the_researcher_signed_for_cannot_be_stripped(
+    net: Sandbox, attacker: Attacker
+) -> None:
+    params = {
+        "dataset": "lung",
+        "column": "age",
+        "bins": [30, 60, 90],
+        "study": "study-1",
+        "secure_aggregation": True,
+    }
+    authorisation = _authorise(
+        attacker,
+        attacker.permit("study-1"),
+        params,
+        net.identity(net.researcher),
+        task_type="histogram",
+    )
+    error, _ = attacker.send("histogram", params, authorisation)
+    assert error is not None and (error.rule, error.node) == ("secagg.required", NODE)
+
+
 def test_a_task_dated_in_the_future_is_refused(net: Sandbox, attacker: Attacker) -> None:
     ada = net.identity(net.researcher)
     params = _describe("study-1")
@@ -411,3 +449,36 @@ def test_a_researcher_cannot_submit_a_task_signed_by_another(net: Sandbox) -> No
     code, error = _rejected(lambda: _submit(net, "mallory", signed))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert (type(error), error.rule) == (AccessDenied, "task.signer")
+
+
+def test_a_node_whose_certificate_is_revoked_is_cut_off_mid_stream(net: Sandbox) -> None:
+    """Last: it takes centre-D out of this network."""
+    revoked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oncofed",
+            "pki",
+            "revoke",
+            "--ca-dir",
+            str(net.pki / "ca"),
+            "centre-D",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    deadline = time.monotonic() + 30
+    with net.session(permit="study-1", progress=False) as session:
+        while True:
+            nodes = session.nodes().set_index("name")
+            if not nodes.loc["centre-D", "online"]:
+                break
+            assert time.monotonic() < deadline, "the revoked node stayed connected"
+            time.sleep(0.5)
+        time.sleep(3)  # its reconnects are refused at the door
+        assert not session.nodes().set_index("name").loc["centre-D", "online"]
+        assert "auth.revoked" in net.log_tail("centre-D", 50) or "UNAUTHENTICATED" in (
+            net.log_tail("centre-D", 50)
+        )

@@ -141,6 +141,23 @@ def test_rewriting_the_rest_of_the_chain_is_caught_by_the_checkpoint_signature(
     assert all("signature is not valid" in p.problem for p in problems)
 
 
+def test_checkpoints_turned_into_events_are_caught_by_their_absence(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    """Without the key, the attacker unsigns the checkpoints instead of forging them."""
+    trail = _trail(tmp_path, key)
+    with _db(trail) as db:
+        db.execute("UPDATE audit_trail SET outcome = 'refused' WHERE seq = 3")
+        db.execute("UPDATE audit_trail SET kind = 'event', signature = NULL WHERE seq IN (6, 12)")
+        prev = _rehash(db, 3)
+        for seq in range(4, 15):
+            db.execute("UPDATE audit_trail SET prev = ? WHERE seq = ?", (prev, seq))
+            prev = _rehash(db, seq)
+    problems = trail.verify(key.public_key())
+    assert [p.seq for p in problems] == [6]  # where the first unsigned stretch grew too long
+    assert "without a signed checkpoint" in problems[0].problem
+
+
 def test_deleted_row_is_named(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     trail = _trail(tmp_path, key)
     with _db(trail) as db:
