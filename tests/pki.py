@@ -52,3 +52,14 @@ def start_coordinator(root: Path, *options: str) -> tuple[subprocess.Popen[str],
         assert time.monotonic() < deadline, "the coordinator did not start"
         time.sleep(0.05)
     return process, f"127.0.0.1:{ready.read_text()}"
+
+
+def revoke_by_cli(ca: Path, who: str) -> None:
+    """`oncofed pki revoke`, as the network's CA runs it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "oncofed", "pki", "revoke", "--ca-dir", str(ca), who],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +42,7 @@ from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.sandbox import HDAB, Sandbox
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import ResearcherStub
+from tests.pki import revoke_by_cli
 
 NODE = "centre-B"
 REPLY_SECONDS = 60.0
@@ -453,22 +452,7 @@ def test_a_researcher_cannot_submit_a_task_signed_by_another(net: Sandbox) -> No
 
 def test_a_node_whose_certificate_is_revoked_is_cut_off_mid_stream(net: Sandbox) -> None:
     """Last: it takes centre-D out of this network."""
-    revoked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "oncofed",
-            "pki",
-            "revoke",
-            "--ca-dir",
-            str(net.pki / "ca"),
-            "centre-D",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert revoked.returncode == 0, revoked.stderr
+    revoke_by_cli(net.pki / "ca", "centre-D")
     deadline = time.monotonic() + 30
     with net.session(permit="study-1", progress=False) as session:
         while True:

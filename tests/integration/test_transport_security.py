@@ -20,7 +20,7 @@ from oncofed.governance.audit import AuditTrail
 from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.wire import oncofed_pb2 as pb
 from oncofed.wire.oncofed_pb2_grpc import DataAccessStub, OperatorStub, ResearcherStub
-from tests.pki import make_network, start_coordinator
+from tests.pki import make_network, revoke_by_cli, start_coordinator
 
 PARTIES = {
     "coordinator": "coordinator",
@@ -134,22 +134,7 @@ def test_a_role_may_make_only_its_own_calls(net: Net) -> None:
 def test_a_revoked_certificate_is_refused_from_the_next_call(net: Net) -> None:
     with net.channel("mallory") as channel:
         OperatorStub(channel).ListNodes(pb.Empty(), timeout=10)
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "oncofed",
-                "pki",
-                "revoke",
-                "--ca-dir",
-                str(net.root / "ca"),
-                "mallory",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert run.returncode == 0, run.stderr
+        revoke_by_cli(net.root / "ca", "mallory")
         with pytest.raises(grpc.RpcError) as caught:
             OperatorStub(channel).ListNodes(pb.Empty(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
