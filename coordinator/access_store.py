@@ -18,8 +18,6 @@ from sqlalchemy.orm import Session
 from oncofed.coordinator.db import ApplicationRow, PermitRow, RevocationListRow
 from oncofed.governance.permits import SignedRevocations
 
-APPLICATION_STATES = ("submitted", "changes-requested", "refused", "approved")
-
 
 @dataclass(frozen=True)
 class ApplicationView:
@@ -149,4 +147,4 @@ class AccessStore:
             return list(db.scalars(select(RevocationListRow.signed_json)))
 
 
-__all__ = ["APPLICATION_STATES", "AccessStore", "ApplicationView"]
+__all__ = ["AccessStore", "ApplicationView"]

@@ -13,6 +13,7 @@ coordinator is exactly who they defend against.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,13 @@ from oncofed.errors import OncofedError, PermitRefused
 from oncofed.flower import authorisation_json, error_reply, set_grant
 from oncofed.governance.envelope import Authorisation, TaskEnvelope
 from oncofed.governance.keys import parse_public_key
-from oncofed.governance.permits import Permit, SignedRevocations, check_validity, utcnow
+from oncofed.governance.permits import (
+    Permit,
+    RevocationList,
+    SignedRevocations,
+    check_validity,
+    utcnow,
+)
 from oncofed.node.config import DatasetConfig, GovernanceConfig
 from oncofed.node.governance_state import GovernanceState
 from oncofed.node.mods import CatalogueFor, action_of, decode_params
@@ -60,11 +67,15 @@ class PermitChecker:
         self.trusted = {
             name: parse_public_key(text) for name, text in governance.trusted_bodies.items()
         }
+        # The newest list per body, as stored: every message carries the lists, and most
+        # carry nothing new, so neither a signature check nor a write is needed for them.
+        self._newest: dict[str, RevocationList] = {}
+        self._newest_lock = threading.Lock()
 
     def _refuse(self, detail: str, rule: str, fix: str) -> PermitRefused:
         return PermitRefused(detail, rule=rule, node=self.node, fix=fix)
 
-    def authorisation(self, message: Message) -> Authorisation:
+    def _authorisation(self, message: Message) -> Authorisation:
         text = authorisation_json(message)
         if text is None:
             raise self._refuse(
@@ -82,7 +93,7 @@ class PermitChecker:
             ) from None
 
     def check(self, message: Message, params: TaskParams) -> CoveredTask:
-        authorisation = self.authorisation(message)
+        authorisation = self._authorisation(message)
         now = utcnow()
         for signed in authorisation.revocations:
             self._keep_revocations(signed)
@@ -96,23 +107,38 @@ class PermitChecker:
         self._check_replay(task, message.metadata.run_id)
         return CoveredTask(task, permit)
 
+    def _newest_list(self, issuer: str) -> RevocationList | None:
+        with self._newest_lock:
+            if issuer not in self._newest:
+                held = self.state.newest_revocations(issuer)
+                if held is None:
+                    return None
+                self._newest[issuer] = SignedRevocations.model_validate_json(held).revocations
+            return self._newest[issuer]
+
     def _keep_revocations(self, signed: SignedRevocations) -> None:
         issuer = signed.revocations.issuer.name
         if issuer not in self.trusted:
             return  # another body's list concerns permits this node refuses anyway
+        newest = self._newest_list(issuer)
+        if newest is not None and signed.revocations.sequence <= newest.sequence:
+            return  # not newer than the one held: it could change nothing
         revocations = signed.verified(self.trusted, self.node)
         self.state.keep_revocations(issuer, revocations.sequence, signed.model_dump_json())
+        with self._newest_lock:
+            held = self._newest.get(issuer)
+            if held is None or revocations.sequence > held.sequence:
+                self._newest[issuer] = revocations
 
     def _check_not_revoked(self, permit: Permit, now: float) -> None:
-        held = self.state.newest_revocations(permit.issuer.name)
-        if held is None:
+        revocations = self._newest_list(permit.issuer.name)
+        if revocations is None:
             raise self._refuse(
                 f"this node has no revocation list from {permit.issuer.name} yet",
                 "permit.revocations_stale",
                 "the data-access body publishes its revocation list (`oncofed permit revoke` "
-                "or `oncofed permit revocations`), which the coordinator relays",
+                "or `oncofed permit renew`), which the coordinator relays",
             )
-        revocations = SignedRevocations.model_validate_json(held).revocations
         if permit.permit_id in revocations.revoked_ids():
             raise self._refuse(
                 f"permit {permit.permit_id!r} was revoked by {permit.issuer.name}",

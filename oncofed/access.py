@@ -128,7 +128,9 @@ def load_document(path: Path, model: type[Any], what: str) -> Any:
         return model.model_validate_json(path.read_text())
     except FileNotFoundError:
         raise ConfigError(
-            f"{what} file {str(path)!r} does not exist", rule=f"{what}.file"
+            f"{what} file {str(path)!r} does not exist",
+            rule=f"{what}.file",
+            fix="pass the path of the JSON document",
         ) from None
     except ValidationError as exc:
         raise ConfigError(
