@@ -183,6 +183,10 @@ class SignedPermit(_Frozen):
     permit: Permit
     signature: str
 
+    @property
+    def issuer(self) -> IdentityCard:
+        return self.permit.issuer
+
     def verified(self, trusted: Mapping[str, Ed25519PublicKey], node: str = "") -> Permit:
         """The permit, once its issuer is trusted and its signature holds."""
         key = trusted_issuer(self.permit.issuer, trusted, node, f"permit {self.permit.permit_id}")
@@ -247,6 +251,10 @@ class RevocationList(_Frozen):
 class SignedRevocations(_Frozen):
     revocations: RevocationList
     signature: str
+
+    @property
+    def issuer(self) -> IdentityCard:
+        return self.revocations.issuer
 
     def verified(self, trusted: Mapping[str, Ed25519PublicKey], node: str = "") -> RevocationList:
         issuer = self.revocations.issuer

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from flwr.app import Message
 
+from oncofed.access import DataAccessClient
 from oncofed.coordinator.access_store import AccessStore
 from oncofed.coordinator.db import open_database
 from oncofed.coordinator.store import OutgoingMessage, Store
@@ -466,3 +467,18 @@ def test_a_node_whose_certificate_is_revoked_is_cut_off_mid_stream(net: Sandbox)
         assert "auth.revoked" in net.log_tail("centre-D", 50) or "UNAUTHENTICATED" in (
             net.log_tail("centre-D", 50)
         )
+
+
+def test_one_body_cannot_publish_in_anothers_name_or_over_its_permit(net: Sandbox) -> None:
+    other = net.enrol("hdab-se", "hdab")
+    body_se = net.identity("hdab-se")
+    ours = Attacker(net).permit("study-1")
+    with DataAccessClient(net.address, other) as client:
+        with pytest.raises(AccessDenied) as caught:
+            client.publish_permit(ours)  # hdab's own permit, published by hdab-se
+        assert caught.value.rule == "permit.publisher"
+        taken = ours.permit.model_copy(update={"issuer": body_se.card, "version": 9})
+        with pytest.raises(AccessDenied) as caught:
+            client.publish_permit(taken.sign(body_se.signing))
+        assert caught.value.rule == "permit.owner"
+    assert Attacker(net).permit("study-1") == ours
