@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
 
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
 from oncofed.tasks.coxph import CoxPHResult
 
 COVARIATES = ["age", "female", "stage", "tumour_mm", "log_psa", "treated"]

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 from timing import median_seconds
 
-from oncofed.flower import server_app
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.flower import server_app
+from oncofed.kernel.schema import infer_schema
 from oncofed.node.app import build_client_app
-from oncofed.node.data import FrameCatalogue, infer_schema
-from oncofed.sandbox import Sandbox
+from oncofed.node.data import FrameCatalogue
 from oncofed.tasks.describe import TASK, DescribeParams
 
 COLUMNS = ["age", "tumour_mm", "psa", "bmi"]

@@ -21,7 +21,7 @@ import pandas as pd
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
 
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
 from oncofed.tasks.glm import GLMResult
 
 # The same text for both: no dotted names, so patsy needs no Q().

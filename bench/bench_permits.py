@@ -23,25 +23,25 @@ import pandas as pd
 from flwr.app import Message
 from timing import median_seconds
 
-from oncofed.access import revoke
-from oncofed.flower import (
+from oncofed.client.access import revoke
+from oncofed.governance.audit import AuditTrail
+from oncofed.governance.envelope import Authorisation, SignedTask
+from oncofed.governance.keys import Identity
+from oncofed.governance.permits import DatasetGrant, Permit, Purpose, utcnow
+from oncofed.kernel.flower import (
     attach_authorisation,
     install_process_identity,
     node_context,
     params_content,
     stamp,
 )
-from oncofed.governance.audit import AuditTrail
-from oncofed.governance.envelope import Authorisation, SignedTask
-from oncofed.governance.keys import Identity
-from oncofed.governance.permits import DatasetGrant, Permit, Purpose, utcnow
+from oncofed.kernel.schema import ColumnSpec
 from oncofed.node.app import build_client_app
 from oncofed.node.config import DatasetConfig, GovernanceConfig
 from oncofed.node.data import Catalogue
 from oncofed.node.governance_state import GovernanceState
 from oncofed.node.permits import PermitChecker
 from oncofed.privacy.ledger import PrivacyLedger
-from oncofed.schema import ColumnSpec
 from oncofed.tasks import TASKS
 
 

@@ -25,9 +25,9 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, RecordDict
 from timing import median_seconds
 
-from oncofed.node.data import infer_schema
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.schema import infer_schema
 from oncofed.privacy.policy import NodePolicy
-from oncofed.sandbox import Sandbox
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.training.architectures import initial_state
 from oncofed.tasks.training.node import train_node

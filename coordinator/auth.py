@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 
 import grpc
 
-from oncofed.errors import AccessDenied, OncofedError
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.tls import Peer, RevokedCertificates, peer_of
+from oncofed.kernel.errors import AccessDenied, OncofedError
 
 log = logging.getLogger(__name__)
 

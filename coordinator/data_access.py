@@ -18,16 +18,23 @@ from oncofed.coordinator.access_store import AccessStore, ApplicationView
 from oncofed.coordinator.auth import abort, caller
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import Store
-from oncofed.errors import AccessDenied, OncofedError, PermitRefused, QueryError
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.permits import (
     DataAccessApplication,
     SignedPermit,
     SignedRevocations,
 )
-from oncofed.node.config import format_validation_error
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import DataAccessServicer
+from oncofed.kernel.errors import (
+    AccessDenied,
+    OncofedError,
+    PermitRefused,
+    QueryError,
+    UnknownTask,
+    format_validation_error,
+)
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import DataAccessServicer
+from oncofed.tasks import check_installed
 
 Signed = TypeVar("Signed", SignedPermit, SignedRevocations)
 
@@ -79,6 +86,10 @@ class DataAccess(DataAccessServicer):
                     fix="file applications with your own identity card as applicant",
                 ),
             )
+        try:
+            check_installed(application.task_types, rule="application.task_types")
+        except UnknownTask as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
         if request.amends:
             previous = self.access.application(request.amends)
             if previous is None or previous.applicant != peer.name:

@@ -28,8 +28,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from oncofed.errors import ConfigError, DatabaseUnavailable
 from oncofed.governance.audit import AUDIT_TABLE
+from oncofed.kernel.errors import ConfigError, DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

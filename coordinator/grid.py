@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import OutgoingMessage, Store
-from oncofed.errors import NodeUnavailable, TaskCancelled
-from oncofed.flower import (
+from oncofed.kernel.errors import NodeUnavailable, TaskCancelled
+from oncofed.kernel.flower import (
+    Run,
     attach_authorisation,
     content_digest,
     empty_run,

@@ -14,12 +14,12 @@ import grpc
 from oncofed.coordinator.auth import caller
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import Store
-from oncofed.flower import from_bytes
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.tls import RevokedCertificates
-from oncofed.schema import NAME_PATTERN, DatasetSchema
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import NodeLinkServicer
+from oncofed.kernel.flower import from_bytes
+from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import NodeLinkServicer
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from oncofed.coordinator.store import Store
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import OperatorServicer
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import OperatorServicer
 
 
 class Operator(OperatorServicer):

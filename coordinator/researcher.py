@@ -13,14 +13,19 @@ from oncofed.coordinator.auth import abort, caller
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store, TaskView
-from oncofed.errors import AccessDenied, OncofedError, PermitRefused, QueryError
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import SignedTask, TaskEnvelope
 from oncofed.governance.permits import SignedPermit, check_validity, utcnow
-from oncofed.node.config import format_validation_error
+from oncofed.kernel.errors import (
+    AccessDenied,
+    OncofedError,
+    PermitRefused,
+    QueryError,
+    format_validation_error,
+)
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import ResearcherServicer
 from oncofed.tasks import get_task
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import ResearcherServicer
 
 WATCH_POLL_SECONDS = 0.5  # upper bound; replies and task ends wake watchers at once
 

@@ -14,11 +14,11 @@ from oncofed.coordinator.access_store import AccessStore
 from oncofed.coordinator.grid import GovernedGrid
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import Store, TaskView
-from oncofed.errors import OncofedError, TaskCancelled, TaskFailed
-from oncofed.flower import server_app, server_context
 from oncofed.governance.envelope import Authorisation, SignedTask
 from oncofed.governance.permits import SignedPermit, SignedRevocations
 from oncofed.governance.sealing import seal
+from oncofed.kernel.errors import OncofedError, TaskCancelled, TaskFailed
+from oncofed.kernel.flower import server_app, server_context
 from oncofed.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -20,13 +20,13 @@ from oncofed.coordinator.operator import Operator
 from oncofed.coordinator.researcher import Researcher
 from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store
-from oncofed.errors import ConfigError
-from oncofed.flower import install_process_identity
 from oncofed.governance.audit import DEFAULT_RETENTION_DAYS, AuditTrail
 from oncofed.governance.keys import Identity
 from oncofed.governance.tls import RevokedCertificates, TlsFiles, server_credentials
-from oncofed.wire import SERVER_OPTIONS
-from oncofed.wire import oncofed_pb2_grpc as rpc
+from oncofed.kernel.errors import ConfigError
+from oncofed.kernel.flower import install_process_identity
+from oncofed.kernel.wire import SERVER_OPTIONS
+from oncofed.kernel.wire import oncofed_pb2_grpc as rpc
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from oncofed.sqlite import durable_sqlite
+from oncofed.kernel.sqlite import durable_sqlite
 
 DEFAULT_RETENTION_DAYS: Final = 366
 """EHDS logs are kept at least a year; one day more covers a leap year."""

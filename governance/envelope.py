@@ -16,10 +16,10 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
-from oncofed.errors import PermitRefused
 from oncofed.governance.keys import Identity, canonical_json, signature_valid
 from oncofed.governance.permits import SignedPermit, SignedRevocations
-from oncofed.schema import NAME_PATTERN
+from oncofed.kernel.errors import PermitRefused
+from oncofed.kernel.schema import NAME_PATTERN
 
 
 class TaskEnvelope(BaseModel):

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from oncofed.errors import ConfigError
-from oncofed.schema import NAME_PATTERN
+from oncofed.kernel.errors import ConfigError
+from oncofed.kernel.schema import NAME_PATTERN
 
 Role = Literal["researcher", "hdab", "node", "coordinator", "admin"]
 ROLES: tuple[Role, ...] = ("researcher", "hdab", "node", "coordinator", "admin")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from oncofed.errors import PermitRefused
 from oncofed.governance.keys import IdentityCard, canonical_json, sign, signature_valid
-from oncofed.schema import NAME_PATTERN
+from oncofed.kernel.errors import PermitRefused
+from oncofed.kernel.schema import NAME_PATTERN
 
 UTC = datetime.UTC
 
@@ -44,6 +44,11 @@ class Purpose(StrEnum):
     EDUCATION = "d-education"
     SCIENTIFIC_RESEARCH = "e-scientific-research"
     CARE_IMPROVEMENT = "f-care-improvement"
+
+
+TaskTypeName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+"""A task type as documents name it. Whether it is installed is each party's own check:
+a permit naming a type this node lacks still covers the types it has."""
 
 
 class _Frozen(BaseModel):
@@ -71,7 +76,7 @@ class DataAccessApplication(_Frozen):
     purposes: tuple[Purpose, ...] = Field(min_length=1)
     description: str = Field(min_length=20, max_length=20_000)
     datasets: tuple[DatasetRequest, ...] = Field(min_length=1)
-    task_types: tuple[str, ...] = Field(min_length=1)
+    task_types: tuple[TaskTypeName, ...] = Field(min_length=1)
     access: Literal["anonymised", "pseudonymised"] = "anonymised"
     period_start: datetime.date
     period_end: datetime.date
@@ -84,16 +89,7 @@ class DataAccessApplication(_Frozen):
             raise ValueError("the applicant must be one of the named persons")
         if any(p.role != "researcher" for p in self.persons):
             raise ValueError("named persons must hold researcher identities")
-        _check_task_types(self.task_types)
         return self
-
-
-def _check_task_types(task_types: tuple[str, ...]) -> None:
-    from oncofed.tasks import TASKS
-
-    unknown = sorted(set(task_types) - set(TASKS))
-    if unknown:
-        raise ValueError(f"unknown task type(s) {unknown}; installed: {sorted(TASKS)}")
 
 
 class DatasetGrant(_Frozen):
@@ -128,7 +124,7 @@ class Permit(_Frozen):
     description: str = ""
     persons: tuple[IdentityCard, ...] = Field(min_length=1)
     datasets: tuple[DatasetGrant, ...] = Field(min_length=1)
-    task_types: tuple[str, ...] = Field(min_length=1)
+    task_types: tuple[TaskTypeName, ...] = Field(min_length=1)
     access: Literal["anonymised", "pseudonymised"] = "anonymised"
     valid_from: AwareDatetime
     valid_until: AwareDatetime
@@ -144,7 +140,6 @@ class Permit(_Frozen):
             raise ValueError("valid_until must come after valid_from")
         if any(p.role != "researcher" for p in self.persons):
             raise ValueError("named persons must hold researcher identities")
-        _check_task_types(self.task_types)
         return self
 
     def person(self, name: str) -> IdentityCard | None:

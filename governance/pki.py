@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from oncofed.errors import ConfigError
 from oncofed.governance.keys import ROLES, Identity, Role, write_private
+from oncofed.kernel.errors import ConfigError
 
 CA_KEY, CA_CERT, CRL_FILE, REGISTRY = "ca.key", "ca.crt", "crl.pem", "issued.json"
 TLS_KEY, TLS_CSR, TLS_CERT = "tls.key", "tls.csr", "tls.crt"

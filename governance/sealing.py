@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from oncofed.errors import AccessDenied
 from oncofed.governance.keys import parse_encryption_key, public_key_text
+from oncofed.kernel.errors import AccessDenied
 
 SCHEME = "x25519-hkdf-sha256-aes256gcm"
 

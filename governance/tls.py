@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from oncofed.errors import ConfigError
 from oncofed.governance.pki import CA_CERT, TLS_CERT, TLS_KEY
+from oncofed.kernel.errors import ConfigError
 
 
 @dataclass(frozen=True)

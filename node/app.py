@@ -14,9 +14,9 @@ from typing import Any
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from oncofed.errors import OncofedError, TaskFailed
-from oncofed.flower import error_reply, params_json
 from oncofed.governance.audit import AuditTrail
+from oncofed.kernel.errors import OncofedError, TaskFailed
+from oncofed.kernel.flower import error_reply, params_json
 from oncofed.node.mods import (
     CatalogueFor,
     audit_mod,

@@ -22,10 +22,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from oncofed.errors import ConfigError
 from oncofed.governance.keys import parse_public_key
+from oncofed.kernel.errors import ConfigError, UnknownTask, format_validation_error
+from oncofed.kernel.schema import NAME_PATTERN, ColumnSpec, DatasetSchema
 from oncofed.privacy.policy import NodePolicy
-from oncofed.schema import NAME_PATTERN, ColumnSpec, DatasetSchema
+from oncofed.tasks import check_installed
 
 
 class DatasetConfig(BaseModel):
@@ -49,11 +50,10 @@ class DatasetConfig(BaseModel):
     @field_validator("allowed_tasks")
     @classmethod
     def _installed(cls, tasks: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        from oncofed.tasks import TASKS
-
-        unknown = sorted(set(tasks or ()) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task type(s) {unknown}; installed: {sorted(TASKS)}")
+        try:
+            check_installed(tasks or (), rule="config.allowed_tasks")
+        except UnknownTask as exc:
+            raise ValueError(exc.detail) from None
         return tasks
 
     @property
@@ -202,20 +202,10 @@ def load_node_config(path: Path) -> NodeConfig:
     return config.resolve(path.resolve().parent)
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """pydantic's errors as one line: ``location: message; ...``."""
-    parts = []
-    for err in exc.errors():
-        location = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{location}: {err['msg']}")
-    return "; ".join(parts)
-
-
 __all__ = [
     "DatasetConfig",
     "GovernanceConfig",
     "NodeConfig",
     "SecureAggregationConfig",
-    "format_validation_error",
     "load_node_config",
 ]

@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from oncofed.errors import DataError, QueryError
+from oncofed.kernel.errors import DataError, QueryError
+from oncofed.kernel.schema import ColumnSpec, DatasetSchema
 from oncofed.node.config import DatasetConfig
 from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
-from oncofed.schema import ColumnSpec, DatasetSchema
 from oncofed.tasks.base import LocalDataset
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -225,20 +225,4 @@ class FrameCatalogue(_NodeCatalogue):
         return LocalDataset(self._node_name, dataset, schema, frame, self._policy)
 
 
-def infer_schema(frame: pd.DataFrame) -> DatasetSchema:
-    """A schema for a DataFrame: numbers stay numbers, text becomes agreed categories."""
-    columns: dict[str, ColumnSpec] = {}
-    for name, series in frame.items():
-        if pd.api.types.is_bool_dtype(series):
-            columns[str(name)] = ColumnSpec(type="boolean")
-        elif pd.api.types.is_integer_dtype(series):
-            columns[str(name)] = ColumnSpec(type="integer")
-        elif pd.api.types.is_float_dtype(series):
-            columns[str(name)] = ColumnSpec(type="float")
-        else:
-            labels = sorted({str(v) for v in series.dropna().unique()})
-            columns[str(name)] = ColumnSpec(type="category", categories=tuple(labels))
-    return DatasetSchema(columns=columns)
-
-
-__all__ = ["Catalogue", "FrameCatalogue", "infer_schema", "read_dataset"]
+__all__ = ["Catalogue", "FrameCatalogue", "read_dataset"]

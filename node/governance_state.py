@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from oncofed.sqlite import durable_sqlite
+from oncofed.kernel.sqlite import durable_sqlite
 
 STATE_FILE = "governance.sqlite"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from oncofed.errors import ConfigError
 from oncofed.governance.keys import parse_public_key, public_key_text
+from oncofed.kernel.errors import ConfigError
 
 IDENTITY_FILE = "identity.ed25519.pem"
 

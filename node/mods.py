@@ -18,11 +18,19 @@ import os
 from collections.abc import Callable
 
 from flwr.app import Context, Message
-from flwr.clientapp.typing import ClientAppCallable, Mod
 from pydantic import ValidationError
 
-from oncofed.errors import NodeRefusal, OncofedError, QueryError, UnknownTask
-from oncofed.flower import (
+from oncofed.governance.audit import AuditTrail
+from oncofed.kernel.errors import (
+    NodeRefusal,
+    OncofedError,
+    QueryError,
+    UnknownTask,
+    format_validation_error,
+)
+from oncofed.kernel.flower import (
+    ClientAppCallable,
+    Mod,
     authorisation_json,
     content_from_bytes,
     content_to_bytes,
@@ -33,8 +41,6 @@ from oncofed.flower import (
     reply_error,
     to_bytes,
 )
-from oncofed.governance.audit import AuditTrail
-from oncofed.node.config import format_validation_error
 from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
 from oncofed.privacy.disclosure import check_factor_levels, check_participants
 from oncofed.privacy.ledger import budget_exhausted

@@ -19,11 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import Context, Message
-from flwr.clientapp.typing import ClientAppCallable, Mod
 from pydantic import ValidationError
 
-from oncofed.errors import OncofedError, PermitRefused
-from oncofed.flower import authorisation_json, error_reply, set_grant
 from oncofed.governance.envelope import Authorisation, TaskEnvelope
 from oncofed.governance.keys import parse_public_key
 from oncofed.governance.permits import (
@@ -33,6 +30,8 @@ from oncofed.governance.permits import (
     check_validity,
     utcnow,
 )
+from oncofed.kernel.errors import OncofedError, PermitRefused
+from oncofed.kernel.flower import ClientAppCallable, Mod, authorisation_json, error_reply, set_grant
 from oncofed.node.config import DatasetConfig, GovernanceConfig
 from oncofed.node.governance_state import GovernanceState
 from oncofed.node.mods import CatalogueFor, action_of, decode_params

@@ -22,11 +22,14 @@ from typing import Any
 
 import grpc
 
-from oncofed import __version__
-from oncofed.errors import TaskFailed
-from oncofed.flower import error_reply, from_bytes, node_context, to_bytes
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.tls import TlsFiles, client_channel
+from oncofed.kernel.errors import TaskFailed
+from oncofed.kernel.flower import error_reply, from_bytes, node_context, to_bytes
+from oncofed.kernel.version import VERSION
+from oncofed.kernel.wire import CHANNEL_OPTIONS
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import NodeLinkStub
 from oncofed.node.app import build_client_app
 from oncofed.node.config import NodeConfig
 from oncofed.node.data import Catalogue
@@ -35,9 +38,6 @@ from oncofed.node.identity import load_or_create_identity, parse_public_key
 from oncofed.node.permits import PermitChecker
 from oncofed.node.secure import SecureKeys
 from oncofed.privacy.ledger import PrivacyLedger
-from oncofed.wire import CHANNEL_OPTIONS
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import NodeLinkStub
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class NodeRunner:
         return pb.NodeFrame(
             hello=pb.NodeHello(
                 node_name=self.config.name,
-                version=__version__,
+                version=VERSION,
                 datasets_json=json.dumps(schemas, sort_keys=True),
             )
         )

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from oncofed.errors import OncofedError
-from oncofed.flower import error_reply
+from oncofed.kernel.errors import OncofedError
+from oncofed.kernel.flower import ClientAppCallable, Mod, error_reply
 from oncofed.node.mods import action_of, decode_params
 from oncofed.privacy.disclosure import check_participants
 from oncofed.privacy.secagg import SecAggError, SecAggNode

@@ -6,14 +6,10 @@ A researcher's entry points are :class:`Session` (connect to a coordinator) and
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from oncofed.kernel.errors import OncofedError
+from oncofed.kernel.version import VERSION
 
-from oncofed.errors import OncofedError
-
-try:
-    __version__ = version("oncofed")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+source"
+__version__ = VERSION
 
 __all__ = ["OncofedError", "Sandbox", "Session", "__version__"]
 
@@ -21,11 +17,11 @@ __all__ = ["OncofedError", "Sandbox", "Session", "__version__"]
 def __getattr__(name: str) -> object:
     # Imported lazily: a node process should not pay for the researcher client.
     if name == "Session":
-        from oncofed.session import Session
+        from oncofed.client.session import Session
 
         return Session
     if name == "Sandbox":
-        from oncofed.sandbox import Sandbox
+        from oncofed.client.sandbox import Sandbox
 
         return Sandbox
     raise AttributeError(f"module 'oncofed' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from oncofed.cli import main
+from oncofed.client.cli import main
 
 main()

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.policy import NodePolicy
 
 

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.policy import DatasetPrivacy
 

@@ -8,7 +8,7 @@ p <= max_model_saturation * n (DataSHIELD's nfilter.glm default is 0.37).
 
 from __future__ import annotations
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.policy import NodePolicy
 
 

@@ -7,9 +7,10 @@ adding a module beside ``describe.py`` and one line below.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from oncofed.errors import UnknownTask
+from oncofed.kernel.errors import UnknownTask
 from oncofed.tasks import (
     correlation,
     coxph,
@@ -52,6 +53,18 @@ def get_task(name: str) -> TaskType[Any, Any]:
         ) from None
 
 
+def check_installed(names: Iterable[str], *, rule: str, node: str = "") -> None:
+    """Refuse task type names that are not installed here, naming them and what is."""
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown:
+        raise UnknownTask(
+            f"task type(s) {unknown} are not installed",
+            rule=rule,
+            node=node,
+            fix=f"use installed task types: {', '.join(sorted(TASKS))}",
+        )
+
+
 def task_for_action(action: str) -> TaskType[Any, Any] | None:
     """The task whose node side handles ``query.<action>``."""
     for task in TASKS.values():
@@ -60,4 +73,11 @@ def task_for_action(action: str) -> TaskType[Any, Any] | None:
     return None
 
 
-__all__ = ["TASKS", "TaskParams", "TaskType", "get_task", "task_for_action"]
+__all__ = [
+    "TASKS",
+    "TaskParams",
+    "TaskType",
+    "check_installed",
+    "get_task",
+    "task_for_action",
+]

@@ -9,24 +9,21 @@ contract, so adding a task never touches the node or the coordinator.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import pandas as pd
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
-from oncofed.flower import params_content, reply_error
+from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
 from oncofed.privacy.disclosure import check_subset
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.ledger import Budget, PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
-from oncofed.schema import NAME_PATTERN, DatasetSchema
 from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate
 
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
@@ -244,114 +241,6 @@ class TaskType(Generic[P, R]):
         return self.serve(grid, params).model_dump_json()
 
 
-@runtime_checkable
-class ReportsProgress(Protocol):
-    """A grid that can show the researcher a line of progress (the governed one can)."""
-
-    def report(self, detail: str) -> None: ...
-
-
-def report_progress(grid: Grid, detail: str) -> None:
-    """Show ``detail`` to the researcher watching the task, where the runtime has a display."""
-    if isinstance(grid, ReportsProgress):
-        grid.report(detail)
-
-
-def wait_for_nodes(grid: Grid, params: TaskParams, poll: float = 0.1) -> list[int]:
-    """Node ids online once at least ``params.min_nodes`` are, within the timeout."""
-    deadline = time.monotonic() + params.timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= params.min_nodes:
-            return nodes
-        if time.monotonic() >= deadline:
-            raise NodeUnavailable(
-                f"only {len(nodes)} of the {params.min_nodes} nodes required were online "
-                f"after {params.timeout:g} s",
-                rule="task.min_nodes",
-                fix="start more nodes, lower min_nodes, or raise the timeout",
-            )
-        time.sleep(poll)
-
-
-def exchange(
-    grid: Grid,
-    action: str,
-    params: TaskParams,
-    node_ids: Iterable[int],
-    group_id: str = "",
-    extra: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
-) -> tuple[dict[int, RecordDict], list[OncofedError]]:
-    """Send ``query.<action>`` to each node; replies by node, and the errors, not raised.
-
-    ``extra`` adds records to the message of a node (a secure-aggregation
-    stage carries its keys and shares this way).
-    """
-    node_ids = list(node_ids)
-    content_json = params.model_dump_json()
-    messages = []
-    for node_id in node_ids:
-        content = params_content(content_json, participants=len(node_ids))
-        for name, record in (extra or {}).get(node_id, {}).items():
-            content[name] = record
-        messages.append(
-            Message(content, node_id, f"query.{action}", group_id=group_id, ttl=params.timeout)
-        )
-    return exchange_messages(grid, messages, params.timeout)
-
-
-def exchange_messages(
-    grid: Grid, messages: list[Message], timeout: float
-) -> tuple[dict[int, RecordDict], list[OncofedError]]:
-    """Send the messages; replies by node, and the errors (a silent node's too), not raised."""
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    by_node: dict[int, RecordDict] = {}
-    errors: list[OncofedError] = []
-    for reply in replies:
-        if reply.has_error():
-            errors.append(reply_error(reply))
-        else:
-            by_node[reply.metadata.src_node_id] = reply.content
-    answered = set(by_node) | {r.metadata.src_node_id for r in replies}
-    errors.extend(
-        NodeUnavailable(
-            f"node {node_id} did not reply within {timeout:g} s",
-            rule="task.timeout",
-            node=str(node_id),
-            fix="check that the node is running, or raise the task's timeout",
-        )
-        for node_id in (m.metadata.dst_node_id for m in messages)
-        if node_id not in answered
-    )
-    return by_node, errors
-
-
-def broadcast(
-    grid: Grid,
-    action: str,
-    params: TaskParams,
-    node_ids: Iterable[int],
-    group_id: str = "",
-) -> dict[int, RecordDict]:
-    """Send one ``query.<action>`` with the parameters to each node; return replies by node.
-
-    Any refusal or failure raises one typed error naming every node that
-    refused, so a researcher sees all the problems at once. With
-    ``secure_aggregation`` the nodes' replies arrive as one masked total
-    (a single entry; see tasks/secure.py).
-    """
-    if params.secure_aggregation:
-        from oncofed.tasks.secure import secure_broadcast
-
-        return secure_broadcast(grid, action, params, list(node_ids), group_id)
-    by_node, errors = exchange(grid, action, params, node_ids, group_id)
-    if errors:
-        raise FederatedErrors.combine(errors)
-    if not by_node:
-        raise TaskFailed("no node replied", rule="task.no_replies", fix="start nodes first")
-    return by_node
-
-
 __all__ = [
     "ColumnRole",
     "DPReport",
@@ -360,14 +249,8 @@ __all__ = [
     "ModelHandler",
     "ModelMessage",
     "NodeHandler",
-    "ReportsProgress",
     "TaskParams",
     "TaskType",
-    "broadcast",
     "dp_report",
-    "exchange",
-    "exchange_messages",
-    "report_progress",
     "selected_rows",
-    "wait_for_nodes",
 ]

@@ -25,16 +25,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator
 
-from oncofed.errors import QueryError
-from oncofed.tasks.base import (
-    ColumnRole,
-    LocalDataset,
-    TaskParams,
-    TaskType,
-    broadcast,
-    selected_rows,
-    wait_for_nodes,
-)
+from oncofed.kernel.errors import QueryError
+from oncofed.tasks.base import ColumnRole, LocalDataset, TaskParams, TaskType, selected_rows
+from oncofed.tasks.broadcast import broadcast
+from oncofed.tasks.messaging import wait_for_nodes
 
 FloatArray = npt.NDArray[np.float64]
 Comoments = tuple[float, FloatArray, FloatArray]

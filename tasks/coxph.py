@@ -46,10 +46,11 @@ from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 from scipy.stats import chi2
 
-from oncofed.errors import QueryError, TaskFailed
+from oncofed.kernel.errors import QueryError, TaskFailed
+from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.saturation import check_model_saturation
-from oncofed.schema import DatasetSchema
-from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, broadcast, wait_for_nodes
+from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType
+from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.formula import (
     Factor,
     Formula,
@@ -59,6 +60,7 @@ from oncofed.tasks.formula import (
     parse_formula,
     same_design,
 )
+from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.survival import (
     BoolArray,
     FloatArray,

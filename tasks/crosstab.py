@@ -28,23 +28,23 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 from scipy.stats import chi2_contingency
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import release_for
-from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
     LocalDataset,
     TaskParams,
     TaskType,
-    broadcast,
     dp_report,
     selected_rows,
-    wait_for_nodes,
 )
+from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.encoding import agreed_categories, category_labels
+from oncofed.tasks.messaging import wait_for_nodes
 
 IntArray = npt.NDArray[np.int64]
 TOTAL = "All"

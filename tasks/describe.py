@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import DPRequest, release_for
@@ -29,12 +29,12 @@ from oncofed.tasks.base import (
     LocalDataset,
     TaskParams,
     TaskType,
-    broadcast,
     dp_report,
     selected_rows,
-    wait_for_nodes,
 )
+from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.encoding import agreed_categories, category_labels
+from oncofed.tasks.messaging import wait_for_nodes
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from oncofed.errors import QueryError
-from oncofed.schema import ColumnSpec, DatasetSchema
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import ColumnSpec, DatasetSchema
 
 
 def category_labels(values: pd.Series, spec: ColumnSpec) -> pd.Series:

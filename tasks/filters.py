@@ -27,8 +27,8 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from oncofed.errors import QueryError
-from oncofed.schema import DatasetSchema
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import DatasetSchema
 
 Scalar = Union[bool, int, float, str]  # noqa: UP007 (pydantic needs the order: bool before int)
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">="]

@@ -25,8 +25,8 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from oncofed.errors import QueryError
-from oncofed.schema import DatasetSchema
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import DatasetSchema
 from oncofed.tasks.encoding import category_labels
 
 Transform = Literal["log", "log1p", "sqrt", "exp"]

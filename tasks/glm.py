@@ -39,19 +39,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 
-from oncofed.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
+from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
+from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.saturation import check_model_saturation
-from oncofed.schema import DatasetSchema
-from oncofed.tasks.base import (
-    ColumnRole,
-    LocalDataset,
-    TaskParams,
-    TaskType,
-    broadcast,
-    selected_rows,
-    wait_for_nodes,
-)
+from oncofed.tasks.base import ColumnRole, LocalDataset, TaskParams, TaskType, selected_rows
+from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.formula import Formula, check_formula, design_matrix, same_design
+from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.wald import WaldCoefficients
 
 FloatArray = npt.NDArray[np.float64]

@@ -23,7 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import release_for
@@ -33,11 +33,12 @@ from oncofed.tasks.base import (
     LocalDataset,
     TaskParams,
     TaskType,
-    broadcast,
     dp_report,
     selected_rows,
-    wait_for_nodes,
 )
+from oncofed.tasks.broadcast import broadcast
+from oncofed.tasks.messaging import wait_for_nodes
+from oncofed.tasks.plotting import pyplot
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -143,8 +144,6 @@ class HistogramResult(BaseModel):
 
     def plot(self, ax: Axes | None = None) -> Figure:
         """Draw the counts over the agreed edges; returns the matplotlib figure."""
-        from oncofed.render import pyplot
-
         if ax is None:
             ax = pyplot().figure(figsize=(6.4, 4.0)).add_subplot()
         ax.stairs(self.counts, self.edges, fill=True, alpha=0.7)

@@ -20,10 +20,11 @@ from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.dp import release_for
 from oncofed.tasks.base import DPReport, LocalDataset, TaskType
+from oncofed.tasks.plotting import pyplot
 from oncofed.tasks.survival import (
     EventTable,
     FloatArray,
@@ -120,8 +121,6 @@ class KaplanMeierResult(BaseModel):
 
     def plot(self, ax: Axes | None = None, ci: bool = True) -> Figure:
         """Step curves with their confidence bands; returns the matplotlib figure."""
-        from oncofed.render import pyplot
-
         if ax is None:
             ax = pyplot().figure(figsize=(7.0, 4.5)).add_subplot()
         for curve in self.curves:

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
 from scipy.stats import chi2
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
 from oncofed.tasks.base import TaskType
 from oncofed.tasks.survival import GroupedSurvivalParams, event_table_node, pooled_event_tables
 

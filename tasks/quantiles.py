@@ -55,7 +55,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from oncofed.errors import QueryError, TaskFailed
+from oncofed.kernel.errors import QueryError, TaskFailed
 from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.dp import release_for
 from oncofed.tasks.base import (
@@ -64,11 +64,11 @@ from oncofed.tasks.base import (
     LocalDataset,
     TaskParams,
     TaskType,
-    broadcast,
     dp_report,
     selected_rows,
-    wait_for_nodes,
 )
+from oncofed.tasks.broadcast import broadcast
+from oncofed.tasks.messaging import wait_for_nodes
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -25,11 +25,12 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
-from oncofed.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
+from oncofed.kernel.errors import FederatedErrors, NodeUnavailable, OncofedError, TaskFailed
 from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.secagg import Advert, SecAggServer
 from oncofed.privacy.secagg.records import MASKED_RECORD, META, SECAGG_RECORD, unflatten
-from oncofed.tasks.base import TaskParams, exchange
+from oncofed.tasks.base import TaskParams
+from oncofed.tasks.messaging import exchange
 
 Value = int | str | bytes
 SECURE_NODE_ID = 0

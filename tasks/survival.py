@@ -34,18 +34,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 
-from oncofed.errors import NodeRefusal, QueryError
+from oncofed.kernel.errors import NodeRefusal, QueryError
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
     LocalDataset,
     TaskParams,
-    broadcast,
     dp_report,
     selected_rows,
-    wait_for_nodes,
 )
+from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.encoding import agreed_categories, category_labels
+from oncofed.tasks.messaging import wait_for_nodes
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

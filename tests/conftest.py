@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.demo import lung_centres
-from oncofed.sandbox import Sandbox
+from oncofed.client.demo import lung_centres
+from oncofed.client.sandbox import Sandbox
 from tests.oracle import PERMISSIVE
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("node", "coordinator", "tasks", "privacy", "governance")
+from tests.layout import ROOT, installed_tree
 
 
 def test_ruff_clean() -> None:
@@ -23,13 +22,7 @@ def test_ruff_clean() -> None:
 def test_mypy_strict(tmp_path: Path) -> None:
     """mypy sees the installed layout: top-level folders as ``oncofed.<name>``."""
     pytest.importorskip("mypy")
-    tree = tmp_path / "oncofed"
-    tree.mkdir()
-    for entry in (ROOT / "oncofed").iterdir():
-        if entry.name != "__pycache__":
-            (tree / entry.name).symlink_to(entry)
-    for name in SUBPACKAGES:
-        (tree / name).symlink_to(ROOT / name)
+    tree = installed_tree(tmp_path) / "oncofed"
     run = subprocess.run(
         [
             sys.executable,

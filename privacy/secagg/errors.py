@@ -10,7 +10,7 @@ so does the message text.
 
 from __future__ import annotations
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 
 
 class SecAggError(NodeRefusal):

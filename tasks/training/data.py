@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from oncofed.errors import QueryError
-from oncofed.schema import DatasetSchema
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import DatasetSchema
 from oncofed.tasks.base import LocalDataset, selected_rows
 from oncofed.tasks.formula import Formula, design_matrix
 from oncofed.tasks.training.params import Standardisation, TrainParams

@@ -15,9 +15,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from oncofed.errors import OncofedError
-from oncofed.flower import Run, reply_error
-from oncofed.tasks.base import exchange_messages, report_progress
+from oncofed.kernel.errors import OncofedError
+from oncofed.kernel.flower import Run, reply_error
+from oncofed.tasks.messaging import exchange_messages, report_progress
 from oncofed.tasks.secure import secure_sum
 from oncofed.tasks.training.records import from_total, reply_nodes
 

@@ -16,10 +16,12 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import infer_schema
 from oncofed.tasks.formula import Factor, parse_formula
 from oncofed.tasks.training import architectures
 from oncofed.tasks.training.architectures import SURVIVAL, Architecture
+from oncofed.tasks.training.data import encode
 from oncofed.tasks.training.params import Standardisation, Strategy
 
 FloatArray = npt.NDArray[np.float64]
@@ -69,9 +71,6 @@ class TrainedModel(BaseModel):
 
     def output(self, frame: pd.DataFrame) -> FloatArray:
         """Per row: the logit or the log relative risk; NaN where a feature is missing."""
-        from oncofed.node.data import infer_schema
-        from oncofed.tasks.training.data import encode
-
         formula = parse_formula(self.features, needs_response=False)
         terms = [
             term.model_copy(

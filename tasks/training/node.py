@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from oncofed.errors import QueryError
+from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD, RDP_ORDERS, PrivacyLoss, loss_record
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.formula import agreed_levels

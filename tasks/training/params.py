@@ -8,9 +8,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.dp import DPRequest
-from oncofed.schema import DatasetSchema
 from oncofed.tasks.base import ColumnRole, TaskParams
 from oncofed.tasks.coxph import covariate_formula
 from oncofed.tasks.describe import DescribeParams

@@ -17,10 +17,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from oncofed.errors import FederatedErrors, TaskFailed
-from oncofed.flower import PARAMS_RECORD
+from oncofed.kernel.errors import FederatedErrors, TaskFailed
+from oncofed.kernel.flower import PARAMS_RECORD
 from oncofed.privacy.accounting import PrivacyLoss
-from oncofed.tasks.base import report_progress, wait_for_nodes
+from oncofed.tasks.messaging import report_progress, wait_for_nodes
 from oncofed.tasks.training.architectures import SURVIVAL, initial_state
 from oncofed.tasks.training.grid import WatchedGrid
 from oncofed.tasks.training.model import RoundMetrics, TrainedModel

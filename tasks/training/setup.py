@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 from flwr.serverapp import Grid
 
-from oncofed.errors import QueryError
-from oncofed.tasks.base import broadcast
+from oncofed.kernel.errors import QueryError
+from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.describe import DescribeParams, describe_serve
 from oncofed.tasks.formula import same_design
 from oncofed.tasks.training.params import Standardisation, TrainParams

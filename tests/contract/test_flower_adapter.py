@@ -1,5 +1,5 @@
 """What oncofed relies on from Flower 1.41. A Flower upgrade that breaks any of
-this breaks here first, and only ``oncofed/flower.py`` should need changing."""
+this breaks here first, and only ``kernel/flower.py`` should need changing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from oncofed.coordinator.grid import GovernedGrid
-from oncofed.errors import NodeRefusal, OncofedError
-from oncofed.flower import (
+from oncofed.kernel.errors import NodeRefusal, OncofedError
+from oncofed.kernel.flower import (
     content_digest,
     error_reply,
     from_bytes,

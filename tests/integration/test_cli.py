@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from oncofed.errors import ExitCode
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import ExitCode
 
 
 def _cli(

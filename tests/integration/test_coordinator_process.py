@@ -10,8 +10,8 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from oncofed.errors import ExitCode
 from oncofed.governance.tls import TlsFiles, client_channel
+from oncofed.kernel.errors import ExitCode
 from tests.pki import make_network, start_coordinator
 
 

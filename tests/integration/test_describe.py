@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.errors import QueryError, TaskCancelled, UnknownTask
+from oncofed.client.sandbox import Sandbox
 from oncofed.governance.audit import AuditTrail
-from oncofed.sandbox import Sandbox
+from oncofed.kernel.errors import QueryError, TaskCancelled, UnknownTask
 from tests.oracle import assert_describe_matches
 
 LUNG_NUMERIC = ["time", "age", "ph.ecog", "ph.karno", "pat.karno", "meal.cal", "wt.loss"]

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from oncofed.errors import NodeUnavailable
-from oncofed.sandbox import Sandbox
-from oncofed.session import Session
+from oncofed.client.sandbox import Sandbox
+from oncofed.client.session import Session
+from oncofed.kernel.errors import NodeUnavailable
 from tests.oracle import assert_describe_matches
 
 COLUMNS = ["age", "meal.cal", "wt.loss"]

@@ -15,9 +15,9 @@ import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
 
-from oncofed.errors import ExitCode, NodeRefusal, QueryError, TaskFailed
+from oncofed.client.sandbox import Sandbox
 from oncofed.governance.audit import AuditTrail
-from oncofed.sandbox import Sandbox
+from oncofed.kernel.errors import ExitCode, NodeRefusal, QueryError, TaskFailed
 from oncofed.tasks.glm import GLMResult
 
 FAMILIES = {

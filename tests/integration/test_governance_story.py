@@ -24,10 +24,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.coordinator.db import TaskRow, open_database
-from oncofed.errors import AccessDenied, ExitCode, PermitRefused
 from oncofed.governance.sealing import open_sealed
-from oncofed.sandbox import HDAB, Sandbox
+from oncofed.kernel.errors import AccessDenied, ExitCode, PermitRefused
 
 PERMIT = "lung-outcomes-2026"
 

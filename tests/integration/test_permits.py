@@ -22,12 +22,17 @@ import pandas as pd
 import pytest
 from flwr.app import Message
 
-from oncofed.access import DataAccessClient
+from oncofed.client.access import DataAccessClient
+from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.coordinator.access_store import AccessStore
 from oncofed.coordinator.db import open_database
 from oncofed.coordinator.store import OutgoingMessage, Store
-from oncofed.errors import AccessDenied, OncofedError, PermitRefused, TaskCancelled
-from oncofed.flower import (
+from oncofed.governance.envelope import Authorisation, SignedTask, TaskEnvelope
+from oncofed.governance.keys import Identity
+from oncofed.governance.permits import SignedPermit, SignedRevocations, utcnow
+from oncofed.governance.tls import TlsFiles, client_channel
+from oncofed.kernel.errors import AccessDenied, OncofedError, PermitRefused, TaskCancelled
+from oncofed.kernel.flower import (
     attach_authorisation,
     from_bytes,
     install_process_identity,
@@ -36,13 +41,8 @@ from oncofed.flower import (
     stamp,
     to_bytes,
 )
-from oncofed.governance.envelope import Authorisation, SignedTask, TaskEnvelope
-from oncofed.governance.keys import Identity
-from oncofed.governance.permits import SignedPermit, SignedRevocations, utcnow
-from oncofed.governance.tls import TlsFiles, client_channel
-from oncofed.sandbox import HDAB, Sandbox
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import ResearcherStub
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import ResearcherStub
 from tests.pki import revoke_by_cli
 
 NODE = "centre-B"

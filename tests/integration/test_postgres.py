@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
 from tests.oracle import assert_describe_matches
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from oncofed.errors import ExitCode
-from oncofed.session import Session
+from oncofed.client.session import Session
+from oncofed.kernel.errors import ExitCode
 
 
 def test_sandbox_command_serves_until_interrupted(tmp_path: Path, lung: pd.DataFrame) -> None:

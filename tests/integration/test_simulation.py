@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.flower import server_app
+from oncofed.kernel.flower import server_app
+from oncofed.kernel.schema import infer_schema
 from oncofed.node.app import build_client_app
-from oncofed.node.data import FrameCatalogue, infer_schema
+from oncofed.node.data import FrameCatalogue
 from oncofed.tasks.base import TaskParams, TaskType
 from oncofed.tasks.describe import TASK, DescribeParams, DescribeResult
 from tests.oracle import assert_describe_matches

@@ -25,9 +25,9 @@ from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import logrank_test, multivariate_logrank_test
 from lifelines.utils import concordance_index, median_survival_times
 
-from oncofed.errors import ExitCode, NodeRefusal, QueryError, TaskFailed
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import ExitCode, NodeRefusal, QueryError, TaskFailed
 from oncofed.privacy.policy import NodePolicy
-from oncofed.sandbox import Sandbox
 from oncofed.tasks.kaplan_meier import KaplanMeierResult
 
 EXACT = NodePolicy(exact_event_times=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
 from tests.integration.test_training import held_out
 
 pytest.importorskip("torch")
@@ -90,7 +90,7 @@ def test_cox_mlp_reaches_the_pooled_cox_models_concordance(
 
 
 def test_a_survival_model_refuses_dp_sgd(net: Sandbox) -> None:
-    from oncofed.errors import OncofedError
+    from oncofed.kernel.errors import OncofedError
 
     with net.session(dataset="gbsg2", progress=False) as s, pytest.raises(OncofedError) as err:
         s.train(

@@ -18,9 +18,9 @@ import pytest
 from scipy.stats import chi2_contingency
 from typer.testing import CliRunner
 
-from oncofed.cli import app
-from oncofed.errors import QueryError
-from oncofed.sandbox import Sandbox
+from oncofed.client.cli import app
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import QueryError
 from oncofed.tasks.crosstab import CrosstabResult
 from oncofed.tasks.quantiles import QuantilesResult
 

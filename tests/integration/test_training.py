@@ -22,13 +22,12 @@ import pandas as pd
 import pytest
 from flwr.app import RecordDict
 
-from oncofed.errors import OncofedError
-from oncofed.flower import from_bytes
-from oncofed.node.data import infer_schema
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import OncofedError
+from oncofed.kernel.flower import from_bytes
+from oncofed.kernel.schema import DatasetSchema, infer_schema
 from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
-from oncofed.sandbox import Sandbox
-from oncofed.schema import DatasetSchema
 from oncofed.tasks.training import TrainedModel
 
 pytest.importorskip("torch")

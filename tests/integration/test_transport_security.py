@@ -15,11 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oncofed.coordinator.db import open_database
-from oncofed.errors import AccessDenied, OncofedError, QueryError
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.tls import TlsFiles, client_channel
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import DataAccessStub, OperatorStub, ResearcherStub
+from oncofed.kernel.errors import AccessDenied, OncofedError, QueryError
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import DataAccessStub, OperatorStub, ResearcherStub
 from tests.pki import make_network, revoke_by_cli, start_coordinator
 
 PARTIES = {

@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from oncofed.access import revoke
+from oncofed.client.access import revoke
+from oncofed.client.sandbox import node_config_toml
 from oncofed.governance.keys import Identity
 from oncofed.governance.permits import DatasetGrant, Permit, Purpose, utcnow
+from oncofed.kernel.schema import ColumnSpec, DatasetSchema
 from oncofed.privacy.policy import NodePolicy
-from oncofed.sandbox import node_config_toml
-from oncofed.schema import ColumnSpec, DatasetSchema
 from tests.pki import make_network
 
 COORDINATOR_IP, NODE_IP = "10.231.7.1", "10.231.7.2"

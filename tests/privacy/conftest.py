@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
+from oncofed.client.sandbox import Sandbox
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
-from oncofed.sandbox import Sandbox
 from tests.oracle import PERMISSIVE
 
 TARGET = {"pid": 999, "age": 85, "wt.loss": 33.0, "status": 1, "time": 400, "sex": 1}

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.errors import OncofedError
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import OncofedError
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.dp import DPRequest
-from oncofed.sandbox import Sandbox
 from tests.privacy.conftest import DP_REQUIRED, OPEN, TARGET
 
 pytestmark = pytest.mark.slow

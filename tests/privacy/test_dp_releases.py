@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.errors import OncofedError
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import OncofedError
 from tests.privacy.conftest import DP_REQUIRED
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from oncofed.flower import content_from_bytes
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.flower import content_from_bytes
 from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.ledger import PrivacyLedger
-from oncofed.sandbox import Sandbox
 from tests.privacy.conftest import DP_REQUIRED
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from scipy.stats import chi2_contingency
 
-from oncofed.flower import from_bytes
-from oncofed.sandbox import Sandbox
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.flower import from_bytes
 
 pytestmark = pytest.mark.slow
 

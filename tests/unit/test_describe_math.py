@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.errors import QueryError
-from oncofed.node.data import infer_schema
-from oncofed.schema import ColumnSpec
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import ColumnSpec, infer_schema
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.describe import (
     DescribeParams,

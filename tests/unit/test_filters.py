@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from pydantic import TypeAdapter
 
-from oncofed.errors import QueryError
-from oncofed.node.data import infer_schema
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import infer_schema
 from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate, parse_filter
 
 FRAME = pd.DataFrame(

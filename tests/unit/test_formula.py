@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oncofed.errors import QueryError
-from oncofed.node.data import infer_schema
+from oncofed.kernel.errors import QueryError
+from oncofed.kernel.schema import infer_schema
 from oncofed.tasks.formula import Formula, design_matrix, parse_formula
 
 patsy = pytest.importorskip("patsy")

@@ -20,10 +20,16 @@ import statsmodels.formula.api as smf
 from flwr.app import Message
 from pydantic import ValidationError
 
-from oncofed.demo import lung_centres
-from oncofed.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
-from oncofed.flower import error_reply, install_process_identity, params_content, params_json, stamp
-from oncofed.node.data import infer_schema
+from oncofed.client.demo import lung_centres
+from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
+from oncofed.kernel.flower import (
+    error_reply,
+    install_process_identity,
+    params_content,
+    params_json,
+    stamp,
+)
+from oncofed.kernel.schema import infer_schema
 from oncofed.node.mods import decode_params
 from oncofed.privacy.policy import NodePolicy
 from oncofed.tasks.base import LocalDataset

@@ -10,8 +10,7 @@ import pytest
 from cryptography import x509
 from pydantic import ValidationError
 
-from oncofed.access import draft_permit, revoke
-from oncofed.errors import AccessDenied, ConfigError, PermitRefused
+from oncofed.client.access import draft_permit, revoke
 from oncofed.governance.envelope import SignedTask
 from oncofed.governance.keys import Identity
 from oncofed.governance.permits import (
@@ -25,6 +24,8 @@ from oncofed.governance.permits import (
 from oncofed.governance.pki import init_network, issue, issued, request
 from oncofed.governance.pki import revoke as revoke_certificate
 from oncofed.governance.sealing import open_sealed, seal
+from oncofed.kernel.errors import AccessDenied, ConfigError, PermitRefused, UnknownTask
+from oncofed.tasks import check_installed
 
 ADA = Identity.generate("ada", "researcher")
 BOB = Identity.generate("bob", "researcher")
@@ -51,7 +52,6 @@ def _application(**changes: object) -> DataAccessApplication:
     [
         ({"period_end": datetime.date(2025, 1, 1)}, "period_end"),
         ({"persons": (BOB.card,)}, "applicant must be one of"),
-        ({"task_types": ("reidentify",)}, "unknown task type"),
         ({"purposes": ("marketing",)}, "purposes"),
         ({"persons": (ADA.card, BODY.card)}, "researcher identities"),
     ],
@@ -61,6 +61,19 @@ def test_an_application_that_does_not_hold_together_is_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=words):
         _application(**changes)
+
+
+def test_a_permit_naming_a_task_type_not_installed_here_still_parses() -> None:
+    # A node one version behind must keep serving the types it has under a newer permit;
+    # only the coordinator's intake of applications refuses names it does not run.
+    permit = draft_permit(
+        _application(task_types=("describe", "spatial_scan")), BODY, permit_id="p1"
+    )
+    assert permit.task_types == ("describe", "spatial_scan")
+    with pytest.raises(UnknownTask, match="spatial_scan") as caught:
+        check_installed(permit.task_types, rule="application.task_types")
+    assert caught.value.rule == "application.task_types"
+    check_installed(("describe",), rule="application.task_types")
 
 
 def test_a_signed_permit_verifies_only_unchanged_and_only_under_the_trusted_key() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from oncofed.errors import ConfigError, DataError, ExitCode
+from oncofed.kernel.errors import ConfigError, DataError, ExitCode
 from oncofed.node.config import load_node_config
 from oncofed.node.data import Catalogue, read_dataset
 

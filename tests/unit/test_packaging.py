@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.layout import package_dirs
 
 
 def _fresh_python(code: str) -> subprocess.CompletedProcess[str]:
@@ -19,25 +20,19 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_top_level_folders_are_subpackages_of_oncofed() -> None:
-    import oncofed.coordinator
-    import oncofed.node
-    import oncofed.privacy
-    import oncofed.tasks
+    for name, folder in package_dirs().items():
+        module = importlib.import_module(name)
+        assert Path(module.__file__ or "").resolve().parent == folder
 
-    for module, folder in [
-        (oncofed.node, "node"),
-        (oncofed.coordinator, "coordinator"),
-        (oncofed.tasks, "tasks"),
-        (oncofed.privacy, "privacy"),
-    ]:
-        assert Path(module.__file__ or "").resolve().parent == ROOT / folder
+
+GENERIC = tuple(name.rpartition(".")[2] for name in package_dirs() if name != "oncofed")
 
 
 def test_no_generic_top_level_modules_are_installed() -> None:
     # A fresh interpreter outside the checkout: only what installation put on the path.
     code = (
         "import importlib.util as u;"
-        "found = [m for m in ('node', 'coordinator', 'tasks', 'privacy') if u.find_spec(m)];"
+        f"found = [m for m in {GENERIC!r} if u.find_spec(m)];"
         "assert not found, found"
     )
     run = _fresh_python(code)
@@ -46,7 +41,7 @@ def test_no_generic_top_level_modules_are_installed() -> None:
 
 def test_a_statistics_node_and_the_coordinator_never_import_torch() -> None:
     code = (
-        "import sys, oncofed.node.runner, oncofed.coordinator.server, oncofed.sandbox;"
+        "import sys, oncofed.node.runner, oncofed.coordinator.server, oncofed.client.sandbox;"
         "bad = [m for m in ('torch', 'opacus') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -10,7 +10,7 @@ import opendp.prelude as dp
 import pytest
 from scipy import stats
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.accounting import PrivacyLoss, rho_for
 from oncofed.privacy.dp import MAX_ROWS, DPRequest, release_for
 from oncofed.privacy.ledger import PrivacyLedger

@@ -7,9 +7,9 @@ import re
 import pandas as pd
 import pytest
 
-from oncofed.errors import SandboxError
-from oncofed.sandbox import Sandbox
-from oncofed.schema import NAME_PATTERN
+from oncofed.client.sandbox import Sandbox
+from oncofed.kernel.errors import SandboxError
+from oncofed.kernel.schema import NAME_PATTERN
 
 
 def test_every_value_becomes_a_valid_distinct_node_name() -> None:

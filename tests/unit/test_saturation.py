@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.policy import NodePolicy
 from oncofed.privacy.saturation import check_model_saturation
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy import stats
 
-from oncofed.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.secagg import (
     Advert,
     SecAggError,

@@ -105,7 +105,7 @@ class TestPostgresStore(StoreContract):
 
 
 def test_bad_database_url_is_a_config_error(tmp_path: Path) -> None:
-    from oncofed.errors import ConfigError, DatabaseUnavailable, ExitCode
+    from oncofed.kernel.errors import ConfigError, DatabaseUnavailable, ExitCode
 
     with pytest.raises(ConfigError) as caught:
         open_database("nosuchdb://x")

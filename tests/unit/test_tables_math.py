@@ -16,10 +16,11 @@ import pytest
 from flwr.app import Message
 from scipy.stats import chi2_contingency
 
-from oncofed.errors import OncofedError, QueryError
-from oncofed.flower import install_process_identity, node_context, stamp
+from oncofed.kernel.errors import OncofedError, QueryError
+from oncofed.kernel.flower import install_process_identity, node_context, stamp
+from oncofed.kernel.schema import infer_schema
 from oncofed.node.app import build_client_app
-from oncofed.node.data import FrameCatalogue, infer_schema
+from oncofed.node.data import FrameCatalogue
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.base import LocalDataset

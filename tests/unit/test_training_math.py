@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from flwr.app import MetricRecord
 
-from oncofed.node.data import infer_schema
+from oncofed.kernel.schema import infer_schema
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.training import architectures
 from oncofed.tasks.training.node import (

@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
-from oncofed.errors import ConfigError, CoordinatorUnavailable, OncofedError
 from oncofed.governance.keys import Identity, write_private
 from oncofed.governance.permits import (
     DataAccessApplication,
@@ -32,10 +31,15 @@ from oncofed.governance.permits import (
     utcnow,
 )
 from oncofed.governance.tls import TlsFiles, client_channel
-from oncofed.node.config import format_validation_error
-from oncofed.wire import CHANNEL_OPTIONS
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import DataAccessStub
+from oncofed.kernel.errors import (
+    ConfigError,
+    CoordinatorUnavailable,
+    OncofedError,
+    format_validation_error,
+)
+from oncofed.kernel.wire import CHANNEL_OPTIONS
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import DataAccessStub
 
 REVOCATIONS_FILE = "revocations.json"
 DEFAULT_LIST_VALIDITY = datetime.timedelta(days=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -82,6 +83,22 @@ class DatasetSchema(BaseModel):
         return ", ".join(f"{name}:{spec.type}" for name, spec in self.columns.items())
 
 
+def infer_schema(frame: pd.DataFrame) -> DatasetSchema:
+    """A schema for a DataFrame: numbers stay numbers, text becomes agreed categories."""
+    columns: dict[str, ColumnSpec] = {}
+    for name, series in frame.items():
+        if pd.api.types.is_bool_dtype(series):
+            columns[str(name)] = ColumnSpec(type="boolean")
+        elif pd.api.types.is_integer_dtype(series):
+            columns[str(name)] = ColumnSpec(type="integer")
+        elif pd.api.types.is_float_dtype(series):
+            columns[str(name)] = ColumnSpec(type="float")
+        else:
+            labels = sorted({str(v) for v in series.dropna().unique()})
+            columns[str(name)] = ColumnSpec(type="category", categories=tuple(labels))
+    return DatasetSchema(columns=columns)
+
+
 __all__ = [
     "GROUPABLE_TYPES",
     "NAME_PATTERN",
@@ -89,4 +106,5 @@ __all__ = [
     "ColumnSpec",
     "ColumnType",
     "DatasetSchema",
+    "infer_schema",
 ]

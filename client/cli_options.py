@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from oncofed.logs import LogFormat
+from oncofed.kernel.logs import LogFormat
 
 console = Console()
 err_console = Console(stderr=True)

@@ -15,17 +15,20 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from oncofed.access import grpc_error
-from oncofed.errors import (
+from oncofed.client.access import grpc_error
+from oncofed.governance.envelope import SignedTask
+from oncofed.governance.keys import Identity
+from oncofed.governance.sealing import open_sealed
+from oncofed.governance.tls import TlsFiles, client_channel
+from oncofed.kernel.errors import (
     OncofedError,
     QueryError,
     TaskCancelled,
     TaskFailed,
 )
-from oncofed.governance.envelope import SignedTask
-from oncofed.governance.keys import Identity
-from oncofed.governance.sealing import open_sealed
-from oncofed.governance.tls import TlsFiles, client_channel
+from oncofed.kernel.wire import CHANNEL_OPTIONS
+from oncofed.kernel.wire import oncofed_pb2 as pb
+from oncofed.kernel.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
 from oncofed.tasks import get_task
 from oncofed.tasks.correlation import CorrelationResult
 from oncofed.tasks.coxph import CoxPHResult, covariate_formula
@@ -39,9 +42,6 @@ from oncofed.tasks.kaplan_meier import KaplanMeierResult
 from oncofed.tasks.logrank import LogrankResult
 from oncofed.tasks.quantiles import Method, QuantilesResult
 from oncofed.tasks.training.model import TrainedModel
-from oncofed.wire import CHANNEL_OPTIONS
-from oncofed.wire import oncofed_pb2 as pb
-from oncofed.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
 
 RECONNECT_SECONDS = 60.0
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from oncofed.cli_options import (
+from oncofed.client.cli_options import (
     DEFAULT_CREDENTIALS,
     CoordinatorOption,
     CredentialsOption,
     console,
 )
-from oncofed.errors import ConfigError
+from oncofed.kernel.errors import ConfigError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -142,7 +142,7 @@ def pki_list(ca_dir: CaDirOption) -> None:
 
 
 def _show_application(record: object) -> None:
-    from oncofed.wire import oncofed_pb2 as pb
+    from oncofed.kernel.wire import oncofed_pb2 as pb
 
     assert isinstance(record, pb.ApplicationRecord)
     console.print(
@@ -159,7 +159,7 @@ def application_submit(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """File a data access application with the data-access body (through the coordinator)."""
-    from oncofed.access import DataAccessClient, load_document
+    from oncofed.client.access import DataAccessClient, load_document
     from oncofed.governance.permits import DataAccessApplication
 
     document = load_document(application, DataAccessApplication, "application")
@@ -173,7 +173,7 @@ def application_list(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Applications: all of them for a data-access body, your own for a researcher."""
-    from oncofed.access import DataAccessClient
+    from oncofed.client.access import DataAccessClient
 
     with DataAccessClient(coordinator, credentials) as client:
         records = client.applications()
@@ -200,7 +200,7 @@ def application_show(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Print an application (JSON) and its history; pipe it to `oncofed permit draft`."""
-    from oncofed.access import DataAccessClient
+    from oncofed.client.access import DataAccessClient
 
     with DataAccessClient(coordinator, credentials) as client:
         record = client.application(application_id)
@@ -215,7 +215,7 @@ def application_show(
 def _decide(
     decision: str, application_id: str, note: str, coordinator: str, credentials: Path
 ) -> None:
-    from oncofed.access import DataAccessClient
+    from oncofed.client.access import DataAccessClient
 
     with DataAccessClient(coordinator, credentials) as client:
         _show_application(client.decide(application_id, decision, note))
@@ -274,7 +274,7 @@ def permit_draft(
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """A permit granting what was asked, to edit (narrow) before signing."""
-    from oncofed.access import draft_permit, load_document
+    from oncofed.client.access import draft_permit, load_document
     from oncofed.governance.keys import Identity
     from oncofed.governance.permits import DataAccessApplication
 
@@ -297,7 +297,7 @@ def permit_sign(
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """Sign a permit with the data-access body's own key (offline; no coordinator needed)."""
-    from oncofed.access import load_document
+    from oncofed.client.access import load_document
     from oncofed.governance.keys import Identity
     from oncofed.governance.permits import Permit
 
@@ -322,7 +322,7 @@ def permit_publish(
 
     An amendment (version > 1) also signs and publishes the body's next revocation
     list, revoking the older versions, so no coordinator can keep relaying them."""
-    from oncofed.access import DataAccessClient, load_document
+    from oncofed.client.access import DataAccessClient, load_document
     from oncofed.governance.permits import SignedPermit
 
     document: SignedPermit = load_document(signed, SignedPermit, "signed permit")
@@ -340,7 +340,7 @@ def permit_show(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Print a published permit that names you (or any, for a data-access body)."""
-    from oncofed.access import DataAccessClient
+    from oncofed.client.access import DataAccessClient
 
     with DataAccessClient(coordinator, credentials) as client:
         _write(client.permit(permit_id).model_dump_json(indent=2), None)
@@ -376,7 +376,7 @@ def _revocations(
     credentials: Path,
     superseded: dict[str, int] | None = None,
 ) -> None:
-    from oncofed.access import DataAccessClient, revoke
+    from oncofed.client.access import DataAccessClient, revoke
     from oncofed.governance.keys import Identity
 
     signed = revoke(

@@ -31,8 +31,8 @@ from typing import IO, Any
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from oncofed.access import DataAccessClient, revoke
-from oncofed.errors import CoordinatorUnavailable, SandboxError
+from oncofed.client.access import DataAccessClient, revoke
+from oncofed.client.session import Session
 from oncofed.governance.keys import Identity, Role
 from oncofed.governance.permits import (
     DatasetGrant,
@@ -44,11 +44,10 @@ from oncofed.governance.permits import (
     utcnow,
 )
 from oncofed.governance.pki import CA_CERT, CRL_FILE, init_network, issue, request
-from oncofed.node.data import infer_schema
+from oncofed.kernel.errors import CoordinatorUnavailable, SandboxError
+from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema, infer_schema
 from oncofed.node.identity import load_or_create_identity, public_key_text
 from oncofed.privacy.policy import NodePolicy
-from oncofed.schema import NAME_PATTERN, DatasetSchema
-from oncofed.session import Session
 from oncofed.tasks import TASKS
 
 START_TIMEOUT = 90.0

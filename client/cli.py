@@ -17,15 +17,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from oncofed import __version__
-from oncofed.cli_governance import (
+from oncofed.client.cli_governance import (
     application_app,
     approvals_app,
     audit_app,
     permit_app,
     pki_app,
 )
-from oncofed.cli_options import (
+from oncofed.client.cli_options import (
     DEFAULT_CREDENTIALS,
     CoordinatorOption,
     CredentialsOption,
@@ -35,8 +34,9 @@ from oncofed.cli_options import (
     console,
     err_console,
 )
-from oncofed.errors import ConfigError, ExitCode, OncofedError
-from oncofed.logs import setup_logging
+from oncofed.kernel.errors import ConfigError, ExitCode, OncofedError
+from oncofed.kernel.logs import setup_logging
+from oncofed.kernel.version import VERSION
 
 if TYPE_CHECKING:
     from oncofed.tasks.quantiles import Method
@@ -73,7 +73,7 @@ def _stop_on_signals(stop: Any) -> None:
 @app.command()
 def version() -> None:
     """Print the installed oncofed version."""
-    console.print(__version__)
+    console.print(VERSION)
 
 
 @app.command()
@@ -81,7 +81,7 @@ def demo(
     centres: Annotated[int, typer.Option(min=3, max=10, help="Number of centres.")] = 5,
 ) -> None:
     """Run a federated network of lung cancer centres on this machine and compare with pooled."""
-    from oncofed.demo import run_demo
+    from oncofed.client.demo import run_demo
 
     run_demo(console, centres)
 
@@ -93,7 +93,7 @@ def sandbox(
     dataset: Annotated[str, typer.Option(help="Dataset name the nodes offer.")] = "data",
 ) -> None:
     """Start a local network from one file and keep it up until Ctrl-C."""
-    from oncofed.sandbox import Sandbox
+    from oncofed.client.sandbox import Sandbox
 
     if not data.is_file():
         raise ConfigError(
@@ -193,7 +193,7 @@ def node_start(
     log_format: LogFormatOption = "text",
 ) -> None:
     """Connect to the coordinator and serve tasks until SIGTERM or Ctrl-C."""
-    from oncofed.flower import install_process_identity
+    from oncofed.kernel.flower import install_process_identity
     from oncofed.node.config import load_node_config
     from oncofed.node.runner import NodeRunner
 
@@ -285,7 +285,7 @@ def nodes(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """List the nodes the coordinator knows: name, version, online, datasets."""
-    from oncofed.session import Session
+    from oncofed.client.session import Session
 
     with Session(coordinator, credentials=credentials, progress=False) as session:
         listing = session.nodes()
@@ -312,8 +312,8 @@ def query_describe(
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
 ) -> None:
     """Count, missing, mean, variance and standard deviation over all nodes."""
-    from oncofed.render import describe_table
-    from oncofed.session import Session
+    from oncofed.client.render import describe_table
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -368,8 +368,8 @@ def query_correlation(
     ] = False,
 ) -> None:
     """Covariance and correlation matrices over complete cases."""
-    from oncofed.render import correlation_tables
-    from oncofed.session import Session
+    from oncofed.client.render import correlation_tables
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -408,8 +408,8 @@ def query_crosstab(
     csv: CsvOption = False,
 ) -> None:
     """Counts on agreed categories, with the chi-square test of independence."""
-    from oncofed.render import crosstab_table
-    from oncofed.session import Session
+    from oncofed.client.render import crosstab_table
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -455,8 +455,8 @@ def query_histogram(
     plot: Annotated[Path | None, typer.Option(help="Also save the plot to this file.")] = None,
 ) -> None:
     """Counts on agreed edges (--edges), or --bins equal bins over an agreed --range."""
-    from oncofed.render import histogram_table
-    from oncofed.session import Session
+    from oncofed.client.render import histogram_table
+    from oncofed.client.session import Session
 
     if (edges is None) == (bins is None):
         raise typer.BadParameter("pass either --edges or --bins with --range", param_hint="--edges")
@@ -512,8 +512,8 @@ def query_quantiles(
     csv: CsvOption = False,
 ) -> None:
     """Approximate quantiles within a stated error bound; no value leaves a node."""
-    from oncofed.render import quantiles_table
-    from oncofed.session import Session
+    from oncofed.client.render import quantiles_table
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -560,7 +560,7 @@ def query_glm(
     csv: CsvOption = False,
 ) -> None:
     """A generalised linear model fitted by federated IRLS; prints the summary table."""
-    from oncofed.session import Session
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -615,8 +615,8 @@ def query_kaplan_meier(
     plot: Annotated[Path | None, typer.Option(help="Also save the plot to this file.")] = None,
 ) -> None:
     """Kaplan-Meier survival curves on an agreed time grid, overall or by group."""
-    from oncofed.render import kaplan_meier_table
-    from oncofed.session import Session
+    from oncofed.client.render import kaplan_meier_table
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -665,8 +665,8 @@ def query_logrank(
     csv: CsvOption = False,
 ) -> None:
     """Log-rank test of equal survival across two or more groups."""
-    from oncofed.render import logrank_table
-    from oncofed.session import Session
+    from oncofed.client.render import logrank_table
+    from oncofed.client.session import Session
 
     with Session(
         coordinator,
@@ -721,7 +721,7 @@ def query_coxph(
     csv: CsvOption = False,
 ) -> None:
     """Cox proportional hazards (Efron ties) by federated Newton-Raphson; prints the summary."""
-    from oncofed.session import Session
+    from oncofed.client.session import Session
 
     levels: dict[str, list[str]] = {}
     for text in strata_categories or []:
@@ -763,7 +763,7 @@ def task_status(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Show a task's state and progress."""
-    from oncofed.session import Session
+    from oncofed.client.session import Session
 
     with Session(coordinator, credentials=credentials, progress=False) as session:
         status = session.status(task_id)
@@ -780,7 +780,7 @@ def task_result(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Wait for a task and print its result as JSON."""
-    from oncofed.session import Session
+    from oncofed.client.session import Session
 
     with Session(coordinator, credentials=credentials, console=err_console) as session:
         sys.stdout.write(session.wait(task_id) + "\n")
@@ -793,7 +793,7 @@ def task_cancel(
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Cancel a queued or running task."""
-    from oncofed.session import Session
+    from oncofed.client.session import Session
 
     with Session(coordinator, credentials=credentials, progress=False) as session:
         console.print(f"{task_id}: {session.cancel(task_id)}")

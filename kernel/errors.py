@@ -12,6 +12,8 @@ import json
 from enum import IntEnum
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 
 class ExitCode(IntEnum):
     """Documented process exit codes of the ``oncofed`` command."""
@@ -230,6 +232,16 @@ _REGISTRY: dict[str, type[OncofedError]] = {
     )
 }
 
+
+def format_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``location: message; ...``."""
+    parts = []
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{location}: {err['msg']}")
+    return "; ".join(parts)
+
+
 __all__ = [
     "AccessDenied",
     "ConfigError",
@@ -247,4 +259,5 @@ __all__ = [
     "TaskCancelled",
     "TaskFailed",
     "UnknownTask",
+    "format_validation_error",
 ]

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from oncofed.wire import oncofed_pb2 as oncofed_dot_wire_dot_oncofed__pb2
+from oncofed.kernel.wire import oncofed_pb2 as oncofed_dot_kernel_dot_wire_dot_oncofed__pb2
 
 GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in oncofed/wire/oncofed_pb2_grpc.py depends on'
+        + ' but the generated code in oncofed/kernel/wire/oncofed_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class NodeLinkStub(object):
         """
         self.Connect = channel.stream_stream(
                 '/oncofed.v1.NodeLink/Connect',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.NodeFrame.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.CoordinatorFrame.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.NodeFrame.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.CoordinatorFrame.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_NodeLinkServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.NodeFrame.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.CoordinatorFrame.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.NodeFrame.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.CoordinatorFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class NodeLink(object):
             request_iterator,
             target,
             '/oncofed.v1.NodeLink/Connect',
-            oncofed_dot_wire_dot_oncofed__pb2.NodeFrame.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.CoordinatorFrame.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.NodeFrame.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.CoordinatorFrame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -108,23 +108,23 @@ class ResearcherStub(object):
         """
         self.Submit = channel.unary_unary(
                 '/oncofed.v1.Researcher/Submit',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.SubmitRequest.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/oncofed.v1.Researcher/Watch',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
                 _registered_method=True)
         self.Result = channel.unary_unary(
                 '/oncofed.v1.Researcher/Result',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskResult.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskResult.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/oncofed.v1.Researcher/Cancel',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
                 _registered_method=True)
 
 
@@ -160,23 +160,23 @@ def add_ResearcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.SubmitRequest.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.SubmitRequest.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskStatus.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskStatus.SerializeToString,
             ),
             'Result': grpc.unary_unary_rpc_method_handler(
                     servicer.Result,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskResult.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskResult.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.TaskStatus.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -204,8 +204,8 @@ class Researcher(object):
             request,
             target,
             '/oncofed.v1.Researcher/Submit',
-            oncofed_dot_wire_dot_oncofed__pb2.SubmitRequest.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.SubmitRequest.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.FromString,
             options,
             channel_credentials,
             insecure,
@@ -231,8 +231,8 @@ class Researcher(object):
             request,
             target,
             '/oncofed.v1.Researcher/Watch',
-            oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -258,8 +258,8 @@ class Researcher(object):
             request,
             target,
             '/oncofed.v1.Researcher/Result',
-            oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.TaskResult.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -285,8 +285,8 @@ class Researcher(object):
             request,
             target,
             '/oncofed.v1.Researcher/Cancel',
-            oncofed_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskRef.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.TaskStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -309,8 +309,8 @@ class OperatorStub(object):
         """
         self.ListNodes = channel.unary_unary(
                 '/oncofed.v1.Operator/ListNodes',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.NodeList.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.NodeList.FromString,
                 _registered_method=True)
 
 
@@ -328,8 +328,8 @@ def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.NodeList.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.NodeList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,8 +357,8 @@ class Operator(object):
             request,
             target,
             '/oncofed.v1.Operator/ListNodes',
-            oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.NodeList.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.NodeList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -381,38 +381,38 @@ class DataAccessStub(object):
         """
         self.SubmitApplication = channel.unary_unary(
                 '/oncofed.v1.DataAccess/SubmitApplication',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationSubmission.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationSubmission.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
                 _registered_method=True)
         self.ListApplications = channel.unary_unary(
                 '/oncofed.v1.DataAccess/ListApplications',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationList.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationList.FromString,
                 _registered_method=True)
         self.GetApplication = channel.unary_unary(
                 '/oncofed.v1.DataAccess/GetApplication',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRef.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRef.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
                 _registered_method=True)
         self.Decide = channel.unary_unary(
                 '/oncofed.v1.DataAccess/Decide',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Decision.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Decision.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
                 _registered_method=True)
         self.PublishPermit = channel.unary_unary(
                 '/oncofed.v1.DataAccess/PublishPermit',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
                 _registered_method=True)
         self.GetPermit = channel.unary_unary(
                 '/oncofed.v1.DataAccess/GetPermit',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.FromString,
                 _registered_method=True)
         self.PublishRevocations = channel.unary_unary(
                 '/oncofed.v1.DataAccess/PublishRevocations',
-                request_serializer=oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
-                response_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
+                request_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+                response_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.FromString,
                 _registered_method=True)
 
 
@@ -466,38 +466,38 @@ def add_DataAccessServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SubmitApplication': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitApplication,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationSubmission.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationSubmission.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
             ),
             'ListApplications': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApplications,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationList.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationList.SerializeToString,
             ),
             'GetApplication': grpc.unary_unary_rpc_method_handler(
                     servicer.GetApplication,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRef.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRef.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
             ),
             'Decide': grpc.unary_unary_rpc_method_handler(
                     servicer.Decide,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Decision.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Decision.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.SerializeToString,
             ),
             'PublishPermit': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishPermit,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
             ),
             'GetPermit': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPermit,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
             ),
             'PublishRevocations': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishRevocations,
-                    request_deserializer=oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
-                    response_serializer=oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+                    request_deserializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.FromString,
+                    response_serializer=oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,8 +525,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/SubmitApplication',
-            oncofed_dot_wire_dot_oncofed__pb2.ApplicationSubmission.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationSubmission.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
             options,
             channel_credentials,
             insecure,
@@ -552,8 +552,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/ListApplications',
-            oncofed_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.ApplicationList.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -579,8 +579,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/GetApplication',
-            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRef.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRef.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
             options,
             channel_credentials,
             insecure,
@@ -606,8 +606,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/Decide',
-            oncofed_dot_wire_dot_oncofed__pb2.Decision.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Decision.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.ApplicationRecord.FromString,
             options,
             channel_credentials,
             insecure,
@@ -633,8 +633,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/PublishPermit',
-            oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.PermitRef.FromString,
             options,
             channel_credentials,
             insecure,
@@ -660,8 +660,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/GetPermit',
-            oncofed_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.Document.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.PermitRef.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.FromString,
             options,
             channel_credentials,
             insecure,
@@ -687,8 +687,8 @@ class DataAccess(object):
             request,
             target,
             '/oncofed.v1.DataAccess/PublishRevocations',
-            oncofed_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
-            oncofed_dot_wire_dot_oncofed__pb2.Empty.FromString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Document.SerializeToString,
+            oncofed_dot_kernel_dot_wire_dot_oncofed__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

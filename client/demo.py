@@ -22,14 +22,14 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from oncofed.access import DataAccessClient, draft_permit
-from oncofed.errors import ConfigError
+from oncofed.client.access import DataAccessClient, draft_permit
+from oncofed.client.render import comparison_table, max_relative_difference, pooled_describe
+from oncofed.client.sandbox import HDAB, Sandbox
+from oncofed.client.session import Session
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.permits import DataAccessApplication, DatasetRequest, Purpose
+from oncofed.kernel.errors import ConfigError
 from oncofed.node.runner import AUDIT_FILE
-from oncofed.render import comparison_table, max_relative_difference, pooled_describe
-from oncofed.sandbox import HDAB, Sandbox
-from oncofed.session import Session
 
 COLUMNS = ["age", "time", "ph.karno", "meal.cal", "wt.loss"]
 GRID_DAYS = 30.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -12,7 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from oncofed.errors import ConfigError
 from oncofed.tasks.describe import ALL, DescribeResult
 
 if TYPE_CHECKING:
@@ -164,19 +162,6 @@ def _footer(detail: str, nodes: list[str]) -> Text:
     return Text(f"{detail}; {len(nodes)} nodes: {', '.join(nodes)}", style="dim")
 
 
-def pyplot() -> ModuleType:
-    """matplotlib.pyplot, or a typed error saying how to install it (plots are optional)."""
-    try:
-        import matplotlib.pyplot as plt
-    except ModuleNotFoundError:
-        raise ConfigError(
-            "plotting needs matplotlib, which is not installed",
-            rule="plot.matplotlib",
-            fix='pip install "oncofed[demo]"',
-        ) from None
-    return plt
-
-
 def pooled_describe(
     frame: pd.DataFrame,
     columns: list[str],
@@ -273,6 +258,5 @@ __all__ = [
     "logrank_table",
     "max_relative_difference",
     "pooled_describe",
-    "pyplot",
     "quantiles_table",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import (
     message_from_proto,
@@ -29,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from oncofed.errors import OncofedError
+from oncofed.kernel.errors import OncofedError
 
 COORDINATOR_NODE_ID: int = SUPERLINK_NODE_ID
 PARAMS_RECORD = "oncofed.params"
@@ -187,6 +188,8 @@ __all__ = [
     "COORDINATOR_NODE_ID",
     "ERROR_CODE",
     "GRANT_RECORD",
+    "ClientAppCallable",
+    "Mod",
     "Run",
     "attach_authorisation",
     "authorisation_json",
