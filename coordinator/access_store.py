@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from oncofed.coordinator.db import ApplicationRow, PermitRow, RevocationListRow
-from oncofed.governance.permits import SignedRevocations
+from oncofed.governance.permits import RevocationList, SignedRevocations
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,13 @@ class AccessStore:
             row.sequence, row.signed_json, row.published_at = sequence, signed, time.time()
             return True
 
-    def revoked(self, issuer: str, permit_id: str, version: int) -> bool:
-        """Whether the body's newest list revokes this permit version (outright or superseded)."""
+    def newest_revocations(self, issuer: str) -> RevocationList | None:
+        """The body's newest published revocation list (verified when it was published)."""
         with self._session() as db:
             row = db.get(RevocationListRow, issuer)
         if row is None:
-            return False
-        revocations = SignedRevocations.model_validate_json(row.signed_json).revocations
-        return revocations.revokes(permit_id, version)
+            return None
+        return SignedRevocations.model_validate_json(row.signed_json).revocations
 
     def revocation_lists(self) -> list[str]:
         with self._session() as db:

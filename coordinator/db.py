@@ -82,6 +82,8 @@ class MessageRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Set when a node answered "pending its operator's approval": queued, but held till then.
+    not_before: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ReplyRow(Base):

@@ -9,6 +9,8 @@ grid under ``run_simulation``. Differences that matter:
   its first run already received instead of asking the nodes again;
 * a message that expires unanswered comes back as a typed error reply that
   names the node, so the task fails with a clear reason instead of hanging;
+* a message a node holds for its operator's approval is sent again until
+  approved (the node link re-queues it), and the task's status says so;
 * every message carries the task's authorisation (signed task, permit,
   revocation lists) for the node to check by itself;
 * a cancelled task stops at its next call into the grid.
@@ -26,7 +28,7 @@ from flwr.serverapp import Grid
 
 from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import OutgoingMessage, Store
-from oncofed.kernel.errors import NodeUnavailable, TaskCancelled
+from oncofed.kernel.errors import ApprovalPending, NodeUnavailable, OncofedError, TaskCancelled
 from oncofed.kernel.flower import (
     Run,
     attach_authorisation,
@@ -118,24 +120,28 @@ class GovernedGrid(Grid):
         replies = [from_bytes(p) for p in self._store.replies(wanted).values()]
         answered = {r.metadata.reply_to_message_id for r in replies}
         pending = [m for m in wanted if m not in answered]
-        for message_id, node_id in self._store.expired(pending):
+        for message_id, node_id, held in self._store.expired(pending):
             original = self._sent.get(message_id)
             if original is None:
                 continue
             name = self._store.node_name(node_id)
-            replies.append(
-                error_reply(
-                    original,
-                    NodeUnavailable(
-                        f"node {name} did not reply before the message expired "
-                        f"({original.metadata.ttl:g} s)",
-                        rule="task.timeout",
-                        node=name,
-                        fix="check that the node is running and connected, "
-                        "or raise the task's timeout",
-                    ),
+            ttl = original.metadata.ttl
+            if held:
+                error: OncofedError = ApprovalPending(
+                    f"the operator of {name} did not approve the task within {ttl:g} s",
+                    rule="node.approval_pending",
+                    node=name,
+                    fix="ask the centre's operator to approve it (`oncofed node approvals "
+                    "approve`), then submit again; or raise the task's timeout",
                 )
-            )
+            else:
+                error = NodeUnavailable(
+                    f"node {name} did not reply before the message expired ({ttl:g} s)",
+                    rule="task.timeout",
+                    node=name,
+                    fix="check that the node is running and connected, or raise the task's timeout",
+                )
+            replies.append(error_reply(original, error))
         return replies
 
     def send_and_receive(

@@ -16,7 +16,7 @@ from oncofed.coordinator.hub import Hub
 from oncofed.coordinator.store import Store
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.tls import RevokedCertificates
-from oncofed.kernel.flower import from_bytes
+from oncofed.kernel.flower import from_bytes, reply_error
 from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.kernel.wire import oncofed_pb2 as pb
 from oncofed.kernel.wire.oncofed_pb2_grpc import NodeLinkServicer
@@ -24,6 +24,9 @@ from oncofed.kernel.wire.oncofed_pb2_grpc import NodeLinkServicer
 log = logging.getLogger(__name__)
 
 MISSED_HEARTBEATS = 3  # a node silent this many intervals is offline
+PENDING_APPROVAL = "node.approval_pending"
+APPROVAL_RETRY_SECONDS = 2.0
+"""How soon a message a node holds for its operator's approval is sent to it again."""
 
 
 class NodeLink(NodeLinkServicer):
@@ -175,13 +178,22 @@ class NodeLink(NodeLinkServicer):
         except Exception:
             log.warning("node %d sent an unreadable reply; dropped", node_id)
             return
-        if self.store.put_reply(reply.metadata.reply_to_message_id, node_id, payload):
+        message_id = reply.metadata.reply_to_message_id
+        if reply.has_error() and reply_error(reply).rule == PENDING_APPROVAL:
+            # The node stores the request and keeps its workers free; ask again later.
+            task_id = self.store.defer(message_id, node_id, time.time() + APPROVAL_RETRY_SECONDS)
+            if task_id is not None:
+                name = self.store.node_name(node_id)
+                self.store.set_detail(task_id, f"waiting for the approval of {name}'s operator")
+                self.hub.notify_progress()
+            return
+        if self.store.put_reply(message_id, node_id, payload):
             self.hub.notify_progress()
         else:
             log.warning(
                 "node %d answered message %s that it was not sent or already answered; dropped",
                 node_id,
-                reply.metadata.reply_to_message_id,
+                message_id,
             )
 
 

@@ -15,7 +15,8 @@ from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store, TaskView
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import SignedTask, TaskEnvelope
-from oncofed.governance.permits import SignedPermit, check_validity, utcnow
+from oncofed.governance.permit_check import TaskKind, check_task
+from oncofed.governance.permits import SignedPermit, utcnow
 from oncofed.kernel.errors import (
     AccessDenied,
     OncofedError,
@@ -109,8 +110,9 @@ class Researcher(ResearcherServicer):
     def _admissible(self, caller_name: str, signed: SignedTask) -> str:
         """The task's validated parameters, if the permit on file covers the signed task.
 
-        Nodes check all of this again by themselves; the coordinator checks it
-        so that a researcher hears at once instead of from every node.
+        The rules are the nodes' own (``governance/permit_check.py``), run here
+        so that a researcher hears at once instead of from every node; each
+        node runs them again by itself.
         """
         task = signed.task
         if task.researcher != caller_name:
@@ -128,27 +130,6 @@ class Researcher(ResearcherServicer):
                 fix="the data-access body publishes it with `oncofed permit publish`",
             )
         permit = SignedPermit.model_validate_json(published).permit
-        person = permit.person(task.researcher)
-        if person is None:
-            raise PermitRefused(
-                f"{task.researcher} is not named in permit {permit.permit_id!r}",
-                rule="permit.person",
-                fix="ask the data-access body to amend the permit",
-            )
-        signed.verified(person.verifying_key())
-        check_validity(permit, utcnow())
-        if self.access.revoked(permit.issuer.name, permit.permit_id, permit.version):
-            raise PermitRefused(
-                f"permit {permit.permit_id!r} was revoked by {permit.issuer.name}",
-                rule="permit.revoked",
-                fix="ask the data-access body about the revocation",
-            )
-        if task.task_type not in permit.task_types:
-            raise PermitRefused(
-                f"permit {permit.permit_id!r} does not allow task type {task.task_type!r}",
-                rule="permit.task_type",
-                fix=f"the permit allows: {', '.join(permit.task_types)}",
-            )
         try:
             params = kind.params.model_validate_json(task.params_json or "{}")
         except ValidationError as exc:
@@ -157,12 +138,15 @@ class Researcher(ResearcherServicer):
                 rule="task.params",
                 fix="correct the request",
             ) from None
-        if params.study != permit.permit_id:
-            raise PermitRefused(
-                f"the task's study {params.study!r} is not its permit {permit.permit_id!r}",
-                rule="task.permit",
-                fix="Session(permit=...) sets it",
-            )
+        check_task(
+            permit=permit,
+            signed=signed,
+            kind=TaskKind(kind.name, returns_models=bool(kind.model_handlers)),
+            request=params,
+            signed_request=params,
+            revocations=self.access.newest_revocations(permit.issuer.name),
+            now=utcnow(),
+        )
         return str(params.model_dump_json())
 
     def _audit(

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -303,6 +303,7 @@ class Store:
                         MessageRow.dst_node_id == node_id,
                         MessageRow.state == "queued",
                         MessageRow.expires_at > now,
+                        or_(MessageRow.not_before.is_(None), MessageRow.not_before <= now),
                     )
                     .order_by(MessageRow.created_at)
                 )
@@ -338,6 +339,18 @@ class Store:
             )
             return True
 
+    def defer(self, message_id: str, src_node_id: int, until: float) -> str | None:
+        """Queue a message again for a node holding it pending approval; its task's id.
+
+        Refused (None) unless the message is open and was sent to that node.
+        """
+        with self._session() as db, db.begin():
+            msg = db.get(MessageRow, message_id)
+            if msg is None or msg.dst_node_id != src_node_id or msg.state == "answered":
+                return None
+            msg.state, msg.not_before = "queued", until
+            return msg.task_id
+
     def replies(self, message_ids: Iterable[str]) -> dict[str, bytes]:
         ids = list(message_ids)
         if not ids:
@@ -348,20 +361,20 @@ class Store:
             )
             return {mid: payload for mid, payload in rows}
 
-    def expired(self, message_ids: Iterable[str]) -> list[tuple[str, int]]:
-        """Unanswered messages past their expiry, as (message id, destination node)."""
+    def expired(self, message_ids: Iterable[str]) -> list[tuple[str, int, bool]]:
+        """Unanswered messages past their expiry: (message id, destination, held for approval)."""
         ids = list(message_ids)
         if not ids:
             return []
         with self._session() as db:
             rows = db.execute(
-                select(MessageRow.message_id, MessageRow.dst_node_id).where(
+                select(MessageRow.message_id, MessageRow.dst_node_id, MessageRow.not_before).where(
                     MessageRow.message_id.in_(ids),
                     MessageRow.state != "answered",
                     MessageRow.expires_at <= time.time(),
                 )
             )
-            return [(mid, dst) for mid, dst in rows]
+            return [(mid, dst, held is not None) for mid, dst, held in rows]
 
 
 __all__ = ["TERMINAL_STATES", "NodeView", "OutgoingMessage", "Store", "TaskView"]

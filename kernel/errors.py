@@ -161,6 +161,12 @@ class PermitRefused(OncofedError):
     exit_code = ExitCode.REFUSED
 
 
+class ApprovalPending(OncofedError):
+    """A node holds the task until its operator approves it; asked again, it may go ahead."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
 class AccessDenied(OncofedError):
     """The caller's certificate is missing, revoked, or its role may not make this call."""
 
@@ -226,6 +232,7 @@ _REGISTRY: dict[str, type[OncofedError]] = {
         TaskCancelled,
         UnknownTask,
         PermitRefused,
+        ApprovalPending,
         AccessDenied,
         SandboxError,
         FederatedErrors,
@@ -244,6 +251,7 @@ def format_validation_error(exc: ValidationError) -> str:
 
 __all__ = [
     "AccessDenied",
+    "ApprovalPending",
     "ConfigError",
     "CoordinatorUnavailable",
     "DataError",

@@ -35,7 +35,6 @@ from oncofed.kernel.errors import OncofedError
 COORDINATOR_NODE_ID: int = SUPERLINK_NODE_ID
 PARAMS_RECORD = "oncofed.params"
 AUTHORISATION_RECORD = "oncofed.authorisation"  # signed task, permit, revocations (coordinator)
-GRANT_RECORD = "oncofed.grant"  # what the node's permit check allows (set by the node itself)
 ERROR_CODE = 4711  # Flower error code for an oncofed typed error in `Error.reason`
 
 
@@ -108,24 +107,6 @@ def authorisation_json(message: Message) -> str | None:
     return str(record["json"])
 
 
-def set_grant(message: Message, epsilon: float | None) -> None:
-    """Record the permit's budget cap on a message the node has verified.
-
-    Whatever the coordinator put under this name is replaced: only the
-    node's own permit check may state it.
-    """
-    grant = ConfigRecord({"epsilon": -1.0 if epsilon is None else float(epsilon)})
-    message.content[GRANT_RECORD] = grant
-
-
-def grant_epsilon(message: Message) -> float | None:
-    record = message.content.get(GRANT_RECORD)
-    if not isinstance(record, ConfigRecord):
-        return None
-    value = float(str(record.get("epsilon", -1.0)))
-    return value if value > 0 else None
-
-
 def participants_of(message: Message) -> int:
     """The number of nodes the server says it sent this step to (0 if unstated)."""
     record = message.content.get(PARAMS_RECORD)
@@ -187,7 +168,6 @@ __all__ = [
     "AUTHORISATION_RECORD",
     "COORDINATOR_NODE_ID",
     "ERROR_CODE",
-    "GRANT_RECORD",
     "ClientAppCallable",
     "Mod",
     "Run",
@@ -199,7 +179,6 @@ __all__ = [
     "empty_run",
     "error_reply",
     "from_bytes",
-    "grant_epsilon",
     "install_process_identity",
     "node_context",
     "params_content",
@@ -208,7 +187,6 @@ __all__ = [
     "reply_error",
     "server_app",
     "server_context",
-    "set_grant",
     "stamp",
     "to_bytes",
 ]

@@ -16,15 +16,17 @@ from flwr.clientapp import ClientApp
 
 from oncofed.governance.audit import AuditTrail
 from oncofed.kernel.errors import OncofedError, TaskFailed
-from oncofed.kernel.flower import error_reply, params_json
+from oncofed.kernel.flower import error_reply
 from oncofed.node.mods import (
     CatalogueFor,
     audit_mod,
     privacy_mod,
     privacy_under_permit,
+    request_mod,
     validation_mod,
 )
-from oncofed.node.permits import PermitChecker, permit_mod
+from oncofed.node.permits import PermitChecker
+from oncofed.node.request import current_request
 from oncofed.node.secure import SecureKeys, secure_mod
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import LocalDataset, ModelHandler, NodeHandler, TaskType
@@ -41,12 +43,11 @@ def build_client_app(
     """The node's ClientApp. A real node passes all of audit, secure and permits;
     Flower's simulation runtime, which has no coordinator to defend against, none."""
     mods = [
+        request_mod(catalogue_for, permits),
         validation_mod(catalogue_for),
         secure_mod(catalogue_for, secure),
         privacy_mod(catalogue_for),
     ]
-    if permits is not None:
-        mods.insert(0, permit_mod(permits, catalogue_for))
     if audit is not None:
         mods.insert(0, audit_mod(audit))
     app = ClientApp(mods=mods)
@@ -72,12 +73,13 @@ def _guarded(
 ) -> Any:
     def handle(message: Message, context: Context) -> Message:
         datasets = catalogue_for(context)
+        request = current_request()
+        params = request.params
         try:
-            params = task.params.model_validate_json(params_json(message))
             local = datasets.load(params.dataset)
             if params.dp is not None:
                 # Only DP handlers size their noise to what remains; others skip the read.
-                privacy = privacy_under_permit(datasets, message, params.dataset)
+                privacy = privacy_under_permit(datasets.policy, request)
                 budget = datasets.ledger.budget(params.study, params.dataset, privacy)
                 local = replace(local, budget=budget)
             content = handler(params, local, message.content)

@@ -110,11 +110,6 @@ class GovernanceConfig(BaseModel):
         gt=0,
         description="How long after its first message a task may keep sending messages.",
     )
-    max_approval_wait_seconds: float = Field(
-        default=600.0,
-        gt=0,
-        description="How long a task waits for the operator's approval before it is refused.",
-    )
     audit_retention_days: int = Field(
         default=366, ge=366, description="Audit entries are kept at least this long (EHDS Art. 73)."
     )

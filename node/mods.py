@@ -1,13 +1,16 @@
 """Flower mods the node wraps around every task handler.
 
-Order (outermost first): audit, permit, validation, secure aggregation,
+Order (outermost first): audit, request, validation, secure aggregation,
 privacy. The audit mod records every message and its outcome, refusals
-included; the permit mod (``permits.py``) refuses any message no valid
-permit covers; the validation mod refuses any request that is not an
-installed task, or that names a dataset or column the node does not offer,
-before a handler reads a single row; the privacy mod applies the rules that
-hold for every task -- minimum sites, DP required, budget -- and charges the
-ledger before a DP release leaves."""
+included; the request mod decodes the message once into a ``NodeRequest``
+(``request.py``) -- an installed task, valid parameters, a dataset this node
+offers -- and, on a real node, has the permit checker (``permits.py``)
+verify that a permit covers it; the validation mod refuses columns the node
+does not declare or uses them in the wrong role, before a handler reads a
+single row; the privacy mod applies the rules that hold for every task --
+minimum sites, DP required, budget -- and charges the ledger before a DP
+release leaves. Every mod inside the request mod reads the request it
+decoded; none decodes the message again or writes into it."""
 
 from __future__ import annotations
 
@@ -16,18 +19,12 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 from flwr.app import Context, Message
-from pydantic import ValidationError
 
 from oncofed.governance.audit import AuditTrail
-from oncofed.kernel.errors import (
-    NodeRefusal,
-    OncofedError,
-    QueryError,
-    UnknownTask,
-    format_validation_error,
-)
+from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError
 from oncofed.kernel.flower import (
     ClientAppCallable,
     Mod,
@@ -35,17 +32,24 @@ from oncofed.kernel.flower import (
     content_from_bytes,
     content_to_bytes,
     error_reply,
-    grant_epsilon,
     params_json,
-    participants_of,
     reply_error,
     to_bytes,
+)
+from oncofed.kernel.schema import DatasetSchema
+from oncofed.node.permits import PermitChecker
+from oncofed.node.request import (
+    NodeRequest,
+    action_of,
+    current_request,
+    decode_request,
+    handling,
+    receiving,
 )
 from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
 from oncofed.privacy.disclosure import check_factor_levels, check_participants
 from oncofed.privacy.ledger import budget_exhausted
-from oncofed.privacy.policy import DatasetPrivacy
-from oncofed.tasks import TASKS, task_for_action
+from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.base import LocalDatasets, TaskParams
 
 log = logging.getLogger(__name__)
@@ -53,51 +57,43 @@ log = logging.getLogger(__name__)
 CatalogueFor = Callable[[Context], LocalDatasets]
 
 
-def action_of(message: Message) -> str:
-    category, _, action = message.metadata.message_type.partition(".")
-    return action if category == "query" else message.metadata.message_type
+def request_mod(catalogue_for: CatalogueFor, checker: PermitChecker | None = None) -> Mod:
+    """Decode the message once and, where the node checks permits, verify it once.
+
+    ``checker`` is None only on Flower's simulation runtime, which has no
+    coordinator to defend against.
+    """
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        datasets = catalogue_for(context)
+        try:
+            request = decode_request(message, datasets.node_name)
+            offered_schema(request.params.dataset, datasets)
+            if checker is not None:
+                request = replace(request, grant=checker.authorise(message, request))
+        except OncofedError as exc:
+            return error_reply(message, exc)
+        with handling(request):
+            return call_next(message, context)
+
+    return mod
 
 
-def decode_params(message: Message, node: str) -> TaskParams:
-    """The validated parameters of a task message, or a typed refusal."""
-    action = action_of(message)
-    task = task_for_action(action)
-    if task is None:
-        raise UnknownTask(
-            f"task {action!r} is not installed on this node",
-            rule="node.task_installed",
-            node=node,
-            fix=f"use an installed task type: {', '.join(sorted(TASKS))}",
+def offered_schema(dataset: str, datasets: LocalDatasets) -> DatasetSchema:
+    schema = datasets.schema(dataset)
+    if schema is None:
+        raise QueryError(
+            f"dataset {dataset!r} is not offered by this node",
+            rule="node.dataset_offered",
+            node=datasets.node_name,
+            fix="ask the network operator which datasets each node offers",
         )
-    try:
-        params: TaskParams = task.params.model_validate_json(params_json(message))
-    except KeyError:
-        raise QueryError(
-            "the message carries no task parameters",
-            rule="task.params",
-            node=node,
-            fix="submit tasks through the oncofed coordinator",
-        ) from None
-    except ValidationError as exc:
-        raise QueryError(
-            f"invalid parameters for {action!r}: {format_validation_error(exc)}",
-            rule="task.params",
-            node=node,
-            fix="correct the request's parameters",
-        ) from None
-    return params
+    return schema
 
 
 def check_against_schema(params: TaskParams, datasets: LocalDatasets) -> None:
     node = datasets.node_name
-    schema = datasets.schema(params.dataset)
-    if schema is None:
-        raise QueryError(
-            f"dataset {params.dataset!r} is not offered by this node",
-            rule="node.dataset_offered",
-            node=node,
-            fix="ask the network operator which datasets each node offers",
-        )
+    schema = offered_schema(params.dataset, datasets)
     for column, role in params.required_columns().items():
         spec = schema.columns.get(column)
         if spec is None:
@@ -137,7 +133,7 @@ def validation_mod(catalogue_for: CatalogueFor) -> Mod:
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         datasets = catalogue_for(context)
         try:
-            check_against_schema(decode_params(message, datasets.node_name), datasets)
+            check_against_schema(current_request().params, datasets)
         except OncofedError as exc:
             return error_reply(message, exc)
         return call_next(message, context)
@@ -167,14 +163,14 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         datasets = catalogue_for(context)
         node, ledger = datasets.node_name, datasets.ledger
-        message_id = message.metadata.message_id
+        request = current_request()
+        params, action, message_id = request.params, request.action, request.message_id
         stored = ledger.stored_reply(message_id)
         if stored is not None:
             return Message(content_from_bytes(stored), reply_to=message)
+        privacy = privacy_under_permit(datasets.policy, request)
         try:
-            params = decode_params(message, node)
-            privacy = privacy_under_permit(datasets, message, params.dataset)
-            check_participants(participants_of(message), datasets.policy, node)
+            check_participants(request.participants, datasets.policy, node)
             if params.dp is None and privacy.dp_required:
                 raise _dp_required(params.dataset, node)
             asked = params.release_loss()
@@ -194,8 +190,8 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
         try:
             if loss is None:
                 needs_dp = params.dp is not None or privacy.dp_required
-                if needs_dp and params.reads_rows(action_of(message)):
-                    raise _no_dp_mechanism(action_of(message), params.dataset, node)
+                if needs_dp and params.reads_rows(action):
+                    raise _no_dp_mechanism(action, params.dataset, node)
                 return reply
             _check_release_size(loss.epsilon(privacy.delta), privacy, node)
             _failpoint("before-ledger-charge")
@@ -204,7 +200,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                 message_id=message_id,
                 study=params.study,
                 dataset=params.dataset,
-                task=action_of(message),
+                task=action,
                 mechanism=str(record["mechanism"]),
                 loss=loss,
                 privacy=privacy,
@@ -218,10 +214,10 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
     return mod
 
 
-def privacy_under_permit(datasets: LocalDatasets, message: Message, dataset: str) -> DatasetPrivacy:
-    """The node's DP settings for a dataset, with the budget capped by the permit's grant."""
-    privacy = datasets.policy.privacy_for(dataset)
-    cap = grant_epsilon(message)
+def privacy_under_permit(policy: NodePolicy, request: NodeRequest) -> DatasetPrivacy:
+    """The node's DP settings for the request's dataset, the budget capped by the permit's grant."""
+    privacy = policy.privacy_for(request.params.dataset)
+    cap = request.epsilon_cap
     if cap is None or cap >= privacy.epsilon:
         return privacy
     return privacy.model_copy(
@@ -235,8 +231,8 @@ def privacy_under_permit(datasets: LocalDatasets, message: Message, dataset: str
 def _claimed(message: Message) -> dict[str, str]:
     """Who asked, under which permit and of which dataset, as the message claims it.
 
-    The audit trail records refused messages too, so this reads the claim
-    without trusting it; the permit mod is what verifies.
+    Only for a message refused before it was decoded and verified: the audit
+    trail records it too, reading the claim without trusting it.
     """
     fields: dict[str, str] = {"actor": "", "permit_id": "", "dataset": ""}
     text = authorisation_json(message)
@@ -291,11 +287,14 @@ def audit_mod(audit: AuditTrail) -> Mod:
     """Record every message and its outcome before the reply leaves, refusals included."""
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        reply = call_next(message, context)
-        try:
-            request = params_json(message)
-        except KeyError:
-            request = ""
+        with receiving() as decoded:
+            reply = call_next(message, context)
+        request = decoded[0] if decoded else None
+        if request is None:
+            # Refused before it was understood: the message's own claim is all there is.
+            fields, text, action = _claimed(message), _raw_params(message), action_of(message)
+        else:
+            fields, text, action = _verified(request), request.params_json, request.action
         outcome, rule, size, epsilon = "released", "", 0, 0.0
         if reply.has_error():
             error = reply_error(reply)
@@ -305,20 +304,37 @@ def audit_mod(audit: AuditTrail) -> Mod:
             privacy = reply.content.config_records.get(PRIVACY_RECORD)
             epsilon = float(str(privacy["epsilon"])) if privacy is not None else 0.0
         audit.append(
-            **_claimed(message),
-            action=action_of(message),
-            params_sha256=hashlib.sha256(request.encode()).hexdigest(),
+            **fields,
+            action=action,
+            params_sha256=hashlib.sha256(text.encode()).hexdigest(),
             outcome=outcome,
             rule=rule,
             released_bytes=size,
             epsilon=epsilon,
             run_id=message.metadata.run_id,
             message_id=message.metadata.message_id,
-            params=request,
+            params=text,
         )
         return reply
 
     return mod
+
+
+def _verified(request: NodeRequest) -> dict[str, str]:
+    """Who asked, under which permit and of which dataset, as the permit check found it."""
+    grant = request.grant
+    return {
+        "actor": grant.task.researcher if grant is not None else "",
+        "permit_id": grant.permit.permit_id if grant is not None else "",
+        "dataset": request.params.dataset,
+    }
+
+
+def _raw_params(message: Message) -> str:
+    try:
+        return params_json(message)
+    except KeyError:
+        return ""
 
 
 __all__ = [
@@ -326,8 +342,9 @@ __all__ = [
     "CatalogueFor",
     "audit_mod",
     "check_against_schema",
-    "decode_params",
+    "offered_schema",
     "privacy_mod",
     "privacy_under_permit",
+    "request_mod",
     "validation_mod",
 ]

@@ -1,13 +1,19 @@
-"""The permit mod: a node acts only on a task a data-access body it trusts has permitted.
+"""The node's permit checker: it acts only on a task a data-access body it trusts has permitted.
 
 Every message must carry (see ``governance/envelope.py``) a permit signed by a
-body in the node's ``[governance] trusted_bodies``, valid now and not revoked;
-a task signed by a person the permit names, with the key the permit gives for
-them; parameters equal to the signed ones (the server's round state aside);
-a task type both the permit and this node allow on the dataset; only
-variables the permit grants; and a nonce no other run has used. The checks
-use nothing the coordinator could vouch for by itself, because the
-coordinator is exactly who they defend against.
+body in the node's ``[governance] trusted_bodies``, and a task signed by a
+person the permit names. The rules a permit imposes are one pure function
+shared with the coordinator (``governance/permit_check.py``); this module
+adds what only the node can know: the keys it trusts, the newest
+revocation list it has seen, its own task allow-list, the nonces it has
+bound to runs, and its operator's approvals. The checks use nothing the
+coordinator could vouch for by itself, because the coordinator is exactly
+who they defend against.
+
+A message's authorisation is the same for every message of a run, so its
+parse and the permit's signature check are kept per authorisation text, and
+the signed parameters per signed task; the rules themselves run on every
+message.
 """
 
 from __future__ import annotations
@@ -15,40 +21,55 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
 
-from flwr.app import Context, Message
+from flwr.app import Message
 from pydantic import ValidationError
 
-from oncofed.governance.envelope import Authorisation, TaskEnvelope
+from oncofed.governance.envelope import Authorisation, SignedTask
 from oncofed.governance.keys import parse_public_key
-from oncofed.governance.permits import (
-    Permit,
-    RevocationList,
-    SignedRevocations,
-    check_validity,
-    utcnow,
-)
-from oncofed.kernel.errors import OncofedError, PermitRefused
-from oncofed.kernel.flower import ClientAppCallable, Mod, authorisation_json, error_reply, set_grant
+from oncofed.governance.permit_check import Grant, TaskKind, check_task
+from oncofed.governance.permits import Permit, RevocationList, SignedRevocations, utcnow
+from oncofed.kernel.errors import ApprovalPending, PermitRefused
+from oncofed.kernel.flower import authorisation_json
 from oncofed.node.config import DatasetConfig, GovernanceConfig
 from oncofed.node.governance_state import GovernanceState
-from oncofed.node.mods import CatalogueFor, action_of, decode_params
-from oncofed.tasks import TASKS, task_for_action
+from oncofed.node.request import NodeRequest
+from oncofed.tasks import TASKS
 from oncofed.tasks.base import TaskParams, TaskType
 
 log = logging.getLogger(__name__)
 
-APPROVAL_POLL_SECONDS = 0.5
+CACHED_AUTHORISATIONS = 64
+"""Authorisations (one per running task, ~2 kB each) kept parsed and signature-checked."""
+CACHED_NONCES = 4096
+"""Nonce bindings kept in memory; the state file holds them all."""
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-@dataclass(frozen=True)
-class CoveredTask:
-    """A message the node has found covered, with what the audit trail records of it."""
+class _Recent(Generic[K, V]):
+    """The most recently used values, at most ``size`` of them, safe across worker threads."""
 
-    task: TaskEnvelope
-    permit: Permit
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 class PermitChecker:
@@ -69,12 +90,36 @@ class PermitChecker:
         # The newest list per body, as stored: every message carries the lists, and most
         # carry nothing new, so neither a signature check nor a write is needed for them.
         self._newest: dict[str, RevocationList] = {}
-        self._newest_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._verified: _Recent[str, tuple[Authorisation, Permit]] = _Recent(CACHED_AUTHORISATIONS)
+        self._signed_params: _Recent[str, TaskParams] = _Recent(CACHED_AUTHORISATIONS)
+        self._bound: _Recent[str, tuple[int, float]] = _Recent(CACHED_NONCES)
 
     def _refuse(self, detail: str, rule: str, fix: str) -> PermitRefused:
         return PermitRefused(detail, rule=rule, node=self.node, fix=fix)
 
-    def _authorisation(self, message: Message) -> Authorisation:
+    def authorise(self, message: Message, request: NodeRequest) -> Grant:
+        """The grant that covers this request, or a typed refusal (or ``ApprovalPending``)."""
+        authorisation, permit = self._authorisation(message)
+        for signed in authorisation.revocations:
+            self._keep_revocations(signed)
+        signed_kind, signed_request = self._signed_request(authorisation.task, request)
+        self._check_node_allows(signed_kind, request.params.dataset)
+        grant = check_task(
+            permit=permit,
+            signed=authorisation.task,
+            kind=TaskKind(signed_kind.name, returns_models=bool(signed_kind.model_handlers)),
+            request=request.params,
+            signed_request=signed_request,
+            revocations=self._newest_list(permit.issuer.name),
+            now=utcnow(),
+            node=self.node,
+        )
+        self._check_replay(grant, request.run_id)
+        self._check_approval(grant, request)
+        return grant
+
+    def _authorisation(self, message: Message) -> tuple[Authorisation, Permit]:
         text = authorisation_json(message)
         if text is None:
             raise self._refuse(
@@ -82,32 +127,23 @@ class PermitChecker:
                 "permit.missing",
                 "submit tasks through the coordinator with a permit (Session(permit=...))",
             )
+        known = self._verified.get(text)
+        if known is not None:
+            return known
         try:
-            return Authorisation.model_validate_json(text)
+            authorisation = Authorisation.model_validate_json(text)
         except ValidationError as exc:
             raise self._refuse(
                 f"the message's authorisation is malformed ({exc.error_count()} problem(s))",
                 "permit.malformed",
                 "relay the signed task and permit unchanged",
             ) from None
-
-    def check(self, message: Message, params: TaskParams) -> CoveredTask:
-        authorisation = self._authorisation(message)
-        now = utcnow()
-        for signed in authorisation.revocations:
-            self._keep_revocations(signed)
-        permit = authorisation.permit.verified(self.trusted, self.node)
-        check_validity(permit, now, self.node)
-        self._check_not_revoked(permit, now.timestamp())
-        task = self._check_signed_task(authorisation, permit)
-        signed_kind, expected = self._signed_request(task, action_of(message), params)
-        self._check_task_type(signed_kind, permit, params)
-        self._check_params(expected, permit, params)
-        self._check_replay(task, message.metadata.run_id)
-        return CoveredTask(task, permit)
+        verified = (authorisation, authorisation.permit.verified(self.trusted, self.node))
+        self._verified.put(text, verified)
+        return verified
 
     def _newest_list(self, issuer: str) -> RevocationList | None:
-        with self._newest_lock:
+        with self._lock:
             if issuer not in self._newest:
                 held = self.state.newest_revocations(issuer)
                 if held is None:
@@ -124,63 +160,13 @@ class PermitChecker:
             return  # not newer than the one held: it could change nothing
         revocations = signed.verified(self.trusted, self.node)
         self.state.keep_revocations(issuer, revocations.sequence, signed.model_dump_json())
-        with self._newest_lock:
+        with self._lock:
             held = self._newest.get(issuer)
             if held is None or revocations.sequence > held.sequence:
                 self._newest[issuer] = revocations
 
-    def _check_not_revoked(self, permit: Permit, now: float) -> None:
-        revocations = self._newest_list(permit.issuer.name)
-        if revocations is None:
-            raise self._refuse(
-                f"this node has no revocation list from {permit.issuer.name} yet",
-                "permit.revocations_stale",
-                "the data-access body publishes its revocation list (`oncofed permit revoke` "
-                "or `oncofed permit renew`), which the coordinator relays",
-            )
-        if permit.permit_id in revocations.revoked_ids():
-            raise self._refuse(
-                f"permit {permit.permit_id!r} was revoked by {permit.issuer.name}",
-                "permit.revoked",
-                "ask the data-access body about the revocation",
-            )
-        if revocations.revokes(permit.permit_id, permit.version):
-            raise self._refuse(
-                f"version {permit.version} of permit {permit.permit_id!r} was superseded by an "
-                "amendment",
-                "permit.superseded",
-                "the coordinator must relay the permit's newest version",
-            )
-        if now >= revocations.next_update.timestamp():
-            raise self._refuse(
-                f"the newest revocation list from {permit.issuer.name} this node holds expired "
-                f"at {revocations.next_update:%Y-%m-%d %H:%M} UTC",
-                "permit.revocations_stale",
-                "the data-access body must publish a fresh list; a coordinator withholding it "
-                "stops all work under that body's permits",
-            )
-
-    def _check_signed_task(self, authorisation: Authorisation, permit: Permit) -> TaskEnvelope:
-        signed = authorisation.task
-        person = permit.person(signed.task.researcher)
-        if person is None:
-            raise self._refuse(
-                f"{signed.task.researcher} is not named in permit {permit.permit_id!r}",
-                "permit.person",
-                "only persons the permit names may submit tasks under it; ask the data-access "
-                "body to amend the permit",
-            )
-        task = signed.verified(person.verifying_key(), self.node)
-        if task.permit_id != permit.permit_id:
-            raise self._refuse(
-                f"the task was signed for permit {task.permit_id!r}, not {permit.permit_id!r}",
-                "task.permit",
-                "relay each task with the permit it was signed for",
-            )
-        return task
-
     def _signed_request(
-        self, task: TaskEnvelope, action: str, params: TaskParams
+        self, signed: SignedTask, request: NodeRequest
     ) -> tuple[TaskType[Any, Any], TaskParams]:
         """The signed task's type, and the request it permits for this message's action.
 
@@ -188,95 +174,59 @@ class PermitChecker:
         task's message as one of its steps (training asks for ``describe`` to
         standardise) -- the request the signed parameters derive for it.
         """
+        task = signed.task
+        signed_kind = TASKS.get(task.task_type)
+        if signed_kind is None:
+            raise self._refuse(
+                f"the task is a {task.task_type!r} task, which is not installed on this node",
+                "node.task_installed",
+                "the node operator upgrades oncofed, or the researcher uses an installed type: "
+                + ", ".join(sorted(TASKS)),
+            )
         altered = self._refuse(
-            f"the message asks for {action!r}, which the researcher's signed "
+            f"the message asks for {request.action!r}, which the researcher's signed "
             f"{task.task_type!r} task does not",
             "task.altered",
             "the coordinator may not change a signed task",
         )
-        signed_kind = TASKS.get(task.task_type)
-        installed = task_for_action(action)
-        if signed_kind is None or installed is None:
-            raise altered
-        try:
-            signed = signed_kind.params.model_validate_json(task.params_json)
-        except ValidationError:
-            raise altered from None
-        expected = signed if installed is signed_kind else signed.request_for(installed.name)
-        if expected is None or type(expected) is not type(params):
+        params = self._signed_params_of(signed, signed_kind, altered)
+        expected = params if request.task is signed_kind else params.request_for(request.task.name)
+        if expected is None or type(expected) is not type(request.params):
             raise altered
         return signed_kind, expected
 
-    def _check_task_type(
-        self, signed_kind: TaskType[Any, Any], permit: Permit, params: TaskParams
-    ) -> None:
-        name = signed_kind.name
-        if name not in permit.task_types:
-            raise self._refuse(
-                f"permit {permit.permit_id!r} does not allow task type {name!r}",
-                "permit.task_type",
-                f"the permit allows: {', '.join(permit.task_types)}",
-            )
-        offered = self.datasets.get(params.dataset)
+    def _signed_params_of(
+        self, signed: SignedTask, kind: TaskType[Any, Any], altered: PermitRefused
+    ) -> TaskParams:
+        known = self._signed_params.get(signed.signature)
+        if known is not None:
+            return known
+        try:
+            params: TaskParams = kind.params.model_validate_json(signed.task.params_json)
+        except ValidationError:
+            raise altered from None
+        self._signed_params.put(signed.signature, params)
+        return params
+
+    def _check_node_allows(self, kind: TaskType[Any, Any], dataset: str) -> None:
+        offered = self.datasets.get(dataset)
         allowed = offered.allowed_tasks if offered is not None else None
-        if allowed is not None and name not in allowed:
+        if allowed is not None and kind.name not in allowed:
             raise self._refuse(
-                f"this node does not run {name!r} on dataset {params.dataset!r}",
+                f"this node does not run {kind.name!r} on dataset {dataset!r}",
                 "node.allowed_tasks",
                 f"this node allows: {', '.join(allowed) or 'none'}",
             )
-        if signed_kind.model_handlers and not permit.output.models_may_leave:
-            raise self._refuse(
-                f"permit {permit.permit_id!r} does not let model weights leave the centres",
-                "permit.output",
-                "ask the data-access body for a permit whose output policy allows models",
-            )
 
-    def _check_params(self, expected: TaskParams, permit: Permit, params: TaskParams) -> None:
-        if expected.researcher_fields() != params.researcher_fields():
-            changed = sorted(
-                key
-                for key, value in params.researcher_fields().items()
-                if expected.researcher_fields().get(key) != value
-            )
-            raise self._refuse(
-                f"the message's parameters differ from the signed task in {changed}",
-                "task.altered",
-                "the coordinator may not change a signed task",
-            )
-        if params.study != permit.permit_id:
-            raise self._refuse(
-                f"the task's study {params.study!r} is not its permit {permit.permit_id!r}",
-                "task.permit",
-                "set the study to the permit id (Session(permit=...) does)",
-            )
-        if params.dataset not in self.datasets:
-            return  # the validation mod refuses a dataset this node does not offer, by name
-        grant = permit.grant(params.dataset)
-        if grant is None:
-            raise self._refuse(
-                f"permit {permit.permit_id!r} does not cover dataset {params.dataset!r}",
-                "permit.dataset",
-                f"the permit covers: {', '.join(d.dataset for d in permit.datasets)}",
-            )
-        if grant.variables is not None:
-            outside = sorted(set(params.required_columns()) - set(grant.variables))
-            if outside:
-                raise self._refuse(
-                    f"permit {permit.permit_id!r} does not grant variable(s) {outside} of "
-                    f"{params.dataset!r}",
-                    "permit.variables",
-                    f"the permit grants: {', '.join(grant.variables)}",
-                )
-
-    def _check_replay(self, task: TaskEnvelope, run_id: int) -> None:
+    def _check_replay(self, grant: Grant, run_id: int) -> None:
+        task = grant.task
         replay = self._refuse(
             "this signed task already ran as another run; a signed task runs once",
             "task.replay",
             "the researcher submits a new task",
         )
         now = time.time()
-        seen = self.state.nonce_run(task.nonce)
+        seen = self._bound.get(task.nonce) or self.state.nonce_run(task.nonce)
         if seen is None:
             # Time is judged when a task first arrives; a long training run's later
             # rounds carry the same signed task.
@@ -302,6 +252,8 @@ class PermitChecker:
                 raise replay
             bound = self.state.bind_nonce(task.nonce, run_id, task.permit_id)
             seen = (bound, now)
+        # A binding never changes once written, so it need not be read again.
+        self._bound.put(task.nonce, seen)
         bound, first_seen = seen
         if bound != run_id:
             raise replay
@@ -314,64 +266,49 @@ class PermitChecker:
                 "submit a new task",
             )
 
-    def wait_for_approval(
-        self, covered: CoveredTask, params: TaskParams, run_id: int, deadline: float
-    ) -> None:
-        dataset = self.datasets.get(params.dataset)
+    def _check_approval(self, grant: Grant, request: NodeRequest) -> None:
+        """On a ``manual`` dataset: go on once approved, else say the task is pending.
+
+        Nothing waits here: the request is stored, the message answered as
+        pending, and the coordinator sends it again until the operator decides
+        or the task's timeout ends; the node's workers stay free meanwhile.
+        """
+        dataset = self.datasets.get(request.params.dataset)
         if dataset is None or dataset.approval == "automatic":
             return
+        task = grant.task
         approval = self.state.request_approval(
-            run_id=run_id,
-            permit_id=covered.permit.permit_id,
-            researcher=covered.task.researcher,
-            task_type=covered.task.task_type,
-            dataset=params.dataset,
-            params_json=covered.task.params_json,
+            run_id=request.run_id,
+            permit_id=grant.permit.permit_id,
+            researcher=task.researcher,
+            task_type=task.task_type,
+            dataset=request.params.dataset,
+            params_json=task.params_json,
         )
-        if approval.state == "pending":
-            log.info(
-                "task run %d (%s by %s) waits for the operator's approval: "
-                "oncofed node approvals approve CONFIG %d",
-                run_id,
-                covered.task.task_type,
-                covered.task.researcher,
-                run_id,
-            )
-        deadline = min(deadline, time.time() + self.governance.max_approval_wait_seconds)
-        while approval.state == "pending" and time.time() < deadline:
-            time.sleep(APPROVAL_POLL_SECONDS)
-            found = self.state.approval(run_id)
-            approval = found if found is not None else approval
+        if approval.state == "approved":
+            return
         if approval.state == "rejected":
             raise self._refuse(
                 f"the node operator rejected this task: {approval.reason or 'no reason given'}",
                 "node.approval",
                 "contact the centre's operator",
             )
-        if approval.state != "approved":
-            raise self._refuse(
-                "the task is waiting for the node operator's approval",
-                "node.approval",
-                "ask the centre's operator to run `oncofed node approvals approve`, then "
-                "submit again",
+        if approval.requested_at >= time.time() - 1:
+            log.info(
+                "task run %d (%s by %s) waits for the operator's approval: "
+                "oncofed node approvals approve CONFIG %d",
+                request.run_id,
+                task.task_type,
+                task.researcher,
+                request.run_id,
             )
+        raise ApprovalPending(
+            f"the task waits for the approval of {self.node}'s operator",
+            rule="node.approval_pending",
+            node=self.node,
+            fix=f"the centre's operator runs `oncofed node approvals approve CONFIG "
+            f"{request.run_id}`; the coordinator asks again until then",
+        )
 
 
-def permit_mod(checker: PermitChecker, catalogue_for: CatalogueFor) -> Mod:
-    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        datasets = catalogue_for(context)
-        try:
-            params = decode_params(message, datasets.node_name)
-            covered = checker.check(message, params)
-            deadline = message.metadata.created_at + message.metadata.ttl
-            checker.wait_for_approval(covered, params, message.metadata.run_id, deadline)
-        except OncofedError as exc:
-            return error_reply(message, exc)
-        grant = covered.permit.grant(params.dataset)
-        set_grant(message, grant.epsilon if grant is not None else None)
-        return call_next(message, context)
-
-    return mod
-
-
-__all__ = ["CoveredTask", "PermitChecker", "permit_mod"]
+__all__ = ["CACHED_AUTHORISATIONS", "PermitChecker"]

@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from oncofed.kernel.errors import OncofedError
 from oncofed.kernel.flower import ClientAppCallable, Mod, error_reply
-from oncofed.node.mods import action_of, decode_params
+from oncofed.node.request import current_request
 from oncofed.privacy.disclosure import check_participants
 from oncofed.privacy.secagg import SecAggError, SecAggNode
 from oncofed.privacy.secagg.records import MASKED_RECORD, SECAGG_RECORD, flatten
@@ -58,8 +58,8 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
         if record is None:
             # A coordinator must not strip the masking a researcher signed for: a request
             # with secure_aggregation reads rows only inside the mask stage.
-            params = decode_params(message, node_name)
-            if params.secure_aggregation and params.reads_rows(action_of(message)):
+            request = current_request()
+            if request.params.secure_aggregation and request.params.reads_rows(request.action):
                 return error_reply(
                     message,
                     SecAggError(

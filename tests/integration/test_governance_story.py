@@ -235,9 +235,41 @@ def _pending(net: Sandbox, node: str) -> list[str]:
     return [str(json.loads(line)["run_id"]) for line in listing.stdout.splitlines()]
 
 
+def _pending_at_every_node(net: Sandbox, count: int) -> dict[str, list[str]]:
+    """Each node's pending run ids, once every node lists ``count`` of them (120 s at most)."""
+    pending: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pending = {node: _pending(net, node) for node in net.node_names}
+        if all(len(runs) >= count for runs in pending.values()):
+            break
+        time.sleep(0.5)
+    return pending
+
+
 def test_a_dataset_under_manual_approval_waits_for_each_operator(
     manual_net: Sandbox, lung: pd.DataFrame
 ) -> None:
+    # Three tasks wait at once, one more than a node has workers (max_workers = 2): a
+    # waiting task is stored, not held in a thread, so every node takes all three in.
+    with manual_net.session(permit="approved-run", progress=False) as session:
+        request = {"dataset": "lung", "columns": ["age"], "min_nodes": 3}
+        task_ids = [session.submit("describe", request) for _ in "abc"]
+        pending = _pending_at_every_node(manual_net, 3)
+        assert all(len(runs) == 3 for runs in pending.values()), pending
+        status = session.status(task_ids[0])
+        assert status.state == "running", status
+        assert "waiting for the approval of" in status.detail
+        assert status.replies == 0  # nothing ran before the operators said so
+        for node, runs in pending.items():
+            config = str(manual_net.node_config(node))
+            for run_id in runs:
+                assert offline("node", "approvals", "approve", config, run_id).returncode == 0
+        # The coordinator's next try of each message goes ahead.
+        results = [session.result(task_id) for task_id in task_ids]
+    pooled = (lung["centre"] != "centre-D").sum()
+    assert [r.rows[0].count for r in results] == [pooled] * 3  # type: ignore[attr-defined]
+
     outcome: dict[str, object] = {}
 
     def run(permit: str) -> None:
@@ -247,36 +279,9 @@ def test_a_dataset_under_manual_approval_waits_for_each_operator(
             except PermitRefused as exc:
                 outcome[permit] = exc
 
-    worker = threading.Thread(target=run, args=("approved-run",))
-    worker.start()
-    runs: dict[str, str] = {}
-    deadline = time.monotonic() + 120
-    while len(runs) < 3 and time.monotonic() < deadline:
-        for node in manual_net.node_names:
-            for run_id in _pending(manual_net, node):
-                runs[node] = run_id
-        time.sleep(0.5)
-    assert set(runs) == set(manual_net.node_names)
-    assert "approved-run" not in outcome  # nothing ran before the operators said so
-    for node, run_id in runs.items():
-        config = str(manual_net.node_config(node))
-        assert offline("node", "approvals", "approve", config, run_id).returncode == 0
-    worker.join(120)
-    result = outcome["approved-run"]
-    assert (
-        not isinstance(result, Exception)
-        and result.rows[0].count == (lung["centre"] != "centre-D").sum()
-    )
-
     worker = threading.Thread(target=run, args=("rejected-run",))
     worker.start()
-    rejected: dict[str, str] = {}
-    deadline = time.monotonic() + 120
-    while len(rejected) < 3 and time.monotonic() < deadline:
-        for node in manual_net.node_names:
-            for run_id in _pending(manual_net, node):
-                rejected[node] = run_id
-        time.sleep(0.5)
+    rejected = {node: runs[-1] for node, runs in _pending_at_every_node(manual_net, 1).items()}
     for node, run_id in rejected.items():
         verb = ["reject", "--reason", "not on weekends"] if node == "centre-A" else ["approve"]
         config = str(manual_net.node_config(node))

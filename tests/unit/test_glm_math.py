@@ -30,7 +30,7 @@ from oncofed.kernel.flower import (
     stamp,
 )
 from oncofed.kernel.schema import infer_schema
-from oncofed.node.mods import decode_params
+from oncofed.node.request import decode_request
 from oncofed.privacy.policy import NodePolicy
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.filters import parse_filter
@@ -352,7 +352,7 @@ def test_forged_parameters_are_refused_at_the_node_before_any_row_is_read() -> N
         "query.glm",
     )
     with pytest.raises(QueryError) as caught:
-        decode_params(message, "centre-A")
+        decode_request(message, "centre-A")
     assert caught.value.rule == "task.params" and caught.value.node == "centre-A"
     with pytest.raises(ValidationError) as no_response:
         GLMParams(dataset="d", formula=parse_formula("~ age", needs_response=False))

@@ -76,7 +76,22 @@ class StoreContract:
         task = store.create_task("describe", "{}", "ada")
         store.put_messages(task.task_id, [_message("old", 5, ttl=-1), _message("new", 5)])
         assert [m for m, _ in store.take_undelivered(5)] == ["new"]
-        assert store.expired(["old", "new"]) == [("old", 5)]
+        assert store.expired(["old", "new"]) == [("old", 5, False)]
+
+    def test_a_message_held_for_approval_goes_out_again_only_when_due(self, store: Store) -> None:
+        task = store.create_task("describe", "{}", "ada")
+        store.put_messages(task.task_id, [_message("m1", 5)])
+        assert [m for m, _ in store.take_undelivered(5)] == ["m1"]
+        assert store.defer("m1", 6, time.time()) is None, "only the addressee may hold it"
+        assert store.defer("m1", 5, time.time() + 60) == task.task_id
+        assert store.take_undelivered(5) == [], "held: not before its time"
+        assert store.defer("m1", 5, time.time() - 1) == task.task_id
+        assert [m for m, _ in store.take_undelivered(5)] == ["m1"]
+        assert store.put_reply("m1", 5, b"approved and computed")
+        assert store.defer("m1", 5, time.time()) is None, "an answered message stays answered"
+        store.put_messages(task.task_id, [_message("m2", 5, ttl=-1)])
+        store.defer("m2", 5, time.time())
+        assert store.expired(["m2"]) == [("m2", 5, True)]
 
     def test_a_task_keeps_its_first_outcome(self, store: Store) -> None:
         task = store.create_task("describe", "{}", "ada")
