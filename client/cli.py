@@ -9,7 +9,7 @@ import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import pandas as pd
@@ -30,16 +30,16 @@ from oncofed.client.cli_options import (
     CredentialsOption,
     LogFormatOption,
     LogLevelOption,
-    PermitOption,
     console,
     err_console,
 )
+from oncofed.client.cli_query import query_group
 from oncofed.kernel.errors import ConfigError, ExitCode, OncofedError
 from oncofed.kernel.logs import setup_logging
 from oncofed.kernel.version import VERSION
 
 if TYPE_CHECKING:
-    from oncofed.tasks.quantiles import Method
+    pass
 
 app = typer.Typer(
     name="oncofed",
@@ -49,11 +49,9 @@ app = typer.Typer(
 )
 node_app = typer.Typer(help="Run and check a centre's node.", no_args_is_help=True)
 coordinator_app = typer.Typer(help="Run the network's coordinator.", no_args_is_help=True)
-query_app = typer.Typer(help="Run federated analyses (researchers).", no_args_is_help=True)
 task_app = typer.Typer(help="Follow, fetch and cancel submitted tasks.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
-app.add_typer(query_app, name="query")
 app.add_typer(task_app, name="task")
 app.add_typer(pki_app, name="pki")
 app.add_typer(application_app, name="application")
@@ -297,465 +295,6 @@ def nodes(
     console.print(table)
 
 
-@query_app.command("describe")
-def query_describe(
-    columns: Annotated[list[str], typer.Argument(help="Numeric columns.")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")],
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    by: Annotated[str | None, typer.Option(help="Categorical column to group by.")] = None,
-    categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
-    min_nodes: Annotated[int, typer.Option(help="Wait for this many nodes.")] = 1,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for nodes.")] = 120.0,
-    where: Annotated[str | None, typer.Option(help='Rows to keep, e.g. "age >= 60".')] = None,
-    csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
-) -> None:
-    """Count, missing, mean, variance and standard deviation over all nodes."""
-    from oncofed.client.render import describe_table
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.describe(
-            columns,
-            by=by,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            categories=categories.split(",") if categories else None,
-            where=where,
-        )
-    if csv:
-        sys.stdout.write(result.to_frame().to_csv())
-    else:
-        console.print(describe_table(result))
-
-
-DatasetOption = Annotated[str, typer.Option(help="Dataset name.")]
-MinNodesOption = Annotated[int, typer.Option(help="Wait for this many nodes.")]
-TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for nodes.")]
-WhereOption = Annotated[str | None, typer.Option(help='Rows to keep, e.g. "age >= 60".')]
-CsvOption = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
-
-
-def _numbers(text: str, option: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not a comma-separated list of numbers", param_hint=option
-        ) from None
-
-
-@query_app.command("correlation")
-def query_correlation(
-    columns: Annotated[list[str], typer.Argument(help="Two or more numeric columns.")],
-    dataset: DatasetOption,
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-    covariance: Annotated[
-        bool, typer.Option("--covariance", help="With --csv: the covariance matrix.")
-    ] = False,
-) -> None:
-    """Covariance and correlation matrices over complete cases."""
-    from oncofed.client.render import correlation_tables
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.correlation(columns, min_nodes=min_nodes, timeout=timeout, where=where)
-    if csv:
-        sys.stdout.write((result.covariance if covariance else result.correlation).to_csv())
-    else:
-        console.print(correlation_tables(result))
-
-
-@query_app.command("crosstab")
-def query_crosstab(
-    row: Annotated[str, typer.Argument(help="Column for the table's rows.")],
-    col: Annotated[str, typer.Argument(help="Column for the table's columns.")],
-    dataset: DatasetOption,
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    row_categories: Annotated[
-        str | None, typer.Option(help="Agreed row categories, comma separated.")
-    ] = None,
-    col_categories: Annotated[
-        str | None, typer.Option(help="Agreed column categories, comma separated.")
-    ] = None,
-    correction: Annotated[
-        bool, typer.Option(help="Yates' correction for 2x2 tables (scipy's default).")
-    ] = True,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-) -> None:
-    """Counts on agreed categories, with the chi-square test of independence."""
-    from oncofed.client.render import crosstab_table
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.crosstab(
-            row,
-            col,
-            row_categories=row_categories.split(",") if row_categories else None,
-            col_categories=col_categories.split(",") if col_categories else None,
-            correction=correction,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            where=where,
-        )
-    if csv:
-        sys.stdout.write(result.to_frame(margins=True).to_csv())
-    else:
-        console.print(crosstab_table(result))
-
-
-@query_app.command("histogram")
-def query_histogram(
-    column: Annotated[str, typer.Argument(help="Numeric column.")],
-    dataset: DatasetOption,
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    edges: Annotated[
-        str | None, typer.Option(help='Agreed bin edges, e.g. "40,50,60,70,80".')
-    ] = None,
-    bins: Annotated[int | None, typer.Option(help="Number of equal bins over --range.")] = None,
-    range_: Annotated[
-        str | None, typer.Option("--range", help='"lo,hi" for --bins, e.g. "40,90".')
-    ] = None,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-    plot: Annotated[Path | None, typer.Option(help="Also save the plot to this file.")] = None,
-) -> None:
-    """Counts on agreed edges (--edges), or --bins equal bins over an agreed --range."""
-    from oncofed.client.render import histogram_table
-    from oncofed.client.session import Session
-
-    if (edges is None) == (bins is None):
-        raise typer.BadParameter("pass either --edges or --bins with --range", param_hint="--edges")
-    agreed: int | list[float] = bins if bins is not None else _numbers(str(edges), "--edges")
-    interval = _numbers(range_, "--range") if range_ is not None else None
-    if interval is not None and len(interval) != 2:
-        raise typer.BadParameter("write --range as lo,hi", param_hint="--range")
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.histogram(
-            column,
-            agreed,
-            range=(interval[0], interval[1]) if interval is not None else None,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            where=where,
-        )
-    if plot is not None:
-        result.plot().savefig(plot, dpi=120, bbox_inches="tight")
-    if csv:
-        sys.stdout.write(result.to_frame().to_csv(index=False))
-    else:
-        console.print(histogram_table(result))
-
-
-@query_app.command("quantiles")
-def query_quantiles(
-    column: Annotated[str, typer.Argument(help="Numeric column.")],
-    dataset: DatasetOption,
-    lower: Annotated[float, typer.Option(help="Agreed lower end of the search.")],
-    upper: Annotated[float, typer.Option(help="Agreed upper end of the search.")],
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    q: Annotated[str, typer.Option(help="Probabilities, comma separated.")] = "0.25,0.5,0.75",
-    tolerance: Annotated[
-        float | None, typer.Option(help="Largest absolute error; default (upper-lower)/1000.")
-    ] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="numpy.quantile's method: linear, lower, higher, nearest, midpoint, inverted_cdf."
-        ),
-    ] = "linear",
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-) -> None:
-    """Approximate quantiles within a stated error bound; no value leaves a node."""
-    from oncofed.client.render import quantiles_table
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.quantiles(
-            column,
-            _numbers(q, "--q"),
-            lower=lower,
-            upper=upper,
-            tolerance=tolerance,
-            method=cast("Method", method),
-            min_nodes=min_nodes,
-            timeout=timeout,
-            where=where,
-        )
-    if csv:
-        sys.stdout.write(result.to_frame().to_csv())
-    else:
-        console.print(quantiles_table(result))
-
-
-@query_app.command("glm")
-def query_glm(
-    formula: Annotated[str, typer.Argument(help='Model formula, e.g. "status ~ age + C(sex)".')],
-    dataset: DatasetOption,
-    family: Annotated[
-        str,
-        typer.Option(
-            click_type=click.Choice(["gaussian", "binomial", "poisson"]),
-            help="gaussian (identity link), binomial (logit) or poisson (log).",
-        ),
-    ] = "gaussian",
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    max_iter: Annotated[int, typer.Option(help="Iteration cap.")] = 50,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-) -> None:
-    """A generalised linear model fitted by federated IRLS; prints the summary table."""
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.glm(
-            formula,
-            family,
-            where=where,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            max_iter=max_iter,
-        )
-    # Plain text: rich would read the coefficient names' [T.level] as markup.
-    sys.stdout.write(result.to_frame().to_csv() if csv else result.summary() + "\n")
-
-
-GridOption = Annotated[
-    float | None,
-    typer.Option(help="Agreed grid width: durations rounded up to multiples (e.g. 30 days)."),
-]
-TimePointsOption = Annotated[
-    str | None, typer.Option(help='Agreed time points instead of a grid, e.g. "90,180,365".')
-]
-ExactTimesOption = Annotated[
-    bool,
-    typer.Option("--exact-times", help="Exact event times (only where node policies allow)."),
-]
-
-
-@query_app.command("kaplan-meier")
-def query_kaplan_meier(
-    duration: Annotated[str, typer.Argument(help="Numeric column: time to event or censoring.")],
-    event: Annotated[str, typer.Argument(help="0/1 column: 1 = event observed.")],
-    dataset: DatasetOption,
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    by: Annotated[str | None, typer.Option(help="Column whose categories are groups.")] = None,
-    categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
-    grid: GridOption = None,
-    time_points: TimePointsOption = None,
-    exact_times: ExactTimesOption = False,
-    alpha: Annotated[float, typer.Option(help="1 - confidence level of the band.")] = 0.05,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-    plot: Annotated[Path | None, typer.Option(help="Also save the plot to this file.")] = None,
-) -> None:
-    """Kaplan-Meier survival curves on an agreed time grid, overall or by group."""
-    from oncofed.client.render import kaplan_meier_table
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.kaplan_meier(
-            duration,
-            event,
-            by,
-            categories=categories.split(",") if categories else None,
-            grid=grid,
-            time_points=_numbers(time_points, "--time-points") if time_points else None,
-            exact_times=exact_times,
-            alpha=alpha,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            where=where,
-        )
-    if plot is not None:
-        result.plot().savefig(plot, dpi=120, bbox_inches="tight")
-    if csv:
-        sys.stdout.write(result.to_frame().to_csv())
-    else:
-        console.print(kaplan_meier_table(result))
-
-
-@query_app.command("logrank")
-def query_logrank(
-    duration: Annotated[str, typer.Argument(help="Numeric column: time to event or censoring.")],
-    event: Annotated[str, typer.Argument(help="0/1 column: 1 = event observed.")],
-    group: Annotated[str, typer.Argument(help="Column whose categories are compared.")],
-    dataset: DatasetOption,
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    categories: Annotated[str | None, typer.Option(help="Agreed groups, comma separated.")] = None,
-    grid: GridOption = None,
-    time_points: TimePointsOption = None,
-    exact_times: ExactTimesOption = False,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-) -> None:
-    """Log-rank test of equal survival across two or more groups."""
-    from oncofed.client.render import logrank_table
-    from oncofed.client.session import Session
-
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.logrank(
-            duration,
-            event,
-            group,
-            categories=categories.split(",") if categories else None,
-            grid=grid,
-            time_points=_numbers(time_points, "--time-points") if time_points else None,
-            exact_times=exact_times,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            where=where,
-        )
-    if csv:
-        sys.stdout.write(result.to_frame().to_csv())
-    else:
-        console.print(logrank_table(result))
-
-
-@query_app.command("coxph")
-def query_coxph(
-    duration: Annotated[str, typer.Argument(help="Numeric column: time to event or censoring.")],
-    event: Annotated[str, typer.Argument(help="0/1 column: 1 = event observed.")],
-    covariates: Annotated[
-        list[str], typer.Argument(help='Covariates, e.g. age "C(sex)" or "age + C(sex)".')
-    ],
-    dataset: DatasetOption,
-    coordinator: CoordinatorOption = "127.0.0.1:7100",
-    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
-    permit: PermitOption = None,
-    strata: Annotated[
-        list[str] | None, typer.Option(help="Stratify by this column (repeatable).")
-    ] = None,
-    strata_categories: Annotated[
-        list[str] | None,
-        typer.Option(help='Agreed levels of a strata column, e.g. "ph.ecog=0,1,2,3".'),
-    ] = None,
-    grid: GridOption = None,
-    time_points: TimePointsOption = None,
-    exact_times: ExactTimesOption = False,
-    max_iter: Annotated[int, typer.Option(help="Newton step cap.")] = 50,
-    min_nodes: MinNodesOption = 1,
-    timeout: TimeoutOption = 120.0,
-    where: WhereOption = None,
-    csv: CsvOption = False,
-) -> None:
-    """Cox proportional hazards (Efron ties) by federated Newton-Raphson; prints the summary."""
-    from oncofed.client.session import Session
-
-    levels: dict[str, list[str]] = {}
-    for text in strata_categories or []:
-        column, sep, values = text.partition("=")
-        if not sep or not column or not values:
-            raise typer.BadParameter(
-                f"{text!r} is not COLUMN=LEVEL,LEVEL", param_hint="--strata-categories"
-            )
-        levels[column] = values.split(",")
-    with Session(
-        coordinator,
-        credentials=credentials,
-        permit=permit,
-        dataset=dataset,
-        console=err_console,
-    ) as session:
-        result = session.coxph(
-            duration,
-            event,
-            " + ".join(covariates),
-            strata=strata,
-            strata_categories=levels or None,
-            grid=grid,
-            time_points=_numbers(time_points, "--time-points") if time_points else None,
-            exact_times=exact_times,
-            max_iter=max_iter,
-            min_nodes=min_nodes,
-            timeout=timeout,
-            where=where,
-        )
-    # Plain text: rich would read the coefficient names' [T.level] as markup.
-    sys.stdout.write(result.to_frame().to_csv() if csv else result.summary() + "\n")
-
-
 @task_app.command("status")
 def task_status(
     task_id: str,
@@ -799,9 +338,17 @@ def task_cancel(
         console.print(f"{task_id}: {session.cancel(task_id)}")
 
 
+def command() -> click.Group:
+    """The whole ``oncofed`` command: the groups above, and one query command per task."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, click.Group), "a Typer app with groups is a click group"
+    group.add_command(query_group(), "query")
+    return group
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        command()(standalone_mode=False)
     except OncofedError as exc:
         err_console.print(
             f"[red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True

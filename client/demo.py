@@ -16,6 +16,7 @@ import math
 import string
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,17 +24,92 @@ from rich.console import Console
 from rich.table import Table
 
 from oncofed.client.access import DataAccessClient, draft_permit
-from oncofed.client.render import comparison_table, max_relative_difference, pooled_describe
 from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.client.session import Session
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.permits import DataAccessApplication, DatasetRequest, Purpose
 from oncofed.kernel.errors import ConfigError
 from oncofed.node.runner import AUDIT_FILE
+from oncofed.tasks.describe import ALL, STATISTICS, DescribeResult
+from oncofed.tasks.tables import missing, number
 
 COLUMNS = ["age", "time", "ph.karno", "meal.cal", "wt.loss"]
 GRID_DAYS = 30.0
 PLOT_FILE = "oncofed-demo-kaplan-meier.png"
+
+
+def pooled_describe(
+    frame: pd.DataFrame,
+    columns: list[str],
+    by: str | None = None,
+    categories: list[str] | None = None,
+) -> pd.DataFrame:
+    """The same statistics computed by pandas on pooled data (the oracle)."""
+    if by is None:
+        groups = [(ALL, frame)]
+    else:
+        labels = frame[by].map(_label, na_action="ignore")
+        wanted = categories or sorted(labels.dropna().unique())
+        groups = [(label, frame[labels == label]) for label in wanted]
+    rows = []
+    for label, part in groups:
+        for column in columns:
+            values = pd.to_numeric(part[column], errors="coerce")
+            rows.append(
+                {
+                    "group": label,
+                    "column": column,
+                    "count": int(values.count()),
+                    "missing": int(values.isna().sum()),
+                    "mean": values.mean(),
+                    "variance": values.var(ddof=1),
+                    "std": values.std(ddof=1),
+                }
+            )
+    return pd.DataFrame(rows).set_index(["group", "column"])
+
+
+def comparison_table(result: DescribeResult, pooled: pd.DataFrame, title: str) -> Table:
+    """Federated next to pooled, per statistic, with the absolute difference."""
+    table = Table(title=title, title_justify="left")
+    for name in ("group", "column", "statistic"):
+        table.add_column(name)
+    for name in ("federated", "pooled", "|difference|"):
+        table.add_column(name, justify="right")
+    reference = _by_key(pooled)
+    for row in result.rows:
+        expected = reference[(row.group, row.column)]
+        for stat in STATISTICS:
+            fed = getattr(row, stat)
+            ref = expected[stat]
+            diff = "" if fed is None or missing(ref) else f"{abs(float(fed) - float(ref)):.1e}"
+            table.add_row(row.group, row.column, stat, number(fed), number(ref), diff)
+    return table
+
+
+def max_relative_difference(result: DescribeResult, pooled: pd.DataFrame) -> float:
+    worst = 0.0
+    reference = _by_key(pooled)
+    for row in result.rows:
+        expected = reference[(row.group, row.column)]
+        for stat in STATISTICS:
+            fed, ref = getattr(row, stat), expected[stat]
+            if fed is None or missing(ref):
+                continue
+            scale = max(abs(float(ref)), 1e-300)
+            worst = max(worst, abs(float(fed) - float(ref)) / scale)
+    return worst
+
+
+def _by_key(pooled: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    records: dict[tuple[str, str], dict[str, Any]] = pooled.to_dict("index")  # type: ignore[assignment]
+    return records
+
+
+def _label(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def load_lung() -> pd.DataFrame:

@@ -7,11 +7,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -25,17 +25,29 @@ from oncofed.kernel.errors import (
     QueryError,
     TaskCancelled,
     TaskFailed,
+    format_validation_error,
 )
 from oncofed.kernel.wire import CHANNEL_OPTIONS
 from oncofed.kernel.wire import oncofed_pb2 as pb
 from oncofed.kernel.wire.oncofed_pb2_grpc import OperatorStub, ResearcherStub
-from oncofed.tasks import get_task
+from oncofed.tasks import (
+    correlation,
+    coxph,
+    crosstab,
+    describe,
+    get_task,
+    glm,
+    histogram,
+    kaplan_meier,
+    logrank,
+    quantiles,
+    training,
+)
+from oncofed.tasks.base import TaskParams, TaskType
 from oncofed.tasks.correlation import CorrelationResult
-from oncofed.tasks.coxph import CoxPHResult, covariate_formula
+from oncofed.tasks.coxph import CoxPHResult
 from oncofed.tasks.crosstab import CrosstabResult
 from oncofed.tasks.describe import DescribeResult
-from oncofed.tasks.filters import parse_filter
-from oncofed.tasks.formula import parse_formula
 from oncofed.tasks.glm import GLMResult
 from oncofed.tasks.histogram import HistogramResult
 from oncofed.tasks.kaplan_meier import KaplanMeierResult
@@ -44,6 +56,7 @@ from oncofed.tasks.quantiles import Method, QuantilesResult
 from oncofed.tasks.training.model import TrainedModel
 
 RECONNECT_SECONDS = 60.0
+R = TypeVar("R", bound=BaseModel)
 
 
 class Session:
@@ -90,6 +103,9 @@ class Session:
         self.close()
 
     # ---- analyses -------------------------------------------------------
+    # One thin method per installed task, for completion and docstrings; each
+    # takes exactly its task's researcher parameters (tests/unit/test_task_interfaces.py
+    # fails when they drift) and hands them to ``run``.
 
     def describe(
         self,
@@ -97,12 +113,12 @@ class Session:
         by: str | None = None,
         *,
         categories: Sequence[str] | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
         dp: Mapping[str, float] | None = None,
-        bounds: Mapping[str, tuple[float, float]] | None = None,
         secure_aggregation: bool = False,
     ) -> DescribeResult:
         """Count, missing, mean, variance and standard deviation, pooled over nodes.
@@ -113,21 +129,7 @@ class Session:
         ``secure_aggregation=True`` (with dp) masks each node's sums so the
         coordinator sees only the totals.
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "columns": list(columns),
-            "by": by,
-            "categories": list(categories) if categories is not None else None,
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-            "dp": dict(dp) if dp is not None else None,
-            "bounds": {k: list(v) for k, v in (bounds or {}).items()},
-            "secure_aggregation": secure_aggregation,
-        }
-        result = self.run("describe", params)
-        assert isinstance(result, DescribeResult)
-        return result
+        return self._typed(describe.TASK, locals())
 
     def correlation(
         self,
@@ -139,16 +141,7 @@ class Session:
         where: str | None = None,
     ) -> CorrelationResult:
         """Covariance and correlation matrices over complete cases, as np.cov / np.corrcoef."""
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "columns": list(columns),
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-        }
-        result = self.run("correlation", params)
-        assert isinstance(result, CorrelationResult)
-        return result
+        return self._typed(correlation.TASK, locals())
 
     def crosstab(
         self,
@@ -170,22 +163,7 @@ class Session:
         With ``dp=`` the counts are noisy and the test is not computed; with
         ``secure_aggregation=True`` the coordinator sees only the total counts.
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "row": row,
-            "col": col,
-            "row_categories": list(row_categories) if row_categories is not None else None,
-            "col_categories": list(col_categories) if col_categories is not None else None,
-            "correction": correction,
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-            "dp": dict(dp) if dp is not None else None,
-            "secure_aggregation": secure_aggregation,
-        }
-        result = self.run("crosstab", params)
-        assert isinstance(result, CrosstabResult)
-        return result
+        return self._typed(crosstab.TASK, locals())
 
     def histogram(
         self,
@@ -205,20 +183,7 @@ class Session:
         With ``dp=`` every count carries noise (and may be negative); with
         ``secure_aggregation=True`` the coordinator sees only the total counts.
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "column": column,
-            "bins": bins if isinstance(bins, int) else list(bins),
-            "range": list(range) if range is not None else None,
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-            "dp": dict(dp) if dp is not None else None,
-            "secure_aggregation": secure_aggregation,
-        }
-        result = self.run("histogram", params)
-        assert isinstance(result, HistogramResult)
-        return result
+        return self._typed(histogram.TASK, locals())
 
     def quantiles(
         self,
@@ -234,43 +199,30 @@ class Session:
         timeout: float = 120.0,
         where: str | None = None,
         dp: Mapping[str, float] | None = None,
+        secure_aggregation: bool = False,
     ) -> QuantilesResult:
         """numpy.quantile(pooled, q, method=method) within a stated bound, no value leaving a node.
 
         ``lower`` and ``upper`` bound the search and must be agreed, not read
         from the data; ``tolerance`` (default (upper - lower) / 1000) is the
         largest absolute error accepted. With ``dp=`` each node releases one
-        noisy histogram on the grid instead, and no error bound is stated.
+        noisy histogram on the grid instead, and no error bound is stated;
+        ``secure_aggregation=True`` (with dp) masks that histogram.
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "column": column,
-            "q": [q] if isinstance(q, int | float) else list(q),
-            "lower": lower,
-            "upper": upper,
-            "tolerance": tolerance,
-            "method": method,
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-            "dp": dict(dp) if dp is not None else None,
-        }
-        result = self.run("quantiles", params)
-        assert isinstance(result, QuantilesResult)
-        return result
+        return self._typed(quantiles.TASK, locals())
 
     def glm(
         self,
         formula: str,
         family: str = "gaussian",
         *,
-        where: str | None = None,
-        dataset: str | None = None,
-        min_nodes: int = 1,
-        timeout: float = 120.0,
         max_iter: int = 50,
         tol: float = 1e-8,
         rtol: float = 0.0,
+        dataset: str | None = None,
+        min_nodes: int = 1,
+        timeout: float = 120.0,
+        where: str | None = None,
     ) -> GLMResult:
         """statsmodels' ``glm(formula, data, family).fit()`` on the pooled rows, by federated IRLS.
 
@@ -278,21 +230,7 @@ class Session:
         "poisson" (log), e.g. ``glm("status ~ age + C(sex) + ph.karno", "binomial")``.
         IRLS stops when the deviance changes by at most ``tol + rtol * deviance``.
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            # Parsed here so a typo or a forbidden function fails before anything is sent.
-            "formula": parse_formula(formula).model_dump(mode="json"),
-            "family": family,
-            "max_iter": max_iter,
-            "tol": tol,
-            "rtol": rtol,
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-        }
-        result = self.run("glm", params)
-        assert isinstance(result, GLMResult)
-        return result
+        return self._typed(glm.TASK, locals())
 
     def kaplan_meier(
         self,
@@ -305,10 +243,10 @@ class Session:
         time_points: Sequence[float] | None = None,
         exact_times: bool = False,
         alpha: float = 0.05,
-        where: str | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
+        where: str | None = None,
         dp: Mapping[str, float] | None = None,
     ) -> KaplanMeierResult:
         """lifelines' ``KaplanMeierFitter`` on the pooled rows, per agreed group of ``by``.
@@ -318,56 +256,28 @@ class Session:
         ``exact_times=True`` works only where every node's policy allows it.
         ``event`` is a 0/1 column (1 = event observed).
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "duration": duration,
-            "event": event,
-            "by": by,
-            "categories": list(categories) if categories is not None else None,
-            "alpha": alpha,
-            **_time_grid(grid, time_points, exact_times),
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-            "dp": dict(dp) if dp is not None else None,
-        }
-        result = self.run("kaplan_meier", params)
-        assert isinstance(result, KaplanMeierResult)
-        return result
+        return self._typed(kaplan_meier.TASK, locals())
 
     def logrank(
         self,
         duration: str,
         event: str,
-        group: str,
+        by: str,
         *,
         categories: Sequence[str] | None = None,
         grid: float | None = None,
         time_points: Sequence[float] | None = None,
         exact_times: bool = False,
-        where: str | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
+        where: str | None = None,
     ) -> LogrankResult:
-        """``lifelines.statistics.multivariate_logrank_test`` across the agreed groups.
+        """``lifelines.statistics.multivariate_logrank_test`` across the agreed groups of ``by``.
 
         The time grid is agreed as for :meth:`kaplan_meier`.
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "duration": duration,
-            "event": event,
-            "by": group,
-            "categories": list(categories) if categories is not None else None,
-            **_time_grid(grid, time_points, exact_times),
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-        }
-        result = self.run("logrank", params)
-        assert isinstance(result, LogrankResult)
-        return result
+        return self._typed(logrank.TASK, locals())
 
     def coxph(
         self,
@@ -375,7 +285,7 @@ class Session:
         event: str,
         covariates: Sequence[str] | str,
         *,
-        strata: str | Sequence[str] | None = None,
+        strata: str | Sequence[str] = (),
         strata_categories: Mapping[str, Sequence[str]] | None = None,
         grid: float | None = None,
         time_points: Sequence[float] | None = None,
@@ -385,10 +295,10 @@ class Session:
         tol: float = 1e-12,
         concordance: bool = True,
         concordance_bins: int = 200,
-        where: str | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
+        where: str | None = None,
     ) -> CoxPHResult:
         """``lifelines.CoxPHFitter`` (Efron ties) on the pooled rows, by federated Newton-Raphson.
 
@@ -398,29 +308,7 @@ class Session:
         The time grid is agreed as for :meth:`kaplan_meier`. Newton-Raphson stops
         when the Newton decrement is below ``tol`` (then takes one last step).
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "duration": duration,
-            "event": event,
-            # Parsed here so a typo or a forbidden function fails before anything is sent.
-            "formula": covariate_formula(covariates).model_dump(mode="json"),
-            "strata": [strata] if isinstance(strata, str) else list(strata or []),
-            "strata_categories": (
-                {k: list(v) for k, v in strata_categories.items()} if strata_categories else None
-            ),
-            "alpha": alpha,
-            "max_iter": max_iter,
-            "tol": tol,
-            "concordance": concordance,
-            "concordance_bins": concordance_bins,
-            **_time_grid(grid, time_points, exact_times),
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-        }
-        result = self.run("coxph", params)
-        assert isinstance(result, CoxPHResult)
-        return result
+        return self._typed(coxph.TASK, locals())
 
     def train(
         self,
@@ -433,66 +321,57 @@ class Session:
         hidden: Sequence[int] | None = None,
         strategy: str = "fedavg",
         rounds: int = 10,
+        fraction: float = 1.0,
         local_epochs: int = 1,
         batch_size: int = 32,
         learning_rate: float = 0.1,
-        fraction: float = 1.0,
+        proximal_mu: float = 0.1,
+        test_fraction: float = 0.2,
         evaluate_every: int = 1,
         scaling: str = "describe",
         seed: int = 0,
-        dp: Mapping[str, float] | None = None,
-        secure_aggregation: bool = False,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 600.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
+        secure_aggregation: bool = False,
     ) -> TrainedModel:
         """Train a model across the nodes with a Flower strategy; returns the trained model.
 
         ``features`` is a list of numeric columns or a right-hand side such as
         ``"age + C(grade)"``. Classifiers (``logistic``, ``mlp``) take ``label``;
         the survival model ``cox_mlp`` takes ``duration`` and ``event``.
+        ``strategy`` is fedavg, fedprox (``proximal_mu`` weighs the proximal
+        term) or fedadam; each node holds out ``test_fraction`` of its rows to
+        evaluate on every ``evaluate_every`` rounds.
         ``dp={"epsilon": 3, "delta": 1e-5}`` trains with DP-SGD at every node,
         the whole run costing at most that loss there. ``secure_aggregation``
         masks every update, so the coordinator sees only each round's total.
         ``model.predict(df)`` gives classes (or log risks); ``predict_proba(df)``
         gives P(label = 1).
         """
-        params: dict[str, Any] = {
-            "dataset": self._dataset(dataset),
-            "where": _filter(where),
-            "features": features if isinstance(features, str) else list(features),
-            "label": label,
-            "duration": duration,
-            "event": event,
-            "hidden": list(hidden) if hidden is not None else None,
-            "model": model,
-            "strategy": strategy,
-            "rounds": rounds,
-            "local_epochs": local_epochs,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "fraction": fraction,
-            "evaluate_every": evaluate_every,
-            "scaling": scaling,
-            "seed": seed,
-            "dp": dict(dp) if dp is not None else None,
-            "secure_aggregation": secure_aggregation,
-            "min_nodes": min_nodes,
-            "timeout": timeout,
-        }
-        result = self.run("train", params)
-        assert isinstance(result, TrainedModel)
-        return result
+        return self._typed(training.TASK, locals())
 
     # ---- generic task API ------------------------------------------------
 
-    def run(self, task_type: str, params: dict[str, Any]) -> BaseModel:
-        """Submit, wait with a progress display, and return the task's typed result."""
-        task = get_task(task_type)
-        task_id = self.submit(task_type, params)
-        result: BaseModel = task.result.model_validate_json(self.wait(task_id))
+    def run(self, task: str, /, **params: Any) -> BaseModel:
+        """Run any installed task: validate, sign, submit, wait; its typed result.
+
+        ``params`` are the task's parameters (``oncofed query TASK --help``
+        lists them); they are checked against the task's declaration before
+        anything is signed or sent.
+        """
+        result: BaseModel = self._typed(get_task(task), params)
         return result
+
+    def submit(self, task: str, /, **params: Any) -> str:
+        """Validate, sign with this researcher's own key, submit under the permit; the task id."""
+        return self._submit(get_task(task), params)
+
+    def request(self, task: str, /, **params: Any) -> TaskParams:
+        """The validated request this session would sign for ``task`` (nothing is sent)."""
+        return self._request(get_task(task), params)
 
     def result(self, task_id: str) -> BaseModel:
         """Wait for an earlier submitted task and return its typed result."""
@@ -500,19 +379,48 @@ class Session:
         result: BaseModel = task.result.model_validate_json(self.wait(task_id))
         return result
 
-    def submit(self, task_type: str, params: dict[str, Any]) -> str:
-        """Sign the task with this researcher's own key and submit it under the permit."""
+    def _typed(self, task: TaskType[Any, R], arguments: Mapping[str, Any]) -> R:
+        params = {name: value for name, value in arguments.items() if name != "self"}
+        return task.result.model_validate_json(self.wait(self._submit(task, params)))
+
+    def _submit(self, task: TaskType[Any, Any], params: Mapping[str, Any]) -> str:
+        request = self._request(task, params)
+        assert self.permit is not None, "_request refuses a session without a permit"
+        signed = SignedTask.create(self.identity, task.name, request.model_dump_json(), self.permit)
+        message = pb.SubmitRequest(signed_task_json=signed.model_dump_json())
+        with self._rpc():
+            return str(self._researcher.Submit(message).task_id)
+
+    def _request(self, task: TaskType[Any, Any], params: Mapping[str, Any]) -> TaskParams:
         if self.permit is None:
             raise QueryError(
                 "no permit given",
                 rule="session.permit",
                 fix="create the Session with permit=... (the id of a data permit naming you)",
             )
-        params = {"study": self.permit, **params}
-        signed = SignedTask.create(self.identity, task_type, json.dumps(params), self.permit)
-        request = pb.SubmitRequest(signed_task_json=signed.model_dump_json())
-        with self._rpc():
-            return str(self._researcher.Submit(request).task_id)
+        if "study" in params:
+            raise QueryError(
+                "the study is the session's permit",
+                rule="task.params",
+                fix="leave out study=; create the Session with the permit to work under",
+            )
+        fields = task.params.model_fields
+        # None stands for "the task's default" where that default is something else.
+        given = {
+            name: value
+            for name, value in params.items()
+            if value is not None or name not in fields or fields[name].get_default() is None
+        }
+        given["dataset"] = self._dataset(given.get("dataset"))
+        try:
+            request: TaskParams = task.params.model_validate({**given, "study": self.permit})
+        except ValidationError as exc:
+            raise QueryError(
+                f"invalid parameters for {task.name!r}: {format_validation_error(exc)}",
+                rule="task.params",
+                fix=f"see `oncofed query {task.name.replace('_', '-')} --help` for the parameters",
+            ) from None
+        return request
 
     def status(self, task_id: str) -> pb.TaskStatus:
         with self._rpc():
@@ -619,22 +527,6 @@ class Session:
 
 # A running task's detail is a progress line only once its server function sets one.
 _NO_PROGRESS_LINE = ("running", "waiting to start")
-
-
-def _filter(where: str | None) -> dict[str, Any] | None:
-    """Parsed here so a typo fails before anything is sent."""
-    return None if where is None else parse_filter(where).model_dump(mode="json")
-
-
-def _time_grid(
-    grid: float | None, time_points: Sequence[float] | None, exact_times: bool
-) -> dict[str, Any]:
-    """The survival tasks' agreed time grid (the task refuses anything but exactly one)."""
-    return {
-        "grid": grid,
-        "time_points": list(time_points) if time_points is not None else None,
-        "exact_times": exact_times,
-    }
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:

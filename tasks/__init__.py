@@ -2,7 +2,8 @@
 
 A node executes only the task types listed here, installed with its oncofed
 version; nothing arrives over the wire but parameters. Adding a task means
-adding a module beside ``describe.py`` and one line below.
+adding its module beside ``describe.py``, importing it below and listing its
+``TASK``: its session call, command and reference docs follow from it.
 """
 
 from __future__ import annotations

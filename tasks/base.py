@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import pandas as pd
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from rich.console import RenderableType
 
 from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
@@ -24,7 +25,7 @@ from oncofed.privacy.disclosure import check_subset
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.ledger import Budget, PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
-from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate
+from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate, parse_filter
 
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
 ColumnRole = Literal["numeric", "group", "filter", "factor"]
@@ -33,8 +34,23 @@ P = TypeVar("P", bound="TaskParams")
 R = TypeVar("R", bound=BaseModel)
 
 
+@dataclass(frozen=True)
+class WrittenAs:
+    """Marks a structured parameter a researcher writes as text, with an example.
+
+    The field's validator parses the text (a ``where`` filter, a model
+    formula), so the session and the command line pass the text unchanged.
+    """
+
+    example: str
+
+
 class TaskParams(BaseModel):
-    """Parameters every task has. Subclasses add their own, all validated."""
+    """Parameters every task has. Subclasses add their own, all validated.
+
+    A task's Python method, its ``oncofed query`` command and its reference
+    documentation all come from these fields (``researcher_interface``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,7 +59,9 @@ class TaskParams(BaseModel):
     timeout: float = Field(
         default=120.0, gt=0, le=86_400, description="Seconds to wait for nodes and replies."
     )
-    where: Filter | None = Field(default=None, description="Rows to include (see filters.py).")
+    where: Annotated[Filter | None, WrittenAs('"age >= 60 and ph.ecog is not null"')] = Field(
+        default=None, description="Rows to include: comparisons joined by and / or / not."
+    )
     study: str = Field(
         default="default",
         pattern=NAME_PATTERN,
@@ -59,6 +77,11 @@ class TaskParams(BaseModel):
         description="Mask every node's numbers so the coordinator sees only their totals.",
     )
 
+    @field_validator("where", mode="before")
+    @classmethod
+    def _parse_where(cls, where: object) -> object:
+        return parse_filter(where) if isinstance(where, str) else where
+
     @model_validator(mode="after")
     def _secure_sum_supported(self) -> TaskParams:
         if self.secure_aggregation and not self.secure_sum_supported():
@@ -72,7 +95,11 @@ class TaskParams(BaseModel):
         return self.SECURE_SUM
 
     SECURE_SUM: ClassVar[bool] = False
-    """Whether every number of this task's reply adds across nodes (so it can be masked)."""
+    """Whether this task's replies can add across nodes (so ``secure_aggregation`` is offered);
+    ``secure_sum_supported`` says whether a given request's do."""
+
+    DP: ClassVar[bool] = False
+    """Whether this task has a differentially private release (so ``dp`` is offered)."""
 
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset()
     """Fields the server function fills in between rounds (current coefficients, probes).
@@ -80,6 +107,23 @@ class TaskParams(BaseModel):
     Every other field must reach each node exactly as the researcher signed it;
     the node's permit check compares them.
     """
+
+    @classmethod
+    def researcher_interface(cls) -> tuple[str, ...]:
+        """The fields a researcher sets, the task's own first.
+
+        Not offered: the server's round state, the study (the session's
+        permit), ``dp`` where the task has no DP release and
+        ``secure_aggregation`` where its replies never add.
+        """
+        hidden = set(cls.SERVER_STATE) | {"study"}
+        if not cls.DP:
+            hidden.add("dp")
+        if not cls.SECURE_SUM:
+            hidden.add("secure_aggregation")
+        common = list(TaskParams.model_fields)
+        own = [name for name in cls.model_fields if name not in common]
+        return tuple(name for name in [*own, *common] if name not in hidden)
 
     def request_for(self, task: str) -> TaskParams | None:
         """The request this task sends as a step of its own to ``task`` (None: it sends none).
@@ -225,7 +269,14 @@ def dp_report(replies: Mapping[int, RecordDict]) -> DPReport | None:
 
 @dataclass(frozen=True)
 class TaskType(Generic[P, R]):
-    """One federated analysis: parameters, node handlers and server function."""
+    """One federated analysis, declared once.
+
+    Its parameters, node handlers, server function and result; how a terminal
+    shows the result; and which parameters are written positionally. The
+    session's method, the ``oncofed query`` command and the reference docs
+    are derived from this, so adding a task is its module plus one line in
+    ``tasks/__init__.py``.
+    """
 
     name: str
     params: type[P]
@@ -234,6 +285,10 @@ class TaskType(Generic[P, R]):
     node_handlers: Mapping[str, NodeHandler[P]] = field(default_factory=dict)
     model_handlers: Mapping[ModelMessage, ModelHandler[P]] = field(default_factory=dict)
     summary: str = ""
+    arguments: tuple[str, ...] = ()
+    """Parameters written positionally, in this order (command-line arguments)."""
+    table: Callable[[R], RenderableType] | None = None
+    """The result as a terminal shows it; without one the command line prints its frame."""
 
     def run_server(self, grid: Grid, params_json: str) -> str:
         """Validate parameters, drive the grid, and return the result as JSON."""

@@ -24,11 +24,15 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
 from oncofed.tasks.base import ColumnRole, LocalDataset, TaskParams, TaskType, selected_rows
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.messaging import wait_for_nodes
+from oncofed.tasks.tables import footer, number
 
 FloatArray = npt.NDArray[np.float64]
 Comoments = tuple[float, FloatArray, FloatArray]
@@ -186,6 +190,29 @@ def correlation_serve(grid: Grid, params: CorrelationParams) -> CorrelationResul
     )
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def correlation_tables(result: CorrelationResult) -> Group:
+    """Covariance and correlation matrices, then who contributed."""
+    tables = []
+    for name, frame in (("covariance", result.covariance), ("correlation", result.correlation)):
+        table = Table(title=f"{name} {result.dataset}", title_justify="left")
+        table.add_column("")
+        for column in frame.columns:
+            table.add_column(escape(str(column)), justify="right")
+        for label, row in frame.iterrows():
+            table.add_row(escape(str(label)), *(number(float(v)) for v in row))
+        tables.append(table)
+    return Group(
+        *tables,
+        footer(
+            f"{result.n} complete rows; {result.rows_dropped} dropped for a missing value",
+            result.nodes,
+        ),
+    )
+
+
 TASK: TaskType[CorrelationParams, CorrelationResult] = TaskType(
     name="correlation",
     params=CorrelationParams,
@@ -193,4 +220,6 @@ TASK: TaskType[CorrelationParams, CorrelationResult] = TaskType(
     serve=correlation_serve,
     node_handlers={"correlation": correlation_node},
     summary="covariance and correlation matrices of numeric columns (complete cases)",
+    arguments=("columns",),
+    table=correlation_tables,
 )

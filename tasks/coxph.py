@@ -33,23 +33,25 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from rich.text import Text
 from scipy.stats import chi2
 
 from oncofed.kernel.errors import QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.saturation import check_model_saturation
-from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType
+from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, WrittenAs
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.formula import (
     Factor,
@@ -85,7 +87,9 @@ class CoxPHParams(SurvivalParams):
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset(
         {"center", "event_times", "tied_times", "beta", "risk_edges"}
     )
-    formula: Formula = Field(description="Right-hand side: the covariates (see formula.py).")
+    covariates: Annotated[Formula, WrittenAs('"age + C(sex) + ph.ecog"')] = Field(
+        description="The covariates: numeric columns, or a formula right-hand side."
+    )
     strata: tuple[str, ...] = Field(default=(), description="Columns whose levels are strata.")
     strata_categories: dict[str, tuple[str, ...]] | None = Field(
         default=None, description="Agreed levels per strata column (else the schema's)."
@@ -104,16 +108,30 @@ class CoxPHParams(SurvivalParams):
     beta: tuple[float, ...] | None = None
     risk_edges: tuple[float, ...] | None = None
 
+    @field_validator("covariates", mode="before")
+    @classmethod
+    def _parse_covariates(cls, covariates: object) -> object:
+        if isinstance(covariates, str) or (
+            isinstance(covariates, list | tuple) and all(isinstance(c, str) for c in covariates)
+        ):
+            return covariate_formula(covariates)
+        return covariates
+
+    @field_validator("strata", mode="before")
+    @classmethod
+    def _one_stratum(cls, strata: object) -> object:
+        return (strata,) if isinstance(strata, str) else strata
+
     @model_validator(mode="after")
     def _right_hand_side(self) -> CoxPHParams:
-        if self.formula.response is not None:
+        if self.covariates.response is not None:
             raise ValueError(
                 "give the covariates only (e.g. 'age + C(sex)'): duration and event "
                 "are separate parameters"
             )
-        if not self.formula.terms:
+        if not self.covariates.terms:
             raise ValueError("a Cox model needs at least one covariate")
-        if not self.formula.intercept:
+        if not self.covariates.intercept:
             raise ValueError(
                 "a Cox model has no intercept (the baseline hazard takes its place): "
                 "remove '- 1' / '+ 0' from the formula"
@@ -127,44 +145,51 @@ class CoxPHParams(SurvivalParams):
 
     def required_columns(self) -> dict[str, ColumnRole]:
         roles = super().required_columns()
-        factors = self.formula.factors()
+        factors = self.covariates.factors()
         roles.update({f.column: "factor" for f in factors if f.categorical})
         roles.update({f.column: "numeric" for f in factors if not f.categorical})
         roles.update(dict.fromkeys(self.strata, "group"))
         return roles
 
     def declared_levels(self) -> dict[str, tuple[str, ...]]:
-        return self.formula.declared_levels()
+        return self.covariates.declared_levels()
 
     def check_schema(self, schema: DatasetSchema, node: str) -> None:
         super().check_schema(schema, node)
-        check_formula(self.formula, schema, node)
+        check_formula(self.covariates, schema, node)
 
 
 def covariate_formula(covariates: Sequence[str] | str) -> Formula:
-    """The model's right-hand side: a list of numeric columns, or formula text.
+    """The model's right-hand side: a list of columns or terms, or formula text.
 
     Text is parsed like a formula without a response, e.g. ``"age + C(sex) +
-    np.log(wt.loss)"`` (a leading ``~`` is fine).
+    np.log(wt.loss)"`` (a leading ``~`` is fine). A list of plain column names
+    is taken as numeric columns, whatever their names; a list holding terms
+    (``["age", "C(sex)"]``, as a command line gives them) is read as their sum.
     """
-    if isinstance(covariates, str):
-        formula = parse_formula(covariates, needs_response=False)
-        if formula.response is not None:
+    if not isinstance(covariates, str) and all(_PLAIN_NAME.fullmatch(c) for c in covariates):
+        if not covariates:
             raise QueryError(
-                f"the covariates {covariates!r} name a response",
-                rule="query.formula_syntax",
-                fix="give the right-hand side only, e.g. 'age + C(sex)': duration and "
-                "event are separate arguments",
+                "no covariates given",
+                rule="coxph.covariates",
+                fix="pass a list of columns or a formula right-hand side such as 'age + C(sex)'",
             )
-        return formula
-    if not covariates:
+        terms = tuple(Term(factors=(Factor(column=c),)) for c in dict.fromkeys(covariates))
+        return Formula(terms=terms)
+    text = covariates if isinstance(covariates, str) else " + ".join(covariates)
+    formula = parse_formula(text, needs_response=False)
+    if formula.response is not None:
         raise QueryError(
-            "no covariates given",
-            rule="coxph.covariates",
-            fix="pass a list of columns or a formula right-hand side such as 'age + C(sex)'",
+            f"the covariates {text!r} name a response",
+            rule="query.formula_syntax",
+            fix="give the right-hand side only, e.g. 'age + C(sex)': duration and "
+            "event are separate arguments",
         )
-    terms = tuple(Term(factors=(Factor(column=column),)) for column in dict.fromkeys(covariates))
-    return Formula(terms=terms)
+    return formula
+
+
+_PLAIN_NAME = re.compile(r"[^()+*:~`\s]+")
+"""A column name, not a term: no operator, call or quoting."""
 
 
 class CoxPHResult(WaldCoefficients):
@@ -292,10 +317,10 @@ class CoxRows:
 
 def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
     node = local.node_name
-    columns = sorted(params.formula.columns()) + list(params.strata)
+    columns = sorted(params.covariates.columns()) + list(params.strata)
     rows = survival_rows(params, local, columns)
     # Rows are complete in every formula column, so the design keeps them all, in order.
-    design = design_matrix(params.formula, rows.frame, local.schema, node)
+    design = design_matrix(params.covariates, rows.frame, local.schema, node)
     levels, stratum = _strata(params, local, rows.frame)
     inside = stratum >= 0
     x, names = design.x[inside, 1:], design.names[1:]
@@ -748,7 +773,7 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         dataset=params.dataset,
         duration=params.duration,
         event=params.event,
-        formula=params.formula.text.removeprefix("~ "),
+        formula=params.covariates.text.removeprefix("~ "),
         names=names,
         coef=beta.tolist(),
         cov=covariance_beta.tolist(),
@@ -821,6 +846,11 @@ def _concordance(
     return (correct + 0.5 * same) / pairs, 0.5 * same / pairs, int(pairs)
 
 
+def coxph_table(result: CoxPHResult) -> Text:
+    """lifelines' summary layout, as text (rich would read ``[T.level]`` as markup)."""
+    return Text(result.summary())
+
+
 TASK: TaskType[CoxPHParams, CoxPHResult] = TaskType(
     name="coxph",
     params=CoxPHParams,
@@ -832,6 +862,8 @@ TASK: TaskType[CoxPHParams, CoxPHResult] = TaskType(
         "coxph_concordance": coxph_concordance_node,
     },
     summary="Cox proportional hazards (Efron ties) by federated Newton-Raphson",
+    arguments=("duration", "event", "covariates"),
+    table=coxph_table,
 )
 
 __all__ = ["TASK", "CoxPHParams", "CoxPHResult", "covariate_formula"]

@@ -26,6 +26,9 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
 from scipy.stats import chi2_contingency
 
 from oncofed.kernel.errors import QueryError
@@ -45,6 +48,7 @@ from oncofed.tasks.base import (
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.encoding import agreed_categories, category_labels
 from oncofed.tasks.messaging import wait_for_nodes
+from oncofed.tasks.tables import footer
 
 IntArray = npt.NDArray[np.int64]
 TOTAL = "All"
@@ -52,6 +56,7 @@ TOTAL = "All"
 
 
 class CrosstabParams(TaskParams):
+    DP = True
     SECURE_SUM = True
     row: str = Field(min_length=1, description="Column whose categories make the table's rows.")
     col: str = Field(min_length=1, description="Column whose categories make the columns.")
@@ -302,6 +307,28 @@ def _refuse_empty_categories(
             )
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def crosstab_table(result: CrosstabResult) -> Group:
+    """Counts with margins, then the chi-square test and the rows left out."""
+    frame = result.to_frame(margins=True)
+    table = Table(title=f"crosstab {result.dataset}", title_justify="left")
+    # Category labels are data: escaped so a label like "[x]" is not read as markup.
+    table.add_column(escape(f"{result.row} \\ {result.col}"))
+    for column in frame.columns:
+        table.add_column(escape(str(column)), justify="right")
+    for label, row in frame.iterrows():
+        table.add_row(escape(str(label)), *(str(int(v)) for v in row))
+    yates = " (Yates-corrected)" if result.correction else ""
+    test = f"chi-square {result.statistic:.6g}, dof {result.dof}, p = {result.pvalue:.4g}{yates}"
+    left_out = (
+        f"{result.rows_missing} rows missing, "
+        f"{result.rows_outside_categories} outside the agreed categories"
+    )
+    return Group(table, test, footer(left_out, result.nodes))
+
+
 TASK: TaskType[CrosstabParams, CrosstabResult] = TaskType(
     name="crosstab",
     params=CrosstabParams,
@@ -309,4 +336,6 @@ TASK: TaskType[CrosstabParams, CrosstabResult] = TaskType(
     serve=crosstab_serve,
     node_handlers={"crosstab": crosstab_node},
     summary="contingency table on agreed categories with the chi-square test",
+    arguments=("row", "col"),
+    table=crosstab_table,
 )

@@ -18,6 +18,7 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
+from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD
@@ -35,13 +36,18 @@ from oncofed.tasks.base import (
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.encoding import agreed_categories, category_labels
 from oncofed.tasks.messaging import wait_for_nodes
+from oncofed.tasks.tables import number
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 ALL = "(all)"
+STATISTICS = ("count", "missing", "mean", "variance", "std")
+"""What describe reports per group and column, in the order tables show them."""
 
 
 class DescribeParams(TaskParams):
+    DP = True
+    SECURE_SUM = True
     columns: tuple[str, ...] = Field(min_length=1, description="Numeric columns to describe.")
     by: str | None = Field(default=None, description="Categorical column to group by.")
     categories: tuple[str, ...] | None = Field(
@@ -389,6 +395,25 @@ def _rows(
     return rows
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def describe_table(result: DescribeResult, title: str = "") -> Table:
+    table = Table(title=title or f"describe {result.dataset}", title_justify="left")
+    if result.by:
+        table.add_column(result.by)
+    table.add_column("column")
+    for stat in STATISTICS:
+        table.add_column(stat, justify="right")
+    for row in result.rows:
+        cells = [] if not result.by else [row.group]
+        cells.append(row.column)
+        cells.extend(number(getattr(row, stat)) for stat in STATISTICS)
+        table.add_row(*cells)
+    table.caption = f"{len(result.nodes)} nodes: {', '.join(result.nodes)}"
+    return table
+
+
 TASK: TaskType[DescribeParams, DescribeResult] = TaskType(
     name="describe",
     params=DescribeParams,
@@ -396,4 +421,6 @@ TASK: TaskType[DescribeParams, DescribeResult] = TaskType(
     serve=describe_serve,
     node_handlers={"describe": describe_node},
     summary="count, missing, mean, variance and standard deviation of numeric columns",
+    arguments=("columns",),
+    table=describe_table,
 )

@@ -30,21 +30,35 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from rich.text import Text
 
 from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.saturation import check_model_saturation
-from oncofed.tasks.base import ColumnRole, LocalDataset, TaskParams, TaskType, selected_rows
+from oncofed.tasks.base import (
+    ColumnRole,
+    LocalDataset,
+    TaskParams,
+    TaskType,
+    WrittenAs,
+    selected_rows,
+)
 from oncofed.tasks.broadcast import broadcast
-from oncofed.tasks.formula import Formula, check_formula, design_matrix, same_design
+from oncofed.tasks.formula import (
+    Formula,
+    check_formula,
+    design_matrix,
+    parse_formula,
+    same_design,
+)
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.wald import WaldCoefficients
 
@@ -225,8 +239,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (Gaussian(), Binomial(), Poiss
 
 class GLMParams(TaskParams):
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"coefficients", "response_mean"})
-    formula: Formula = Field(description="Model formula with a response (see formula.py).")
-    family: FamilyName = "gaussian"
+    formula: Annotated[Formula, WrittenAs('"status ~ age + C(sex) + np.log(wt.loss)"')] = Field(
+        description="Model formula with a response: outcome ~ predictors."
+    )
+    family: FamilyName = Field(
+        default="gaussian",
+        description="gaussian (identity link), binomial (logit) or poisson (log).",
+    )
     max_iter: int = Field(default=50, ge=1, le=1000, description="Iteration cap.")
     tol: float = Field(
         default=1e-8, gt=0, lt=1, description="Stop when the deviance changes less (absolute)."
@@ -240,6 +259,15 @@ class GLMParams(TaskParams):
     response_mean: float | None = Field(
         default=None, description="Iteration state: pooled mean of the response."
     )
+
+    @field_validator("formula", mode="before")
+    @classmethod
+    def _parse_formula(cls, formula: object) -> object:
+        # Parsed here, so a typo or a forbidden function fails before anything is sent;
+        # words given apart (a command line's unquoted formula) are one formula.
+        if isinstance(formula, list | tuple) and all(isinstance(w, str) for w in formula):
+            formula = " ".join(formula)
+        return parse_formula(formula) if isinstance(formula, str) else formula
 
     @model_validator(mode="after")
     def _needs_response(self) -> GLMParams:
@@ -723,6 +751,11 @@ def _result(
     )
 
 
+def glm_table(result: GLMResult) -> Text:
+    """statsmodels' summary layout, as text (rich would read ``[T.level]`` as markup)."""
+    return Text(result.summary())
+
+
 TASK: TaskType[GLMParams, GLMResult] = TaskType(
     name="glm",
     params=GLMParams,
@@ -730,4 +763,6 @@ TASK: TaskType[GLMParams, GLMResult] = TaskType(
     serve=glm_serve,
     node_handlers={"glm": glm_node},
     summary="generalised linear models (gaussian, binomial, poisson) by federated IRLS",
+    arguments=("formula",),
+    table=glm_table,
 )

@@ -22,6 +22,8 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
+from rich.console import Group
+from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD
@@ -39,6 +41,7 @@ from oncofed.tasks.base import (
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.plotting import pyplot
+from oncofed.tasks.tables import footer, number
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,6 +53,7 @@ MAX_BINS = 10_000
 
 
 class HistogramParams(TaskParams):
+    DP = True
     SECURE_SUM = True
     column: str = Field(min_length=1, description="Numeric column.")
     bins: int | tuple[float, ...] = Field(
@@ -233,6 +237,21 @@ def histogram_serve(grid: Grid, params: HistogramParams) -> HistogramResult:
     )
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def histogram_table(result: HistogramResult) -> Group:
+    table = Table(title=f"histogram {result.dataset}: {result.column}", title_justify="left")
+    for column in ("left", "right", "count"):
+        table.add_column(column, justify="right")
+    table.add_column("")
+    peak = max(result.counts) or 1
+    for left, right, count in zip(result.edges, result.edges[1:], result.counts, strict=False):
+        table.add_row(number(left), number(right), str(count), "#" * round(30 * count / peak))
+    outside = f"{result.below} below, {result.above} above the edges, {result.missing} missing"
+    return Group(table, footer(outside, result.nodes))
+
+
 TASK: TaskType[HistogramParams, HistogramResult] = TaskType(
     name="histogram",
     params=HistogramParams,
@@ -240,4 +259,6 @@ TASK: TaskType[HistogramParams, HistogramResult] = TaskType(
     serve=histogram_serve,
     node_handlers={"histogram": histogram_node},
     summary="counts of a numeric column on agreed bin edges",
+    arguments=("column",),
+    table=histogram_table,
 )

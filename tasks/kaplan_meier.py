@@ -19,6 +19,9 @@ import pandas as pd
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
 from oncofed.privacy.accounting import PRIVACY_RECORD
@@ -35,6 +38,7 @@ from oncofed.tasks.survival import (
     pooled_event_tables,
     survival_rows,
 )
+from oncofed.tasks.tables import footer, number
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 
 
 class KaplanMeierParams(GroupedSurvivalParams):
+    DP = True
     alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - confidence level.")
 
 
@@ -279,6 +284,45 @@ def kaplan_meier_serve(grid: Grid, params: KaplanMeierParams) -> KaplanMeierResu
     )
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def kaplan_meier_table(result: KaplanMeierResult) -> Group:
+    """Median survival per group, then each group's survival table, then the grid."""
+    level = f"{1 - result.alpha:.0%}"
+    medians = Table(title=f"Kaplan-Meier {result.dataset}: median survival", title_justify="left")
+    for column in (result.by or "group", "n", "events", "median", f"{level} CI"):
+        medians.add_column(escape(column), justify="left" if column == result.by else "right")
+    tables: list[Table] = [medians]
+    for curve in result.curves:
+        ci = f"{number(curve.median_ci_lower)} - {number(curve.median_ci_upper)}"
+        medians.add_row(
+            escape(curve.group), str(curve.n), str(curve.total_events), number(curve.median), ci
+        )
+        title = f"{result.by} = {curve.group}" if result.by else "all rows"
+        table = Table(title=escape(title), title_justify="left")
+        columns = ("time", "at risk", "events", "censored", "S(t)", "lower", "upper")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for row in zip(
+            curve.time,
+            curve.at_risk,
+            curve.events,
+            curve.censored,
+            curve.survival,
+            curve.ci_lower,
+            curve.ci_upper,
+            strict=True,
+        ):
+            table.add_row(*(number(v) for v in row))
+        tables.append(table)
+    dropped = sum(result.rows_dropped.values())
+    detail = f"time grid: {result.time_grid}; {dropped} rows dropped for a missing value"
+    if result.rows_outside_categories:
+        detail += f", {result.rows_outside_categories} outside the agreed categories"
+    return Group(*tables, footer(detail, result.nodes))
+
+
 TASK: TaskType[KaplanMeierParams, KaplanMeierResult] = TaskType(
     name="kaplan_meier",
     params=KaplanMeierParams,
@@ -286,6 +330,8 @@ TASK: TaskType[KaplanMeierParams, KaplanMeierResult] = TaskType(
     serve=kaplan_meier_serve,
     node_handlers={"kaplan_meier": kaplan_meier_node},
     summary="Kaplan-Meier survival curves with confidence bands, overall or by group",
+    arguments=("duration", "event"),
+    table=kaplan_meier_table,
 )
 
 __all__ = ["TASK", "KaplanMeierCurve", "KaplanMeierParams", "KaplanMeierResult"]

@@ -20,20 +20,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from flwr.serverapp import Grid
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
 from scipy.stats import chi2
 
 from oncofed.kernel.errors import QueryError
 from oncofed.tasks.base import TaskType
 from oncofed.tasks.survival import GroupedSurvivalParams, event_table_node, pooled_event_tables
+from oncofed.tasks.tables import footer, number
 
 
 class LogrankParams(GroupedSurvivalParams):
-    @model_validator(mode="after")
-    def _needs_groups(self) -> LogrankParams:
-        if self.by is None:
-            raise ValueError("the log-rank test needs a grouping column")
-        return self
+    by: str = Field(description="Column whose agreed categories are the groups compared.")
 
 
 class LogrankResult(BaseModel):
@@ -132,6 +132,22 @@ def logrank_serve(grid: Grid, params: LogrankParams) -> LogrankResult:
     )
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def logrank_table(result: LogrankResult) -> Group:
+    """Observed and expected events per group, then the test."""
+    table = Table(title=f"log-rank test {result.dataset}", title_justify="left")
+    frame = result.to_frame()
+    table.add_column(escape(result.group))
+    for column in frame.columns:
+        table.add_column(column, justify="right")
+    for label, row in frame.iterrows():
+        table.add_row(escape(str(label)), *(number(v) for v in row.tolist()))
+    test = f"chi-square {result.statistic:.6g} on {result.df} df, p = {result.p_value:.4g}"
+    return Group(table, test, footer(f"time grid: {result.time_grid}", result.nodes))
+
+
 TASK: TaskType[LogrankParams, LogrankResult] = TaskType(
     name="logrank",
     params=LogrankParams,
@@ -139,6 +155,8 @@ TASK: TaskType[LogrankParams, LogrankResult] = TaskType(
     serve=logrank_serve,
     node_handlers={"logrank": event_table_node},
     summary="log-rank test of equal survival across two or more groups",
+    arguments=("duration", "event", "by"),
+    table=logrank_table,
 )
 
 __all__ = ["TASK", "LogrankParams", "LogrankResult"]

@@ -54,6 +54,8 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
+from rich.console import Group
+from rich.table import Table
 
 from oncofed.kernel.errors import QueryError, TaskFailed
 from oncofed.privacy.accounting import PRIVACY_RECORD
@@ -69,6 +71,7 @@ from oncofed.tasks.base import (
 )
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.messaging import wait_for_nodes
+from oncofed.tasks.tables import footer, number
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -90,6 +93,8 @@ MAX_DP_CELLS = 4096
 
 
 class QuantilesParams(TaskParams):
+    DP = True
+    SECURE_SUM = True
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"probe"})
     column: str = Field(min_length=1, description="Numeric column.")
     q: tuple[float, ...] = Field(
@@ -104,6 +109,11 @@ class QuantilesParams(TaskParams):
     probe: tuple[int, ...] = Field(
         default=(), description="Grid indices counted this round; set by the server."
     )
+
+    @field_validator("q", mode="before")
+    @classmethod
+    def _one_probability(cls, q: object) -> object:
+        return (q,) if isinstance(q, int | float) else q
 
     @field_validator("q")
     @classmethod
@@ -493,6 +503,27 @@ def _check_reachable(
     return _Search(index + 1, params.size())
 
 
+# ---- terminal ------------------------------------------------------------
+
+
+def quantiles_table(result: QuantilesResult) -> Group:
+    table = Table(
+        title=f"quantiles {result.dataset}: {result.column} ({result.method})",
+        title_justify="left",
+    )
+    for column in ("q", "value", "± bound"):
+        table.add_column(column, justify="right")
+    none: list[float | None] = [None] * len(result.q)
+    bounds: list[float | None] = list(result.bounds) if result.bounds is not None else none
+    for q, value, bound in zip(result.q, result.values, bounds, strict=True):
+        table.add_row(f"{q:g}", number(value), "noisy (DP)" if bound is None else f"{bound:.2g}")
+    search = (
+        f"n = {result.n}, {result.missing} missing; grid step {result.grid_step:.3g} "
+        f"over [{result.lower:g}, {result.upper:g}], {result.rounds} rounds"
+    )
+    return Group(table, footer(search, result.nodes))
+
+
 TASK: TaskType[QuantilesParams, QuantilesResult] = TaskType(
     name="quantiles",
     params=QuantilesParams,
@@ -500,4 +531,6 @@ TASK: TaskType[QuantilesParams, QuantilesResult] = TaskType(
     serve=quantiles_serve,
     node_handlers={"quantiles": quantiles_node},
     summary="approximate quantiles with a stated error bound (bisection on an agreed grid)",
+    arguments=("column",),
+    table=quantiles_table,
 )

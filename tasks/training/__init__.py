@@ -11,7 +11,7 @@ returned to the researcher).
 """
 
 from oncofed.tasks.base import TaskType
-from oncofed.tasks.training.model import TrainedModel
+from oncofed.tasks.training.model import TrainedModel, training_table
 from oncofed.tasks.training.node import design_node, evaluate_node, train_node
 from oncofed.tasks.training.params import TrainParams
 from oncofed.tasks.training.server import train_serve
@@ -25,6 +25,8 @@ TASK: TaskType[TrainParams, TrainedModel] = TaskType(
     model_handlers={"train": train_node, "evaluate": evaluate_node},
     summary="federated logistic regression, MLP or Cox-loss survival MLP with "
     "FedAvg/FedProx/FedAdam and optional DP-SGD",
+    arguments=("features",),
+    table=training_table,
 )
 
 __all__ = ["TASK", "TrainParams", "TrainedModel"]

@@ -15,10 +15,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, Field
+from rich.console import Group
+from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
 from oncofed.kernel.schema import infer_schema
 from oncofed.tasks.formula import Factor, parse_formula
+from oncofed.tasks.tables import footer, number
 from oncofed.tasks.training import architectures
 from oncofed.tasks.training.architectures import SURVIVAL, Architecture
 from oncofed.tasks.training.data import encode
@@ -129,6 +132,16 @@ class TrainedModel(BaseModel):
         )
         return module
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per round: the nodes that trained, the training loss, held-out metrics."""
+        return pd.DataFrame(
+            [
+                {"round": m.round, "nodes": len(m.nodes), "train loss": m.train_loss}
+                | m.evaluation()
+                for m in self.history
+            ]
+        ).set_index("round")
+
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2), encoding="utf-8")
 
@@ -137,10 +150,28 @@ class TrainedModel(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
+def training_table(model: TrainedModel) -> Group:
+    """Each round's metrics, then what was trained, on which nodes, at what privacy cost."""
+    table = Table(
+        title=f"{model.model} by {model.strategy}: {model.features}", title_justify="left"
+    )
+    frame = model.to_frame()
+    table.add_column("round", justify="right")
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for label, row in frame.iterrows():
+        table.add_row(str(label), *(number(v) for v in row.tolist()))
+    epsilon = ", ".join(f"{node} {eps:.3g}" for node, eps in sorted(model.epsilon.items()))
+    privacy = f"DP-SGD ε at δ={model.delta:g}: {epsilon}" if model.epsilon else "no DP-SGD"
+    target = model.label or f"{model.duration}, {model.event}"
+    detail = f"{len(model.columns)} inputs -> {target}; {privacy}"
+    return Group(table, footer(detail, model.nodes))
+
+
 def _with_levels(factor: Factor, levels: dict[str, tuple[str, ...]]) -> Factor:
     if not factor.categorical:
         return factor
     return factor.model_copy(update={"levels": levels[factor.column]})
 
 
-__all__ = ["RoundMetrics", "TrainedModel"]
+__all__ = ["RoundMetrics", "TrainedModel", "training_table"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.dp import DPRequest
-from oncofed.tasks.base import ColumnRole, TaskParams
+from oncofed.tasks.base import ColumnRole, TaskParams, WrittenAs
 from oncofed.tasks.coxph import covariate_formula
 from oncofed.tasks.describe import DescribeParams
 from oncofed.tasks.formula import Formula, check_formula
@@ -50,9 +50,10 @@ class Standardisation(BaseModel):
 
 
 class TrainParams(TaskParams):
+    DP: ClassVar[bool] = True
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"standardisation"})
     model: Architecture = Field(default="logistic", description="Vetted architecture.")
-    features: Formula = Field(
+    features: Annotated[Formula, WrittenAs('"age + tsize + C(tgrade)"')] = Field(
         description="Numeric columns (standardised) and C(column) factors (one-hot, agreed levels)."
     )
     label: str | None = Field(default=None, description="0/1 outcome (logistic, mlp).")
@@ -61,12 +62,16 @@ class TrainParams(TaskParams):
     hidden: tuple[int, ...] | None = Field(
         default=None, max_length=4, description="Hidden layer widths (mlp: (32,), cox_mlp: (32,))."
     )
-    strategy: Strategy = "fedavg"
-    rounds: int = Field(default=10, ge=1, le=1000)
+    strategy: Strategy = Field(
+        default="fedavg", description="Flower strategy: fedavg, fedprox or fedadam."
+    )
+    rounds: int = Field(default=10, ge=1, le=1000, description="Federated rounds.")
     fraction: float = Field(default=1.0, gt=0, le=1, description="Nodes sampled per round.")
-    local_epochs: int = Field(default=1, ge=1, le=100)
-    batch_size: int = Field(default=32, ge=1, le=100_000)
-    learning_rate: float = Field(default=0.1, gt=0, le=10)
+    local_epochs: int = Field(
+        default=1, ge=1, le=100, description="Passes over its rows each node makes per round."
+    )
+    batch_size: int = Field(default=32, ge=1, le=100_000, description="Rows per SGD step.")
+    learning_rate: float = Field(default=0.1, gt=0, le=10, description="SGD step size.")
     proximal_mu: float = Field(default=0.1, ge=0, description="FedProx's proximal weight.")
     test_fraction: float = Field(
         default=0.2, ge=0, lt=1, description="Each node's held-out share for evaluation."
@@ -79,7 +84,14 @@ class TrainParams(TaskParams):
         description="Numeric features: federated mean/sd (describe), or the schema's bounds.",
     )
     seed: int = Field(default=0, ge=0, description="Split and initialisation, not DP noise.")
-    dp: DPSGDRequest | None = None  # type: ignore[assignment]
+    timeout: float = Field(
+        default=600.0, gt=0, le=86_400, description="Seconds to wait for nodes and each round."
+    )
+    dp: DPSGDRequest | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="DP-SGD at every node: the (epsilon, delta) the whole run may cost there, "
+        "and max_grad_norm, the per-example clipping norm.",
+    )
     standardisation: Standardisation | None = Field(
         default=None, description="Set by the server from a federated describe; not by users."
     )

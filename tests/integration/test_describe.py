@@ -100,10 +100,10 @@ def test_unknown_dataset_and_unknown_task_and_bad_parameters(lung_net: Sandbox) 
             session.describe(["age"], dataset="melanoma")
         assert missing_dataset.value.rule == "node.dataset_offered"
         with pytest.raises(UnknownTask) as unknown:
-            session.submit("reidentify", {"dataset": "lung"})
+            session.submit("reidentify", dataset="lung")
         assert unknown.value.rule == "task.installed"
         with pytest.raises(QueryError) as bad:
-            session.submit("describe", {"dataset": "lung", "columns": []})
+            session.submit("describe", dataset="lung", columns=[])
         assert bad.value.rule == "task.params"
         assert "columns" in str(bad.value)
 
@@ -138,9 +138,7 @@ def test_every_release_and_refusal_is_in_the_node_audit_log(lung_net: Sandbox) -
 
 def test_cancel_a_waiting_task(lung_net: Sandbox) -> None:
     with lung_net.session(progress=False) as session:
-        task_id = session.submit(
-            "describe", {"dataset": "lung", "columns": ["age"], "min_nodes": 50}
-        )
+        task_id = session.submit("describe", dataset="lung", columns=["age"], min_nodes=50)
         assert session.cancel(task_id) == "cancelled"
         with pytest.raises(TaskCancelled):
             session.wait(task_id)

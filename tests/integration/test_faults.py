@@ -37,7 +37,7 @@ def test_queued_task_survives_a_coordinator_crash(net: Sandbox, lung: pd.DataFra
         net.stop_node(name)
     with net.session(progress=False) as session:
         task_id = session.submit(
-            "describe", {"dataset": "lung", "columns": COLUMNS, "min_nodes": 4, "timeout": 120}
+            "describe", dataset="lung", columns=COLUMNS, min_nodes=4, timeout=120
         )
         _wait_state(session, task_id, "running")
     net.stop_coordinator(kill=True)
@@ -57,9 +57,7 @@ def test_node_dying_mid_task_gets_the_message_again_after_restart(
     victim = net.node_names[0]
     net.signal_node(victim, signal.SIGSTOP)  # frozen: the message arrives, no reply leaves
     with net.session(progress=False) as session:
-        task_id = session.submit(
-            "describe", {"dataset": "lung", "columns": COLUMNS, "min_nodes": 4}
-        )
+        task_id = session.submit("describe", dataset="lung", columns=COLUMNS, min_nodes=4)
         deadline = time.monotonic() + 30
         while session.status(task_id).replies < 3:
             assert time.monotonic() < deadline

@@ -144,7 +144,7 @@ def test_forbidden_function_fails_before_anything_is_sent(lung_net: Sandbox) -> 
             },
         }
         with pytest.raises(QueryError) as refused:
-            session.submit("glm", forged)
+            session.submit("glm", **forged)
         assert refused.value.rule == "task.params"
 
 

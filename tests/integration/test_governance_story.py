@@ -254,7 +254,7 @@ def test_a_dataset_under_manual_approval_waits_for_each_operator(
     # waiting task is stored, not held in a thread, so every node takes all three in.
     with manual_net.session(permit="approved-run", progress=False) as session:
         request = {"dataset": "lung", "columns": ["age"], "min_nodes": 3}
-        task_ids = [session.submit("describe", request) for _ in "abc"]
+        task_ids = [session.submit("describe", **request) for _ in "abc"]
         pending = _pending_at_every_node(manual_net, 3)
         assert all(len(runs) == 3 for runs in pending.values()), pending
         status = session.status(task_ids[0])

@@ -391,7 +391,7 @@ def test_revocation_stops_a_running_task(net: Sandbox) -> None:
     net.grant("running")
     with net.session(permit="running", progress=False) as session:
         task_id = session.submit(
-            "describe", {"dataset": "lung", "columns": ["age"], "min_nodes": 50, "timeout": 600}
+            "describe", dataset="lung", columns=["age"], min_nodes=50, timeout=600
         )
         net.publish_revocations(["running"])
         with pytest.raises(TaskCancelled):

@@ -243,13 +243,11 @@ def test_the_researcher_sees_each_round_while_it_runs(net: Sandbox) -> None:
     with net.session(dataset="tumours", progress=False) as s:
         task_id = s.submit(
             "train",
-            {
-                "dataset": "tumours",
-                "features": FEATURES,
-                "label": "malignant",
-                "rounds": 6,
-                "local_epochs": 5,
-            },
+            dataset="tumours",
+            features=FEATURES,
+            label="malignant",
+            rounds=6,
+            local_epochs=5,
         )
         while (status := s.status(task_id)).state in ("queued", "running"):
             seen.add(status.detail)
@@ -287,9 +285,9 @@ def test_secure_aggregation_of_updates_hides_each_nodes_model(net: Sandbox) -> N
         "evaluate_every": 3,
     }
     with net.session(dataset="tumours", progress=False) as s:
-        plain_id = s.submit("train", request)
+        plain_id = s.submit("train", **request)
         plain = s.result(plain_id)
-        secure_id = s.submit("train", {**request, "secure_aggregation": True})
+        secure_id = s.submit("train", **{**request, "secure_aggregation": True})
         secure = s.result(secure_id)
     assert isinstance(plain, TrainedModel) and isinstance(secure, TrainedModel)
     for key, weights in plain.state.items():

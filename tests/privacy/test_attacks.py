@@ -163,7 +163,7 @@ def test_repeated_noisy_answers_are_each_charged_until_the_budget_ends(dp_net: S
 def test_no_seed_or_rng_is_reachable_from_a_request(dp_net: Sandbox) -> None:
     with dp_net.session(dataset="lung", progress=False) as s:
         params = {"dataset": "lung", "column": "age", "bins": [30, 60, 90], "dp": DP, "seed": 1}
-        _refused(lambda: s.run("histogram", params), "task.params")
+        _refused(lambda: s.run("histogram", **params), "task.params")
 
 
 # ---- 4. small cells and tails -------------------------------------------------

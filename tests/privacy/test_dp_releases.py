@@ -77,15 +77,13 @@ def test_a_task_without_a_dp_mechanism_is_never_answered_without_noise(dp_net: S
     with dp_net.session(dataset="lung", progress=False) as s, pytest.raises(OncofedError) as caught:
         s.run(
             "logrank",
-            {
-                "dataset": "lung",
-                "duration": "time",
-                "event": "status",
-                "by": "sex",
-                "categories": ["1", "2"],
-                "grid": 30,
-                "dp": DP,
-            },
+            dataset="lung",
+            duration="time",
+            event="status",
+            by="sex",
+            categories=["1", "2"],
+            grid=30,
+            dp=DP,
         )
     assert caught.value.rule == "privacy.dp_unsupported"
 

@@ -33,7 +33,10 @@ def test_kill_between_charge_and_reply_neither_loses_nor_repeats_the_charge(
         with net.session(dataset="lung", progress=False, permit="crash") as session:
             task_id = session.submit(
                 "histogram",
-                {"dataset": "lung", "column": "age", "bins": [30, 60, 90], "dp": {"epsilon": 0.5}},
+                dataset="lung",
+                column="age",
+                bins=[30, 60, 90],
+                dp={"epsilon": 0.5},
             )
             assert net.wait_node_exit(victim, 60) == 137, "the node should die after its charge"
 
