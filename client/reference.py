@@ -9,6 +9,7 @@ two differ, so the reference cannot drift from the code. Regenerate it with::
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from oncofed.client.cli_query import parameters
 from oncofed.client.session import Session
@@ -31,7 +32,7 @@ key (`--bounds age=40,90`), a group of settings as `KEY=VALUE,KEY=VALUE`
 """
 
 
-def _signature(task: TaskType[object, object]) -> str:
+def _signature(task: TaskType[Any, Any]) -> str:
     method = getattr(Session, task.name, None)
     if method is None:
         args = ", ".join(f"{name}=..." for name in task.params.researcher_interface())
@@ -45,7 +46,7 @@ def _signature(task: TaskType[object, object]) -> str:
     return f"Session.{task.name}({', '.join(names)})"
 
 
-def task_reference(task: TaskType[object, object]) -> str:
+def task_reference(task: TaskType[Any, Any]) -> str:
     command = task.name.replace("_", "-")
     words = " ".join(name.upper() for name in task.arguments)
     lines = [
