@@ -15,7 +15,6 @@ and certificates, and every task runs under a permit the body signed
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from oncofed.client.access import DataAccessClient, revoke
@@ -54,21 +54,13 @@ START_TIMEOUT = 90.0
 HDAB = "hdab"  # the sandbox's data-access body
 
 
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _toml_value(value: Any) -> str:
-    """A JSON-compatible value as TOML (objects become inline tables)."""
-    if isinstance(value, dict):
-        return (
-            "{ "
-            + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items())
-            + " }"
-        )
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return _toml_string(value) if isinstance(value, str) else json.dumps(value)
+def _without_none(value: Any) -> Any:
+    """TOML has no null: a setting left None is left out, and its default applies."""
+    if isinstance(value, Mapping):
+        return {str(k): _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def node_config_toml(
@@ -86,34 +78,28 @@ def node_config_toml(
     approval: str = "automatic",
     allowed_tasks: list[str] | None = None,
 ) -> str:
-    lines = [
-        f"name = {_toml_string(name)}",
-        f"coordinator = {_toml_string(coordinator)}",
-        f"heartbeat_seconds = {heartbeat_seconds}",
-        f"credentials = {_toml_string(str(credentials))}",
-        "",
-        "[governance]",
-        f"trusted_bodies = {_toml_value(dict(trusted_bodies))}",
-        "",
-        f"[datasets.{_toml_string(dataset)}]",
-        f"path = {_toml_string(str(data_file))}",
-        f"approval = {_toml_string(approval)}",
-    ]
-    if allowed_tasks is not None:
-        lines.append(f"allowed_tasks = {_toml_value(allowed_tasks)}")
-    lines += [
-        "",
-        f"[datasets.{_toml_string(dataset)}.columns]",
-    ]
-    for column, spec in schema.columns.items():
-        declared = spec.model_dump(mode="json", exclude_defaults=True)
-        lines.append(f"{_toml_string(column)} = {_toml_value(declared)}")
-    lines += ["", "[policy]"]
-    for key, value in policy.model_dump(mode="json").items():
-        lines.append(f"{key} = {_toml_value(value)}")
-    if peers:
-        lines += ["", "[secure_aggregation]", f"peers = {_toml_value(dict(peers))}"]
-    return "\n".join(lines) + "\n"
+    """A node's config file, as ``oncofed.node.config.load_node_config`` reads it."""
+    config: dict[str, Any] = {
+        "name": name,
+        "coordinator": coordinator,
+        "heartbeat_seconds": heartbeat_seconds,
+        "credentials": str(credentials),
+        "governance": {"trusted_bodies": dict(trusted_bodies)},
+        "datasets": {
+            dataset: {
+                "path": str(data_file),
+                "approval": approval,
+                "allowed_tasks": allowed_tasks,
+                "columns": {
+                    column: spec.model_dump(mode="json", exclude_defaults=True)
+                    for column, spec in schema.columns.items()
+                },
+            }
+        },
+        "policy": policy.model_dump(mode="json"),
+        "secure_aggregation": {"peers": dict(peers)} if peers else None,
+    }
+    return tomli_w.dumps(_without_none(config))
 
 
 def _node_name(split_by: str, value: Any) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.coordinator.db import TaskRow, open_database
-from oncofed.governance.sealing import open_sealed
+from oncofed.governance.sealing import HYBRID_SUITE, open_sealed
 from oncofed.kernel.errors import AccessDenied, ExitCode, PermitRefused
 
 PERMIT = "lung-outcomes-2026"
@@ -188,14 +188,17 @@ def test_application_to_permit_to_sealed_result(net: Sandbox, tmp_path: Path) ->
         ).one()
     # A dump of the coordinator's database shows ciphertext only ...
     assert '"count"' not in row.result and "age" not in row.result
+    # ... sealed with hybrid post-quantum HPKE to the cards in the signed permit ...
+    suites = {r["suite"] for r in json.loads(row.result)["recipients"].values()}
+    assert suites == {HYBRID_SUITE}
     # ... that the researcher and the body that issued the permit can open, and no one else.
     for reader in (net.researcher, HDAB):
         identity = net.identity(reader)
-        opened = json.loads(open_sealed(row.result, identity.name, identity.encryption))
+        opened = json.loads(open_sealed(row.result, identity))
         assert opened["rows"][0]["count"] == 228
     mallory = net.identity("mallory")
     with pytest.raises(AccessDenied):
-        open_sealed(row.result, mallory.name, mallory.encryption)
+        open_sealed(row.result, mallory)
 
 
 def test_the_node_audit_trail_exports_a_permits_record_and_names_an_edited_row(

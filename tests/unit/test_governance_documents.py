@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
@@ -136,19 +137,18 @@ def test_revocation_lists_only_grow_and_are_numbered(tmp_path: Path) -> None:
 
 
 def test_a_sealed_result_opens_for_its_readers_only_and_not_once_altered() -> None:
-    readers = {"ada": ADA.encryption.public_key(), BODY.name: BODY.encryption.public_key()}
-    sealed = seal(b'{"mean": 62.4}', readers, context="task-1")
+    sealed = seal(b'{"mean": 62.4}', (ADA.card, BODY.card), context="task-1")
     assert b"62.4" not in sealed.encode()
-    assert open_sealed(sealed, "ada", ADA.encryption) == b'{"mean": 62.4}'
-    assert open_sealed(sealed, BODY.name, BODY.encryption) == b'{"mean": 62.4}'
+    assert open_sealed(sealed, ADA) == b'{"mean": 62.4}'
+    assert open_sealed(sealed, BODY) == b'{"mean": 62.4}'
     with pytest.raises(AccessDenied, match="not sealed to you"):
-        open_sealed(sealed, "bob", BOB.encryption)
+        open_sealed(sealed, BOB)
     with pytest.raises(AccessDenied, match="key does not match"):
-        open_sealed(sealed, "ada", BOB.encryption)  # bob posing as ada
+        open_sealed(sealed, dataclasses.replace(BOB, name="ada"))  # bob posing as ada
     box = json.loads(sealed)
     box["context"] = "task-2"  # moved onto another task
     with pytest.raises(AccessDenied, match="altered"):
-        open_sealed(json.dumps(box), "ada", ADA.encryption)
+        open_sealed(json.dumps(box), ADA)
 
 
 def test_the_ca_issues_role_and_name_from_the_request_and_revokes_by_name(tmp_path: Path) -> None:
