@@ -188,7 +188,7 @@ class Session:
     def quantiles(
         self,
         column: str,
-        q: float | Sequence[float],
+        q: float | Sequence[float] = (0.25, 0.5, 0.75),
         *,
         lower: float,
         upper: float,

@@ -1,5 +1,9 @@
 """The node's ClientApp: installed task handlers behind the node's mods.
 
+A handler returns a typed ``Release``; only what passes the release gate
+(``privacy/gate.py``) becomes the reply, so no task can send a number the
+gate has not seen.
+
 The same builder serves a real node (one catalogue read from its config) and
 Flower's simulation runtime (a catalogue per simulated partition), so a task's
 node side is exactly the same code in both.
@@ -28,6 +32,8 @@ from oncofed.node.mods import (
 from oncofed.node.permits import PermitChecker
 from oncofed.node.request import current_request
 from oncofed.node.secure import SecureKeys, secure_mod
+from oncofed.privacy.gate import check_release
+from oncofed.privacy.release import Release
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import LocalDataset, ModelHandler, NodeHandler, TaskType
 
@@ -62,7 +68,7 @@ def build_client_app(
 
 
 def _ignoring_content(handler: NodeHandler[Any]) -> ModelHandler[Any]:
-    def with_content(params: Any, local: LocalDataset, _content: RecordDict) -> RecordDict:
+    def with_content(params: Any, local: LocalDataset, _content: RecordDict) -> Release:
         return handler(params, local)
 
     return with_content
@@ -82,7 +88,13 @@ def _guarded(
                 privacy = privacy_under_permit(datasets.policy, request)
                 budget = datasets.ledger.budget(params.study, params.dataset, privacy)
                 local = replace(local, budget=budget)
-            content = handler(params, local, message.content)
+            release = check_release(
+                handler(params, local, message.content),
+                task.releases,
+                task=task.name,
+                node=datasets.node_name,
+            )
+            content = release.to_content(datasets.node_name)
         except OncofedError as exc:
             return error_reply(message, exc)
         except Exception as exc:

@@ -19,12 +19,14 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import RenderableType
 
+from oncofed.kernel.errors import TaskFailed
 from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
 from oncofed.privacy.disclosure import check_subset
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.ledger import Budget, PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
+from oncofed.privacy.release import Release, node_of
 from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate, parse_filter
 
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
@@ -32,6 +34,7 @@ ColumnRole = Literal["numeric", "group", "filter", "factor"]
 
 P = TypeVar("P", bound="TaskParams")
 R = TypeVar("R", bound=BaseModel)
+RL = TypeVar("RL", bound="Release")
 
 
 @dataclass(frozen=True)
@@ -218,8 +221,8 @@ def selected_rows(params: TaskParams, local: LocalDataset) -> pd.DataFrame:
     return frame
 
 
-NodeHandler = Callable[[P, LocalDataset], RecordDict]
-ModelHandler = Callable[[P, LocalDataset, RecordDict], RecordDict]
+NodeHandler = Callable[[P, LocalDataset], Release]
+ModelHandler = Callable[[P, LocalDataset, RecordDict], Release]
 """Handles Flower's ``train`` / ``evaluate`` messages: also gets the message content (the model)."""
 ModelMessage = Literal["train", "evaluate"]
 
@@ -267,6 +270,25 @@ def dp_report(replies: Mapping[int, RecordDict]) -> DPReport | None:
     )
 
 
+def released(replies: Mapping[int, RecordDict], kind: type[RL]) -> list[tuple[str, RL]]:
+    """Each reply's typed release with the node it came from, in node order.
+
+    A masked total (secure aggregation) is one entry naming all its nodes.
+    """
+    try:
+        return sorted(((node_of(c), kind.from_content(c)) for c in replies.values()), key=_first)
+    except (ValueError, KeyError) as exc:
+        raise TaskFailed(
+            f"a node did not reply with the {kind.wire_name()} this step expects",
+            rule="task.protocol",
+            fix="run the same oncofed version on every node and on the coordinator",
+        ) from exc
+
+
+def _first(pair: tuple[str, Release]) -> str:
+    return pair[0]
+
+
 @dataclass(frozen=True)
 class TaskType(Generic[P, R]):
     """One federated analysis, declared once.
@@ -285,6 +307,8 @@ class TaskType(Generic[P, R]):
     node_handlers: Mapping[str, NodeHandler[P]] = field(default_factory=dict)
     model_handlers: Mapping[ModelMessage, ModelHandler[P]] = field(default_factory=dict)
     summary: str = ""
+    releases: tuple[type[Release], ...] = ()
+    """Every kind of reply the node side may send; the release gate refuses any other."""
     arguments: tuple[str, ...] = ()
     """Parameters written positionally, in this order (command-line arguments)."""
     table: Callable[[R], RenderableType] | None = None
@@ -307,5 +331,6 @@ __all__ = [
     "TaskParams",
     "TaskType",
     "dp_report",
+    "released",
     "selected_rows",
 ]

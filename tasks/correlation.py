@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator
 from rich.console import Group
@@ -29,7 +28,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
-from oncofed.tasks.base import ColumnRole, LocalDataset, TaskParams, TaskType, selected_rows
+from oncofed.privacy.release import Count, Moments, Release
+from oncofed.tasks.base import (
+    ColumnRole,
+    LocalDataset,
+    TaskParams,
+    TaskType,
+    released,
+    selected_rows,
+)
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.tables import footer, number
@@ -55,6 +62,16 @@ class CorrelationParams(TaskParams):
         roles = super().required_columns()
         roles.update(dict.fromkeys(self.columns, "numeric"))
         return roles
+
+
+class ComomentsRelease(Release):
+    """A node's complete rows: their number, mean vector and co-moment matrix, and rows dropped."""
+
+    n: Count
+    mean: Moments
+    comoment: Moments
+    rows_dropped: Count
+    """Rows with a missing value in a listed column."""
 
 
 class CorrelationResult(BaseModel):
@@ -95,24 +112,18 @@ class CorrelationResult(BaseModel):
 # ---- node side ----------------------------------------------------------
 
 
-def correlation_node(params: CorrelationParams, local: LocalDataset) -> RecordDict:
+def correlation_node(params: CorrelationParams, local: LocalDataset) -> ComomentsRelease:
     frame = selected_rows(params, local)
     values = frame[list(params.columns)].to_numpy(dtype=float, na_value=np.nan)
     complete = ~np.isnan(values).any(axis=1)
     rows = values[complete]
     mean = rows.mean(axis=0) if len(rows) else np.zeros(len(params.columns))
     centred = rows - mean
-    return RecordDict(
-        {
-            "comoments": ArrayRecord(
-                {
-                    "n": Array(np.array([len(rows)], dtype=np.int64)),
-                    "mean": Array(mean),
-                    "comoment": Array(centred.T @ centred),
-                }
-            ),
-            "meta": ConfigRecord({"node": local.node_name, "rows_dropped": int((~complete).sum())}),
-        }
+    return ComomentsRelease(
+        n=len(rows),
+        mean=mean,
+        comoment=centred.T @ centred,
+        rows_dropped=int((~complete).sum()),
     )
 
 
@@ -155,16 +166,10 @@ def correlation_serve(grid: Grid, params: CorrelationParams) -> CorrelationResul
     replies = broadcast(grid, "correlation", params, nodes)
     total: Comoments | None = None
     dropped: dict[str, int] = {}
-    for node_id in sorted(replies):
-        arrays = replies[node_id].array_records["comoments"]
-        meta = replies[node_id].config_records["meta"]
-        part = (
-            float(arrays["n"].numpy()[0]),
-            arrays["mean"].numpy().astype(np.float64),
-            arrays["comoment"].numpy().astype(np.float64),
-        )
-        total = part if total is None else combine_comoments(total, part)
-        dropped[str(meta["node"])] = int(str(meta["rows_dropped"]))
+    for node, part in released(replies, ComomentsRelease):
+        moments = (float(part.n), part.mean, part.comoment)
+        total = moments if total is None else combine_comoments(total, moments)
+        dropped[node] = part.rows_dropped
     if total is None:
         raise AssertionError("broadcast returns at least one reply")
     n = int(total[0])
@@ -219,6 +224,7 @@ TASK: TaskType[CorrelationParams, CorrelationResult] = TaskType(
     result=CorrelationResult,
     serve=correlation_serve,
     node_handlers={"correlation": correlation_node},
+    releases=(ComomentsRelease,),
     summary="covariance and correlation matrices of numeric columns (complete cases)",
     arguments=("columns",),
     table=correlation_tables,

@@ -2,24 +2,30 @@
 
 Rounds (each one message per node):
 
-1. ``coxph_setup``: each node builds its design matrix (the formula's right-hand
-   side, coded as with an intercept, which the baseline hazard absorbs, then
-   dropped) on its complete rows and releases its row count, column sums and
-   cross-products, the sum of the covariates over its events, and per stratum
-   and grid time its number of events. The server pools the event times.
-2. ``coxph`` at coefficients beta, once per Newton step: per stratum and pooled
-   event time, each node releases the sums over its rows still at risk of
-   ``w = exp(x'beta)``, ``w x`` and ``w x x'`` (S0, S1, S2), and at the times
-   where the pooled data have tied events the same sums over its events at
-   that time (T0, T1, T2). Risk sets span nodes, so the server adds the nodes'
-   sums per time and then evaluates Efron's log partial likelihood, gradient
-   and Hessian exactly -- as ``lifelines.CoxPHFitter`` does on the pooled rows.
-3. ``coxph_concordance`` at the fitted coefficients: Harrell's C needs every
-   pair of patients compared on their risk scores, which no sum gives. Each
-   node releases counts of its rows per (grid time, risk-score bin); the
-   server counts the pairs. Pairs whose scores share a bin are counted as
-   ties (1/2), so the result is within a stated bound of the exact C:
-   ``concordance_bound`` = half the share of comparable pairs in one bin.
+1. ``coxph_setup`` (``CoxSetupRelease``): each node builds its design matrix
+   (the formula's right-hand side, coded as with an intercept, which the
+   baseline hazard absorbs, then dropped) on its complete rows and releases
+   its row count, column sums and cross-products, the sum of the covariates
+   over its events, and per stratum and grid time its number of events. The
+   server pools the event times.
+2. ``coxph`` (``CoxRiskSetRelease``) at coefficients beta, once per Newton
+   step: per stratum and pooled event time, each node releases the sums over
+   its rows still at risk of ``w = exp(x'beta)``, ``w x`` and ``w x x'`` (S0,
+   S1, S2), and at the times where the pooled data have tied events the same
+   sums over its events at that time (T0, T1, T2). Risk sets span nodes, so
+   the server adds the nodes' sums per time and then evaluates Efron's log
+   partial likelihood, gradient and Hessian exactly -- as
+   ``lifelines.CoxPHFitter`` does on the pooled rows.
+3. ``coxph_concordance`` (``CoxConcordanceRelease``) at the fitted
+   coefficients: Harrell's C needs every pair of patients compared on their
+   risk scores, which no sum gives. Each node releases counts of its rows per
+   (grid time, risk-score bin); the server counts the pairs. Pairs whose
+   scores share a bin are counted as ties (1/2), so the result is within a
+   stated bound of the exact C: ``concordance_bound`` = half the share of
+   comparable pairs in one bin.
+
+Every reply also names the design columns and strata the node built and
+counts the rows it left out (missing values, outside the agreed strata).
 
 Centring the covariates at their pooled means leaves the partial likelihood
 unchanged and keeps ``exp(x'beta)`` finite. Steps are halved while the
@@ -34,15 +40,13 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import Field, field_validator, model_validator
 from rich.text import Text
@@ -50,8 +54,16 @@ from scipy.stats import chi2
 
 from oncofed.kernel.errors import QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
+from oncofed.privacy.release import (
+    AgreedIndices,
+    Count,
+    Counts,
+    EventTimes,
+    ModelStatistics,
+    Release,
+)
 from oncofed.privacy.saturation import check_model_saturation
-from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, WrittenAs
+from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, WrittenAs, released
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.formula import (
     Factor,
@@ -75,8 +87,6 @@ from oncofed.tasks.wald import WaldCoefficients
 
 MAX_STRATA = 1_000
 MAX_HALVINGS = 30
-# Releases that add up over nodes; the others (event cells, counts) are kept per node.
-SUMMED = frozenset({"sum_x", "xtx", "event_x", "s0", "s1", "s2", "t0", "t1", "t2"})
 # A step that still moves the linear predictor by this much (in standard
 # deviations of the covariate) after the likelihood has stopped rising means
 # the coefficient is running off to infinity.
@@ -298,6 +308,83 @@ class CoxPHResult(WaldCoefficients):
         return "\n".join(lines)
 
 
+# ---- releases ------------------------------------------------------------
+
+
+class _CoxRelease(Release):
+    """What every Cox reply holds: the design, the strata and the rows left out."""
+
+    names: tuple[str, ...]
+    """The covariates' design columns (from the formula and its agreed levels)."""
+    levels: tuple[str, ...]
+    """The strata: every combination of the agreed levels ("" when unstratified)."""
+    rows_dropped: Count
+    """Rows left out for a missing value."""
+    rows_outside_strata: Count
+    """Complete rows whose strata value is none of the agreed levels."""
+
+
+class CoxSetupRelease(_CoxRelease):
+    """The setup reply: rows, covariate sums and cross-products, and events per grid time.
+
+    The event cells are the node's event counts per (stratum, grid time): the
+    server pools them into the event times every Newton step evaluates at.
+    """
+
+    n: Count
+    """Rows used."""
+    sum_x: ModelStatistics
+    """Column sums of the design, p (with ``xtx``, the pooled centre and spread)."""
+    xtx: ModelStatistics
+    """X'X, p x p."""
+    event_x: ModelStatistics
+    """Sum of the design over the node's events, p (the partial likelihood's linear part)."""
+    event_stratum: AgreedIndices
+    """Per event cell: its stratum's index into ``levels``."""
+    event_time: EventTimes
+    """Per event cell: its time on the agreed grid (exact, where the node's policy allows)."""
+    event_count: Counts
+    """Per event cell: the events there."""
+
+
+class CoxRiskSetRelease(_CoxRelease):
+    """A Newton step's reply: at the given coefficients, risk-set sums per pooled event time.
+
+    Per stratum and event time (concatenated over strata) the sums over the
+    node's rows still at risk of ``w = exp(x'beta)``, ``w x`` and ``w x x'``;
+    per tied time the same sums over the node's events then (Efron's ties).
+    """
+
+    s0: ModelStatistics
+    s1: ModelStatistics
+    s2: ModelStatistics
+    t0: ModelStatistics
+    t1: ModelStatistics
+    t2: ModelStatistics
+
+
+class CoxConcordanceRelease(_CoxRelease):
+    """The concordance reply: the node's rows counted per (grid time, risk-score bin) cell.
+
+    A cell is ``time index * bins + bin``, both agreed by the request (the
+    pooled event times, the risk-score edges); empty cells are not sent.
+    """
+
+    death_cell: AgreedIndices
+    death_count: Counts
+    """Events per death cell (event time, bin)."""
+    risk_cell: AgreedIndices
+    risk_count: Counts
+    """Rows per risk cell (comparable with the deaths at the first k event times, bin)."""
+
+
+COX_RELEASES: tuple[type[Release], ...] = (
+    CoxSetupRelease,
+    CoxRiskSetRelease,
+    CoxConcordanceRelease,
+)
+
+
 # ---- node side ----------------------------------------------------------
 
 
@@ -378,29 +465,26 @@ def _strata(
     return names, np.where(outside, -1, index)
 
 
-def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
+def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> CoxSetupRelease:
     rows = cox_rows(params, local)
     keys = np.stack([rows.stratum[rows.event].astype(float), rows.time[rows.event]], axis=1)
     cells, counts = np.unique(keys, axis=0, return_counts=True)
-    return RecordDict(
-        {
-            "coxph": ArrayRecord(
-                {
-                    "n": Array(np.array([rows.time.size], dtype=np.int64)),
-                    "sum_x": Array(rows.x.sum(axis=0)),
-                    "xtx": Array(rows.x.T @ rows.x),
-                    "event_x": Array(rows.x[rows.event].sum(axis=0)),
-                    "event_stratum": Array(cells[:, 0].astype(np.int64)),
-                    "event_time": Array(cells[:, 1].astype(np.float64)),
-                    "event_count": Array(counts.astype(np.int64)),
-                }
-            ),
-            "meta": _meta(local, rows),
-        }
+    return CoxSetupRelease(
+        names=tuple(rows.names),
+        levels=tuple(rows.levels),
+        rows_dropped=rows.rows_dropped,
+        rows_outside_strata=rows.rows_outside_strata,
+        n=int(rows.time.size),
+        sum_x=rows.x.sum(axis=0),
+        xtx=rows.x.T @ rows.x,
+        event_x=rows.x[rows.event].sum(axis=0),
+        event_stratum=cells[:, 0].astype(np.int64),
+        event_time=cells[:, 1].astype(np.float64),
+        event_count=counts.astype(np.int64),
     )
 
 
-def coxph_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
+def coxph_node(params: CoxPHParams, local: LocalDataset) -> CoxRiskSetRelease:
     if params.beta is None or params.center is None or params.event_times is None:
         raise _protocol_error(local.node_name, "coefficients and event times")
     if params.tied_times is None:
@@ -425,15 +509,25 @@ def coxph_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
         hit = e & (position < tied.size)
         hit[hit] = tied[position[hit]] == t[hit]
         ties.append(_bucket_sums(position[hit], ws[hit], xs[hit], tied.size))
-    arrays = {
-        name: Array(np.concatenate([part[i] for part in parts]))
-        for parts, names in ((risk, ("s0", "s1", "s2")), (ties, ("t0", "t1", "t2")))
-        for i, name in enumerate(names)
-    }
-    return RecordDict({"coxph": ArrayRecord(arrays), "meta": _meta(local, rows)})
+
+    def joined(parts: list[tuple[FloatArray, FloatArray, FloatArray]], i: int) -> FloatArray:
+        return np.concatenate([part[i] for part in parts])
+
+    return CoxRiskSetRelease(
+        names=tuple(rows.names),
+        levels=tuple(rows.levels),
+        rows_dropped=rows.rows_dropped,
+        rows_outside_strata=rows.rows_outside_strata,
+        s0=joined(risk, 0),
+        s1=joined(risk, 1),
+        s2=joined(risk, 2),
+        t0=joined(ties, 0),
+        t1=joined(ties, 1),
+        t2=joined(ties, 2),
+    )
 
 
-def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> RecordDict:
+def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> CoxConcordanceRelease:
     if params.beta is None or params.center is None or params.event_times is None:
         raise _protocol_error(local.node_name, "coefficients and event times")
     if params.risk_edges is None:
@@ -461,18 +555,15 @@ def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> RecordDi
         risk_offset += grid_times.size + 1
     deaths, death_counts = np.unique(np.concatenate(death_cells), return_counts=True)
     risks, risk_counts = np.unique(np.concatenate(risk_cells), return_counts=True)
-    return RecordDict(
-        {
-            "coxph": ArrayRecord(
-                {
-                    "death_cell": Array(deaths.astype(np.int64)),
-                    "death_count": Array(death_counts.astype(np.int64)),
-                    "risk_cell": Array(risks.astype(np.int64)),
-                    "risk_count": Array(risk_counts.astype(np.int64)),
-                }
-            ),
-            "meta": _meta(local, rows),
-        }
+    return CoxConcordanceRelease(
+        names=tuple(rows.names),
+        levels=tuple(rows.levels),
+        rows_dropped=rows.rows_dropped,
+        rows_outside_strata=rows.rows_outside_strata,
+        death_cell=deaths.astype(np.int64),
+        death_count=death_counts.astype(np.int64),
+        risk_cell=risks.astype(np.int64),
+        risk_count=risk_counts.astype(np.int64),
     )
 
 
@@ -502,18 +593,6 @@ def _from_end(values: FloatArray) -> FloatArray:
     return out
 
 
-def _meta(local: LocalDataset, rows: CoxRows) -> ConfigRecord:
-    return ConfigRecord(
-        {
-            "node": local.node_name,
-            "names": rows.names,
-            "levels": rows.levels,
-            "rows_dropped": rows.rows_dropped,
-            "rows_outside_strata": rows.rows_outside_strata,
-        }
-    )
-
-
 def _protocol_error(node: str, missing: str) -> TaskFailed:
     return TaskFailed(
         f"the request carries no {missing}",
@@ -526,46 +605,33 @@ def _protocol_error(node: str, missing: str) -> TaskFailed:
 # ---- server side --------------------------------------------------------
 
 
-@dataclass
-class _Replies:
-    sums: dict[str, npt.NDArray[np.float64]]
-    parts: dict[str, list[npt.NDArray[np.float64]]]
-    names: list[str]
-    levels: list[str]
-    nodes: list[str]
-    rows_dropped: dict[str, int]
-    rows_outside_strata: int
+CR = TypeVar("CR", bound=_CoxRelease)
+Parts = list[tuple[str, CR]]
+"""One round's typed replies with the nodes they came from, in node order."""
 
 
 def _round(
-    grid: Grid, action: str, params: CoxPHParams, nodes: Sequence[int], label: str
-) -> _Replies:
+    grid: Grid,
+    action: str,
+    params: CoxPHParams,
+    nodes: Sequence[int],
+    label: str,
+    kind: type[CR],
+) -> Parts[CR]:
     replies = broadcast(grid, action, params, nodes, group_id=f"coxph/{label}")
+    parts = released(replies, kind)
     names: list[str] | None = None
-    levels: list[str] = []
-    sums: dict[str, FloatArray] = {}
-    parts: dict[str, list[FloatArray]] = {}
-    nodes_seen: list[str] = []
-    dropped: dict[str, int] = {}
-    outside = 0
-    for node_id in sorted(replies):
-        arrays = replies[node_id].array_records["coxph"]
-        meta = replies[node_id].config_records["meta"]
-        node = str(meta["node"])
-        node_names = [str(n) for n in meta["names"]]  # type: ignore[union-attr]
-        names = same_design(names, node_names, node, "coxph")
-        levels = [str(v) for v in meta["levels"]]  # type: ignore[union-attr]
-        nodes_seen.append(node)
-        dropped[node] = int(str(meta["rows_dropped"]))
-        outside += int(str(meta["rows_outside_strata"]))
-        for key in arrays:
-            value = arrays[key].numpy()
-            parts.setdefault(key, []).append(value)
-            if key in SUMMED:
-                sums[key] = value if key not in sums else sums[key] + value
+    for node, part in parts:
+        names = same_design(names, list(part.names), node, "coxph")
     if names is None:
         raise AssertionError("broadcast returns at least one reply")
-    return _Replies(sums, parts, names, levels, nodes_seen, dropped, outside)
+    return parts
+
+
+def _total(arrays: Iterable[FloatArray]) -> FloatArray:
+    """The nodes' sums added up (risk sets and cross-products span nodes)."""
+    total: FloatArray = np.sum(np.stack(list(arrays)), axis=0)
+    return total
 
 
 @dataclass(frozen=True)
@@ -583,10 +649,10 @@ class _EventTimes:
     tied_index: IntArray
 
 
-def _event_times(setup: _Replies, n_strata: int) -> _EventTimes:
-    stratum = np.concatenate(setup.parts["event_stratum"]).astype(np.int64)
-    time = np.concatenate(setup.parts["event_time"]).astype(np.float64)
-    count = np.concatenate(setup.parts["event_count"]).astype(np.int64)
+def _event_times(setup: Parts[CoxSetupRelease], n_strata: int) -> _EventTimes:
+    stratum = np.concatenate([part.event_stratum for _, part in setup])
+    time = np.concatenate([part.event_time for _, part in setup])
+    count = np.concatenate([part.event_count for _, part in setup])
     times, counts, tied, tied_index = [], [], [], []
     offset = 0
     for s in range(n_strata):
@@ -604,14 +670,15 @@ def _event_times(setup: _Replies, n_strata: int) -> _EventTimes:
 
 
 def _efron(
-    replies: _Replies, beta: FloatArray, events: _EventTimes, event_x: FloatArray
+    replies: Parts[CoxRiskSetRelease], beta: FloatArray, events: _EventTimes, event_x: FloatArray
 ) -> _Evaluation:
     """Efron's log partial likelihood, gradient and Hessian from pooled risk-set sums."""
-    s0, s1, s2 = replies.sums["s0"], replies.sums["s1"], replies.sums["s2"]
+    sums = [part for _, part in replies]
+    s0, s1, s2 = _total(p.s0 for p in sums), _total(p.s1 for p in sums), _total(p.s2 for p in sums)
     t0, t1, t2 = (np.zeros_like(a) for a in (s0, s1, s2))
-    t0[events.tied_index] = replies.sums["t0"]
-    t1[events.tied_index] = replies.sums["t1"]
-    t2[events.tied_index] = replies.sums["t2"]
+    t0[events.tied_index] = _total(p.t0 for p in sums)
+    t1[events.tied_index] = _total(p.t1 for p in sums)
+    t2[events.tied_index] = _total(p.t2 for p in sums)
     d = events.counts
     time_of = np.repeat(np.arange(d.size), d)
     first = np.concatenate([[0], np.cumsum(d)[:-1]])
@@ -664,10 +731,12 @@ def _null_space_terms(information: FloatArray, names: list[str]) -> list[str]:
 
 def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
     nodes = wait_for_nodes(grid, params)
-    setup = _round(grid, "coxph_setup", params, nodes, "setup")
-    everyone, names = ", ".join(setup.nodes), setup.names
-    n = int(sum(int(v[0]) for v in setup.parts["n"]))
-    events = _event_times(setup, len(setup.levels))
+    setup = _round(grid, "coxph_setup", params, nodes, "setup", CoxSetupRelease)
+    setup_nodes = [node for node, _ in setup]
+    everyone, names = ", ".join(setup_nodes), list(setup[0][1].names)
+    levels = list(setup[0][1].levels)
+    n = sum(part.n for _, part in setup)
+    events = _event_times(setup, len(levels))
     total_events = int(events.counts.sum())
     if total_events == 0:
         raise QueryError(
@@ -677,8 +746,8 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
             fix="check the event column, the where= filter and missing values",
             column=params.event,
         )
-    mean = setup.sums["sum_x"] / n
-    covariance = setup.sums["xtx"] / n - np.outer(mean, mean)
+    mean = _total(part.sum_x for _, part in setup) / n
+    covariance = _total(part.xtx for _, part in setup) / n - np.outer(mean, mean)
     sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
     state = params.model_copy(
         update={
@@ -687,14 +756,15 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
             "tied_times": tuple(tuple(float(t) for t in ts) for ts in events.tied),
         }
     )
-    event_x = setup.sums["event_x"] - total_events * mean
+    event_x = _total(part.event_x for _, part in setup) - total_events * mean
     round_trips = 1
 
     def evaluate(beta: FloatArray, label: str) -> _Evaluation:
         nonlocal round_trips
         round_trips += 1
         at = state.model_copy(update={"beta": tuple(float(b) for b in beta)})
-        return _efron(_round(grid, "coxph", at, nodes, label), beta, events, event_x)
+        risk_sets = _round(grid, "coxph", at, nodes, label, CoxRiskSetRelease)
+        return _efron(risk_sets, beta, events, event_x)
 
     beta = np.zeros(len(names))
     current = evaluate(beta, "evaluate-0")
@@ -764,11 +834,10 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         )
         round_trips += 1
         concordance, bound, pairs = _concordance(
-            _round(grid, "coxph_concordance", at, nodes, "concordance"),
+            _round(grid, "coxph_concordance", at, nodes, "concordance", CoxConcordanceRelease),
             [ts.size for ts in events.times],
             params.concordance_bins,
         )
-    used = {node: int(v[0]) for node, v in zip(setup.nodes, setup.parts["n"], strict=True)}
     return CoxPHResult(
         dataset=params.dataset,
         duration=params.duration,
@@ -782,7 +851,7 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         n=n,
         events=total_events,
         strata=list(params.strata),
-        strata_levels=setup.levels if params.strata else [],
+        strata_levels=levels if params.strata else [],
         time_grid=params.time_grid,
         grid=params.grid,
         time_points=list(params.time_points) if params.time_points is not None else None,
@@ -794,10 +863,10 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         iterations=iterations,
         converged=converged,
         round_trips=round_trips,
-        nodes=setup.nodes,
-        rows_used=used,
-        rows_dropped=setup.rows_dropped,
-        rows_outside_strata=setup.rows_outside_strata,
+        nodes=setup_nodes,
+        rows_used={node: part.n for node, part in setup},
+        rows_dropped={node: part.rows_dropped for node, part in setup},
+        rows_outside_strata=sum(part.rows_outside_strata for _, part in setup),
     )
 
 
@@ -815,18 +884,15 @@ def _separation(terms: list[str], everyone: str) -> TaskFailed:
 
 
 def _concordance(
-    replies: _Replies, sizes: list[int], bins: int
+    replies: Parts[CoxConcordanceRelease], sizes: list[int], bins: int
 ) -> tuple[float | None, float | None, int]:
     """Harrell's C from (time, risk bin) counts; same-bin pairs count 1/2, bounding the error."""
     total_times = sum(sizes)
     deaths = np.zeros(total_times * bins)
     risks = np.zeros((total_times + len(sizes)) * bins)
-    for cells, counts in zip(
-        replies.parts["death_cell"], replies.parts["death_count"], strict=True
-    ):
-        deaths += np.bincount(cells, weights=counts, minlength=deaths.size)
-    for cells, counts in zip(replies.parts["risk_cell"], replies.parts["risk_count"], strict=True):
-        risks += np.bincount(cells, weights=counts, minlength=risks.size)
+    for _, part in replies:
+        deaths += np.bincount(part.death_cell, weights=part.death_count, minlength=deaths.size)
+        risks += np.bincount(part.risk_cell, weights=part.risk_count, minlength=risks.size)
     deaths_by = deaths.reshape(total_times, bins)
     risks_by = risks.reshape(total_times + len(sizes), bins)
     pairs = correct = same = 0.0
@@ -861,6 +927,7 @@ TASK: TaskType[CoxPHParams, CoxPHResult] = TaskType(
         "coxph": coxph_node,
         "coxph_concordance": coxph_concordance_node,
     },
+    releases=COX_RELEASES,
     summary="Cox proportional hazards (Efron ties) by federated Newton-Raphson",
     arguments=("duration", "event", "covariates"),
     table=coxph_table,

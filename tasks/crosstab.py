@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Group
@@ -33,9 +32,9 @@ from scipy.stats import chi2_contingency
 
 from oncofed.kernel.errors import QueryError
 from oncofed.kernel.schema import DatasetSchema
-from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import release_for
+from oncofed.privacy.release import Count, Counts, Release
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
@@ -43,6 +42,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     dp_report,
+    released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
@@ -125,6 +125,22 @@ class CrosstabParams(TaskParams):
         )
 
 
+class TableRelease(Release):
+    """A node's counts on the agreed categories, and the rows it left out of them.
+
+    Exact, or with discrete-Gaussian noise on every count when ``privacy`` is set.
+    """
+
+    row_categories: tuple[str, ...]
+    col_categories: tuple[str, ...]
+    counts: Counts
+    """Rows per (row category, column category)."""
+    rows_missing: Count
+    """Rows with the row or column value missing."""
+    rows_outside_categories: Count
+    """Rows with a value outside the agreed categories."""
+
+
 class CrosstabResult(BaseModel):
     dataset: str
     row: str
@@ -177,7 +193,7 @@ class CrosstabResult(BaseModel):
 # ---- node side ----------------------------------------------------------
 
 
-def crosstab_node(params: CrosstabParams, local: LocalDataset) -> RecordDict:
+def crosstab_node(params: CrosstabParams, local: LocalDataset) -> TableRelease:
     frame = selected_rows(params, local)
     row_categories, col_categories = params.categories(local.schema, local.node_name)
     row_labels = category_labels(frame[params.row], local.schema.columns[params.row])
@@ -190,7 +206,7 @@ def crosstab_node(params: CrosstabParams, local: LocalDataset) -> RecordDict:
     counts = np.zeros((len(row_categories), len(col_categories)), dtype=np.int64)
     np.add.at(counts, (row_codes[inside], col_codes[inside]), 1)
     rows_missing, rows_outside = int(missing.sum()), int((~inside & ~missing).sum())
-    privacy: dict[str, ConfigRecord] = {}
+    privacy: dict[str, object] | None = None
     if params.dp is None:
         check_cells(
             counts,
@@ -207,21 +223,14 @@ def crosstab_node(params: CrosstabParams, local: LocalDataset) -> RecordDict:
         )
         counts = noisy[:-2].reshape(counts.shape)
         rows_missing, rows_outside = int(noisy[-2]), int(noisy[-1])
-        privacy[PRIVACY_RECORD] = release.record()
-    return RecordDict(
-        {
-            "table": ArrayRecord({"counts": Array(counts)}),
-            "meta": ConfigRecord(
-                {
-                    "node": local.node_name,
-                    "row_categories": list(row_categories),
-                    "col_categories": list(col_categories),
-                    "rows_missing": rows_missing,
-                    "rows_outside_categories": rows_outside,
-                }
-            ),
-            **privacy,
-        }
+        privacy = dict(release.record())
+    return TableRelease(
+        row_categories=row_categories,
+        col_categories=col_categories,
+        counts=counts,
+        rows_missing=rows_missing,
+        rows_outside_categories=rows_outside,
+        privacy=privacy,
     )
 
 
@@ -235,13 +244,8 @@ def crosstab_serve(grid: Grid, params: CrosstabParams) -> CrosstabResult:
     axes: tuple[list[str], list[str]] | None = None
     missing: dict[str, int] = {}
     outside: dict[str, int] = {}
-    for node_id in sorted(replies):
-        meta = replies[node_id].config_records["meta"]
-        name = str(meta["node"])
-        node_axes = (
-            [str(c) for c in meta["row_categories"]],  # type: ignore[union-attr]
-            [str(c) for c in meta["col_categories"]],  # type: ignore[union-attr]
-        )
+    for name, part in released(replies, TableRelease):
+        node_axes = (list(part.row_categories), list(part.col_categories))
         if axes is not None and node_axes != axes:
             raise QueryError(
                 f"nodes disagree on the categories of {params.row!r} or {params.col!r}: "
@@ -251,10 +255,9 @@ def crosstab_serve(grid: Grid, params: CrosstabParams) -> CrosstabResult:
                 fix="pass row_categories=[...] and col_categories=[...] explicitly",
             )
         axes = node_axes
-        part = replies[node_id].array_records["table"]["counts"].numpy().astype(np.int64)
-        counts = part if counts is None else counts + part
-        missing[name] = int(str(meta["rows_missing"]))
-        outside[name] = int(str(meta["rows_outside_categories"]))
+        counts = part.counts if counts is None else counts + part.counts
+        missing[name] = part.rows_missing
+        outside[name] = part.rows_outside_categories
     if counts is None or axes is None:
         raise AssertionError("broadcast returns at least one reply")
     table = CrosstabResult(
@@ -335,6 +338,7 @@ TASK: TaskType[CrosstabParams, CrosstabResult] = TaskType(
     result=CrosstabResult,
     serve=crosstab_serve,
     node_handlers={"crosstab": crosstab_node},
+    releases=(TableRelease,),
     summary="contingency table on agreed categories with the chi-square test",
     arguments=("row", "col"),
     table=crosstab_table,

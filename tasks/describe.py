@@ -10,20 +10,20 @@ the pooled one to floating-point precision.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
-from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import DPRequest, release_for
+from oncofed.privacy.release import BoundedSums, Count, Counts, Moments, Release
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
@@ -31,6 +31,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     dp_report,
+    released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
@@ -93,6 +94,27 @@ class DescribeParams(TaskParams):
         return roles
 
 
+class MomentsRelease(Release):
+    """An exact reply: per agreed group and column, present and missing values, mean and M2."""
+
+    groups: tuple[str, ...]
+    count: Counts
+    missing: Counts
+    mean: Moments
+    m2: Moments
+    rows_outside_categories: Count
+    rows_group_missing: Count
+
+
+class NoisySumsRelease(Release):
+    """A DP reply: per agreed group and column, noisy count, sum and sum of squares."""
+
+    groups: tuple[str, ...]
+    count: Counts
+    sums: BoundedSums
+    sums_of_squares: BoundedSums
+
+
 class DescribeRow(BaseModel):
     group: str
     column: str
@@ -153,7 +175,9 @@ def group_masks(
     return groups, masks, outside, group_missing
 
 
-def describe_node_dp(params: DescribeParams, local: LocalDataset, request: DPRequest) -> RecordDict:
+def describe_node_dp(
+    params: DescribeParams, local: LocalDataset, request: DPRequest
+) -> NoisySumsRelease:
     """Noisy count, sum and sum of squares per group and column; the rest is not released.
 
     The budget is split evenly over the three statistics of every column
@@ -181,14 +205,12 @@ def describe_node_dp(params: DescribeParams, local: LocalDataset, request: DPReq
             part,
         )
         squares[:, j] = total_sq
-    return RecordDict(
-        {
-            "dp_sums": ArrayRecord(
-                {"count": Array(count), "sum": Array(total), "sum_of_squares": Array(squares)}
-            ),
-            "meta": ConfigRecord({"node": local.node_name, "groups": list(groups)}),
-            PRIVACY_RECORD: release.record(),
-        }
+    return NoisySumsRelease(
+        groups=groups,
+        count=count,
+        sums=total,
+        sums_of_squares=squares,
+        privacy=dict(release.record()),
     )
 
 
@@ -207,7 +229,7 @@ def sum_bounds(params: DescribeParams, local: LocalDataset, column: str) -> tupl
     return bounds
 
 
-def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:
+def describe_node(params: DescribeParams, local: LocalDataset) -> MomentsRelease | NoisySumsRelease:
     if params.dp is not None:
         return describe_node_dp(params, local, params.dp)
     frame = selected_rows(params, local)
@@ -232,25 +254,14 @@ def describe_node(params: DescribeParams, local: LocalDataset) -> RecordDict:
             what="group(s)",
             fix=f"merge small categories of {params.by!r}, or widen the where filter",
         )
-    return RecordDict(
-        {
-            "moments": ArrayRecord(
-                {
-                    "count": Array(count),
-                    "missing": Array(missing),
-                    "mean": Array(mean),
-                    "m2": Array(m2),
-                }
-            ),
-            "meta": ConfigRecord(
-                {
-                    "node": local.node_name,
-                    "groups": list(groups),
-                    "rows_outside_categories": outside,
-                    "rows_group_missing": group_missing,
-                }
-            ),
-        }
+    return MomentsRelease(
+        groups=groups,
+        count=count,
+        missing=missing,
+        mean=mean,
+        m2=m2,
+        rows_outside_categories=outside,
+        rows_group_missing=group_missing,
     )
 
 
@@ -277,73 +288,55 @@ def describe_serve(grid: Grid, params: DescribeParams) -> DescribeResult:
     replies = broadcast(grid, "describe", params, nodes)
     if params.dp is not None:
         return _describe_dp(params, replies)
-    groups = _agreed_groups_of(params, replies)
+    parts = released(replies, MomentsRelease)
+    groups = _agreed_groups_of(params, parts)
     total: tuple[FloatArray, FloatArray, FloatArray] | None = None
-    missing: npt.NDArray[np.int64] | None = None
-    names: list[str] = []
-    outside = group_missing = 0
-    for node_id in sorted(replies):
-        arrays = replies[node_id].array_records["moments"]
-        meta = replies[node_id].config_records["meta"]
-        part = (arrays["count"].numpy().astype(float), arrays["mean"].numpy(), arrays["m2"].numpy())
-        total = part if total is None else combine_moments(total, part)
-        node_missing = arrays["missing"].numpy().astype(np.int64)
-        missing = node_missing if missing is None else missing + node_missing
-        names.append(str(meta["node"]))
-        outside += int(str(meta["rows_outside_categories"]))
-        group_missing += int(str(meta["rows_group_missing"]))
-    if total is None or missing is None:
+    for _, part in parts:
+        moments = (part.count.astype(float), part.mean, part.m2)
+        total = moments if total is None else combine_moments(total, moments)
+    if total is None:
         raise AssertionError("broadcast returns at least one reply")
     return DescribeResult(
         dataset=params.dataset,
         by=params.by,
-        rows=_rows(groups, params.columns, total, missing),
-        nodes=names,
-        rows_outside_categories=outside,
-        rows_group_missing=group_missing,
+        rows=_rows(groups, params.columns, total, np.sum([p.missing for _, p in parts], axis=0)),
+        nodes=[node for node, _ in parts],
+        rows_outside_categories=sum(p.rows_outside_categories for _, p in parts),
+        rows_group_missing=sum(p.rows_group_missing for _, p in parts),
     )
 
 
-def _agreed_groups_of(params: DescribeParams, replies: dict[int, RecordDict]) -> tuple[str, ...]:
+def _agreed_groups_of(
+    params: DescribeParams, parts: Sequence[tuple[str, MomentsRelease | NoisySumsRelease]]
+) -> tuple[str, ...]:
     """The groups every node used; nodes that disagree fail the task."""
-    groups: tuple[str, ...] | None = None
-    for node_id in sorted(replies):
-        meta = replies[node_id].config_records["meta"]
-        node_groups = tuple(str(g) for g in meta["groups"])  # type: ignore[union-attr]
-        if groups is not None and node_groups != groups:
+    groups = parts[0][1].groups
+    for node, part in parts:
+        if part.groups != groups:
             raise QueryError(
                 f"nodes disagree on the categories of {params.by!r}: "
-                f"{list(groups)} versus {list(node_groups)}",
+                f"{list(groups)} versus {list(part.groups)}",
                 rule="describe.categories_disagree",
-                node=str(meta["node"]),
+                node=node,
                 fix="pass categories=[...] explicitly so every node groups the same way",
             )
-        groups = node_groups
-    if groups is None:
-        raise AssertionError("broadcast returns at least one reply")
     return groups
 
 
-def _describe_dp(params: DescribeParams, replies: dict[int, RecordDict]) -> DescribeResult:
+def _describe_dp(params: DescribeParams, replies: Mapping[int, RecordDict]) -> DescribeResult:
     """Add the nodes' noisy sums; mean and variance follow from them (post-processing)."""
-    groups = _agreed_groups_of(params, replies)
-    names = [str(replies[n].config_records["meta"]["node"]) for n in sorted(replies)]
-    sums = {
-        key: np.sum(
-            [replies[n].array_records["dp_sums"][key].numpy().astype(float) for n in replies],
-            axis=0,
-        )
-        for key in ("count", "sum", "sum_of_squares")
-    }
+    parts = released(replies, NoisySumsRelease)
+    groups = _agreed_groups_of(params, parts)
+    counts = np.sum([p.count for _, p in parts], axis=0)
+    sums = np.sum([p.sums for _, p in parts], axis=0)
+    squares = np.sum([p.sums_of_squares for _, p in parts], axis=0)
     rows = []
     for i, group in enumerate(groups):
         for j, column in enumerate(params.columns):
-            n, total = int(sums["count"][i, j]), float(sums["sum"][i, j])
+            n, total = int(counts[i, j]), float(sums[i, j])
             mean = total / n if n > 0 else None
             variance = (
-                max(0.0, (float(sums["sum_of_squares"][i, j]) - total * total / n) / (n - 1))
-                if n > 1
-                else None
+                max(0.0, (float(squares[i, j]) - total * total / n) / (n - 1)) if n > 1 else None
             )
             rows.append(
                 DescribeRow(
@@ -361,7 +354,7 @@ def _describe_dp(params: DescribeParams, replies: dict[int, RecordDict]) -> Desc
         dataset=params.dataset,
         by=params.by,
         rows=rows,
-        nodes=names,
+        nodes=[node for node, _ in parts],
         rows_outside_categories=None,
         rows_group_missing=None,
         privacy=dp_report(replies),
@@ -420,6 +413,7 @@ TASK: TaskType[DescribeParams, DescribeResult] = TaskType(
     result=DescribeResult,
     serve=describe_serve,
     node_handlers={"describe": describe_node},
+    releases=(MomentsRelease, NoisySumsRelease),
     summary="count, missing, mean, variance and standard deviation of numeric columns",
     arguments=("columns",),
     table=describe_table,

@@ -17,11 +17,13 @@ absolute 1e-8), and the covariance is the inverse of the last X'WX solved --
 at the previous iterate, as statsmodels has it -- times the scale. Stopping
 at the same iteration is what makes the standard errors equal too.
 
-What a node releases per round: its row counts, the sum of the response,
-X'WX, X'Wz, the deviance, Pearson chi-square and log-likelihood of its rows
-at the given coefficients, and the null deviance at the pooled mean; in the
-first round also the unweighted X'X (for the design checks). No row leaves it,
-and it refuses while the model is close to saturated on its rows.
+What a node releases per round (a typed release: ``GLMDesignRelease``,
+``GLMStartRelease`` or ``GLMStepRelease``): its row counts, the sum of the
+response, X'WX, X'Wz, the deviance, Pearson chi-square and log-likelihood of
+its rows at the given coefficients, and the null deviance at the pooled mean;
+in rounds without coefficients also the unweighted X'X (for the design
+checks). No row leaves it, and it refuses while the model is close to
+saturated on its rows.
 """
 
 from __future__ import annotations
@@ -30,18 +32,18 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import Field, field_validator, model_validator
 from rich.text import Text
 
 from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
+from oncofed.privacy.release import Count, ModelStatistic, ModelStatistics, Release
 from oncofed.privacy.saturation import check_model_saturation
 from oncofed.tasks.base import (
     ColumnRole,
@@ -49,6 +51,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     WrittenAs,
+    released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
@@ -64,6 +67,7 @@ from oncofed.tasks.wald import WaldCoefficients
 
 FloatArray = npt.NDArray[np.float64]
 FamilyName = Literal["gaussian", "binomial", "poisson"]
+T = TypeVar("T")
 
 FLOAT_EPS = float(np.finfo(float).eps)
 # Eigenvalue ratio of the unit-diagonal cross-product matrix below which the
@@ -391,10 +395,72 @@ def _number(number: float, digits: int = 4) -> str:
     return f"{number:.{digits}f}"
 
 
+# ---- releases --------------------------------------------------------------
+
+
+class _GLMRows(Release):
+    """What every GLM reply holds: the design columns and the rows behind its sums."""
+
+    names: tuple[str, ...]
+    """The design columns the node built (from the formula and its agreed levels)."""
+    rows_dropped: Count
+    """Rows left out for a missing value in a formula column."""
+    n: Count
+    """Complete rows the sums are over."""
+    sum_y: ModelStatistic
+    """The sum of the response over them (the pooled mean's numerator)."""
+
+
+class GLMDesignRelease(_GLMRows):
+    """A reply before the fitted means are known: rows, response sum and unweighted X'X.
+
+    gaussian and poisson start IRLS from the pooled mean of the response, so
+    their first round only pools that mean (and X'X, for the design checks).
+    """
+
+    xtx: ModelStatistics
+    """X'X, p x p."""
+
+
+class GLMStepRelease(_GLMRows):
+    """A reply at an IRLS iterate's coefficients: the weighted cross-products and fit sums."""
+
+    xtwx: ModelStatistics
+    """X'WX at the node's fitted means, p x p."""
+    xtwz: ModelStatistics
+    """X'Wz with z the working response, p."""
+    deviance: ModelStatistic
+    pearson: ModelStatistic
+    """Pearson chi-square: sum of (y - mu)^2 / V(mu)."""
+    loglike: ModelStatistics
+    """The log-likelihood at scale 1, or empty for gaussian (it needs the pooled scale)."""
+    null_deviance: ModelStatistics
+    """The deviance at the pooled mean, or empty in a round that does not carry the mean."""
+
+
+class GLMStartRelease(GLMStepRelease):
+    """A reply at the starting means (no coefficients yet): a step's sums and unweighted X'X."""
+
+    xtx: ModelStatistics
+    """X'X, p x p, for the design checks."""
+
+
+GLM_RELEASES: tuple[type[Release], ...] = (GLMDesignRelease, GLMStartRelease, GLMStepRelease)
+
+
+def glm_release(params: GLMParams) -> type[GLMDesignRelease] | type[GLMStepRelease]:
+    """The release a node answers this request with (the server reads replies as this)."""
+    if params.coefficients is not None:
+        return GLMStepRelease
+    if FAMILIES[params.family].needs_mean and params.response_mean is None:
+        return GLMDesignRelease
+    return GLMStartRelease
+
+
 # ---- node side -----------------------------------------------------------
 
 
-def glm_node(params: GLMParams, local: LocalDataset) -> RecordDict:
+def glm_node(params: GLMParams, local: LocalDataset) -> GLMDesignRelease | GLMStepRelease:
     node = local.node_name
     family = FAMILIES[params.family]
     design = design_matrix(params.formula, selected_rows(params, local), local.schema, node)
@@ -411,51 +477,52 @@ def glm_node(params: GLMParams, local: LocalDataset) -> RecordDict:
         node,
         "use fewer terms, a wider where= filter, or fewer missing values",
     )
-    arrays: dict[str, Array] = {
-        "n": Array(np.array([rows], dtype=np.int64)),
-        "sum_y": Array(np.array([float(np.sum(y))])),
-    }
-    if params.coefficients is None:
-        arrays["xtx"] = Array(x.T @ x)
+    names, dropped, sum_y = tuple(design.names), int(design.rows_dropped), float(np.sum(y))
     mu, eta = _node_mu(params, family, x, y, node)
-    if mu is not None and eta is not None:
-        w = 1.0 / (family.deriv(mu) ** 2 * family.variance(mu))
-        # Coefficients can make the weights vanish on all but a few rows (a diverging
-        # fit, or coefficients chosen to single patients out); X'WX would then describe
-        # those rows. So the saturation limit also applies to the weights' effective
-        # number of rows (Kish): (sum w)^2 / sum w^2.
-        square = float(np.sum(w**2))
-        effective = float(np.sum(w)) ** 2 / square if square > 0 else 0.0
-        saturation = local.policy.max_model_saturation
-        if rows and p > saturation * effective:
-            raise NodeRefusal(
-                f"at these coefficients the model's {p} coefficients rest on too few "
-                f"effectively weighted rows (at most {saturation:g} per row): its "
-                "cross-products would describe single patients",
-                rule=WEIGHT_RULE,
-                node=node,
-                fix="the fit is diverging (e.g. perfect separation): simplify the model; "
-                "coefficients are only accepted from a fit that spreads over the rows",
-            )
-        z = eta + family.deriv(mu) * (y - mu)
-        arrays["xtwx"] = Array((x * w[:, None]).T @ x)
-        arrays["xtwz"] = Array(x.T @ (w * z))
-        arrays["deviance"] = Array(np.array([family.deviance(y, mu)]))
-        arrays["pearson"] = Array(np.array([float(np.sum((y - mu) ** 2 / family.variance(mu)))]))
-        loglike = family.loglike(y, mu)
-        if loglike is not None:
-            arrays["loglike"] = Array(np.array([loglike]))
-    if params.response_mean is not None:
-        null_mu = np.full_like(y, params.response_mean)
-        arrays["null_deviance"] = Array(np.array([family.deviance(y, null_mu)]))
-    return RecordDict(
-        {
-            "glm": ArrayRecord(arrays),
-            "meta": ConfigRecord(
-                {"node": node, "names": design.names, "rows_dropped": design.rows_dropped}
-            ),
-        }
+    if mu is None or eta is None:
+        return GLMDesignRelease(
+            names=names, rows_dropped=dropped, n=int(rows), sum_y=sum_y, xtx=x.T @ x
+        )
+    w = 1.0 / (family.deriv(mu) ** 2 * family.variance(mu))
+    # Coefficients can make the weights vanish on all but a few rows (a diverging
+    # fit, or coefficients chosen to single patients out); X'WX would then describe
+    # those rows. So the saturation limit also applies to the weights' effective
+    # number of rows (Kish): (sum w)^2 / sum w^2.
+    square = float(np.sum(w**2))
+    effective = float(np.sum(w)) ** 2 / square if square > 0 else 0.0
+    saturation = local.policy.max_model_saturation
+    if rows and p > saturation * effective:
+        raise NodeRefusal(
+            f"at these coefficients the model's {p} coefficients rest on too few "
+            f"effectively weighted rows (at most {saturation:g} per row): its "
+            "cross-products would describe single patients",
+            rule=WEIGHT_RULE,
+            node=node,
+            fix="the fit is diverging (e.g. perfect separation): simplify the model; "
+            "coefficients are only accepted from a fit that spreads over the rows",
+        )
+    z = eta + family.deriv(mu) * (y - mu)
+    loglike = family.loglike(y, mu)
+    null_deviance = (
+        [family.deviance(y, np.full_like(y, params.response_mean))]
+        if params.response_mean is not None
+        else []
     )
+    step = GLMStepRelease(
+        names=names,
+        rows_dropped=dropped,
+        n=int(rows),
+        sum_y=sum_y,
+        xtwx=(x * w[:, None]).T @ x,
+        xtwz=x.T @ (w * z),
+        deviance=family.deviance(y, mu),
+        pearson=float(np.sum((y - mu) ** 2 / family.variance(mu))),
+        loglike=np.array([] if loglike is None else [loglike]),
+        null_deviance=np.array(null_deviance),
+    )
+    if params.coefficients is not None:
+        return step
+    return GLMStartRelease(**step.model_dump(), xtx=x.T @ x)
 
 
 def _node_mu(
@@ -482,6 +549,20 @@ def _node_mu(
 # ---- server side -----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """One round's sums at the fitted means, over all nodes."""
+
+    xtwx: FloatArray
+    xtwz: FloatArray
+    deviance: float
+    pearson: float
+    loglike: float | None
+    """None where the nodes release none (gaussian)."""
+    null_deviance: float | None
+    """None in a round that did not carry the pooled mean."""
+
+
 @dataclass
 class _Round:
     """One round's node releases, summed over nodes."""
@@ -492,50 +573,75 @@ class _Round:
     sum_y: float
     rows_used: dict[str, int]
     rows_dropped: dict[str, int]
-    sums: dict[str, FloatArray]
+    xtx: FloatArray | None
+    """X'X, in rounds without coefficients."""
+    step: _Fit | None
+    """The IRLS sums, in rounds at known fitted means."""
 
-    def get(self, key: str) -> FloatArray:
-        if key not in self.sums:
-            raise TaskFailed(
-                f"the nodes did not release {key!r} in this round",
-                rule="glm.protocol",
-                fix="upgrade every node to the same oncofed version",
-            )
-        return self.sums[key]
+    @property
+    def fit(self) -> _Fit:
+        return _released_in_round(self.step, "X'WX")
 
-    def scalar(self, key: str) -> float:
-        return float(self.get(key)[0])
+    @property
+    def design(self) -> FloatArray:
+        return _released_in_round(self.xtx, "X'X")
+
+
+def _released_in_round(value: T | None, what: str) -> T:
+    if value is None:
+        raise TaskFailed(
+            f"the nodes did not release {what} in this round",
+            rule="glm.protocol",
+            fix="upgrade every node to the same oncofed version",
+        )
+    return value
 
 
 def _round(grid: Grid, params: GLMParams, nodes: Sequence[int], label: str) -> _Round:
     replies = broadcast(grid, "glm", params, nodes, group_id=f"glm/{label}")
+    kind = glm_release(params)
+    parts = released(replies, kind)
     names: list[str] | None = None
-    sums: dict[str, FloatArray] = {}
-    used: dict[str, int] = {}
-    dropped: dict[str, int] = {}
-    for node_id in sorted(replies):
-        arrays = replies[node_id].array_records["glm"]
-        meta = replies[node_id].config_records["meta"]
-        node = str(meta["node"])
-        node_names = [str(n) for n in meta["names"]]  # type: ignore[union-attr]
-        names = same_design(names, node_names, node, "glm")
-        used[node] = int(arrays["n"].numpy()[0])
-        dropped[node] = int(str(meta["rows_dropped"]))
-        for key in arrays:
-            if key != "n":
-                value = arrays[key].numpy().astype(np.float64)
-                sums[key] = value if key not in sums else sums[key] + value
+    for node, part in parts:
+        names = same_design(names, list(part.names), node, "glm")
     if names is None:
         raise AssertionError("broadcast returns at least one reply")
+    releases = [part for _, part in parts]
+    xtx = [r.xtx for r in releases if isinstance(r, GLMDesignRelease | GLMStartRelease)]
+    steps = [r for r in releases if isinstance(r, GLMStepRelease)]
     return _Round(
         names=names,
-        nodes=sorted(used),
-        n=sum(used.values()),
-        sum_y=float(sums["sum_y"][0]),
-        rows_used=dict(sorted(used.items())),
-        rows_dropped=dict(sorted(dropped.items())),
-        sums=sums,
+        nodes=[node for node, _ in parts],
+        n=sum(r.n for r in releases),
+        sum_y=sum(r.sum_y for r in releases),
+        rows_used={node: part.n for node, part in parts},
+        rows_dropped={node: part.rows_dropped for node, part in parts},
+        xtx=_total(xtx) if len(xtx) == len(releases) else None,
+        step=_fit(steps) if len(steps) == len(releases) else None,
     )
+
+
+def _total(arrays: Sequence[FloatArray]) -> FloatArray:
+    total: FloatArray = np.sum(np.stack(arrays), axis=0)
+    return total
+
+
+def _fit(steps: Sequence[GLMStepRelease]) -> _Fit:
+    return _Fit(
+        xtwx=_total([s.xtwx for s in steps]),
+        xtwz=_total([s.xtwz for s in steps]),
+        deviance=sum(s.deviance for s in steps),
+        pearson=sum(s.pearson for s in steps),
+        loglike=_optional_total([s.loglike for s in steps]),
+        null_deviance=_optional_total([s.null_deviance for s in steps]),
+    )
+
+
+def _optional_total(values: Sequence[FloatArray]) -> float | None:
+    """The sum of a statistic every node released one value of; None if any released none."""
+    if any(v.size != 1 for v in values):
+        return None
+    return sum(float(v[0]) for v in values)
 
 
 def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
@@ -543,27 +649,27 @@ def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
     nodes = wait_for_nodes(grid, params)
     first = _round(grid, params, nodes, "start")
     names, everyone = first.names, ", ".join(first.nodes)
-    xtx = first.get("xtx")
+    xtx = first.design
     _check_design(xtx, first.n, names, everyone)
     state = params.model_copy(update={"response_mean": first.sum_y / first.n})
     current = first
     round_trips = 1
-    if "xtwx" not in first.sums:
+    if first.step is None:
         current = _round(grid, state, nodes, "start-mean")
         round_trips += 1
     # Steps are compared on the linear predictor's scale: the change of a coefficient
     # times the root mean square of its design column.
     rms = np.sqrt(np.diag(xtx) / first.n)
-    previous_deviance = current.scalar("deviance")
+    previous_deviance = current.fit.deviance
     beta = previous_beta = np.zeros(len(names))
-    information = current.get("xtwx")
+    information = current.fit.xtwx
     converged = False
     iteration = 0
     while iteration < params.max_iter and not converged:
         iteration += 1
-        information = current.get("xtwx")
+        information = current.fit.xtwx
         previous_beta = beta
-        beta = _solve(information, current.get("xtwz"), names, family, everyone)
+        beta = _solve(information, current.fit.xtwz, names, family, everyone)
         update = {"coefficients": tuple(float(b) for b in beta)}
         try:
             current = _round(grid, state.model_copy(update=update), nodes, f"iteration-{iteration}")
@@ -575,7 +681,7 @@ def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
                 raise _separation_error(family, moving, everyone) from refusal
             raise
         round_trips += 1
-        deviance = current.scalar("deviance")
+        deviance = current.fit.deviance
         if not math.isfinite(deviance):
             raise TaskFailed(
                 f"the deviance became {deviance} at iteration {iteration}",
@@ -595,8 +701,7 @@ def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
     # The final round released X'WX and X'Wz at the fitted coefficients, so the next
     # Newton step costs no round trip.
     next_step = (
-        np.abs(_solve(current.get("xtwx"), current.get("xtwz"), names, family, everyone) - beta)
-        * rms
+        np.abs(_solve(current.fit.xtwx, current.fit.xtwz, names, family, everyone) - beta) * rms
     )
     moving = [names[j] for j in np.argsort(-next_step) if next_step[j] > DIVERGING_STEP]
     if converged and not moving:
@@ -713,15 +818,15 @@ def _result(
     p = len(beta)
     n = final.n
     df_resid = n - p
-    deviance = final.scalar("deviance")
-    pearson = final.scalar("pearson")
+    fit = final.fit
+    deviance, pearson = fit.deviance, fit.pearson
     if family.name == "gaussian":
         scale = pearson / df_resid
         # statsmodels' gaussian llf is the concentrated one: the scale profiled out at RSS/n.
         llf = -n / 2.0 * (math.log(deviance / n) + 1.0 + math.log(2.0 * math.pi))
     else:
         scale = 1.0
-        llf = final.scalar("loglike")
+        llf = _released_in_round(fit.loglike, "the log-likelihood")
     d = np.sqrt(np.diag(information))
     cov = np.linalg.inv(information / np.outer(d, d)) / np.outer(d, d) * scale
     return GLMResult(
@@ -733,7 +838,7 @@ def _result(
         coef=[float(b) for b in beta],
         cov=[[float(v) for v in row] for row in cov],
         deviance=deviance,
-        null_deviance=final.scalar("null_deviance"),
+        null_deviance=_released_in_round(fit.null_deviance, "the null deviance"),
         pearson_chi2=pearson,
         scale=scale,
         llf=llf,
@@ -762,6 +867,7 @@ TASK: TaskType[GLMParams, GLMResult] = TaskType(
     result=GLMResult,
     serve=glm_serve,
     node_handlers={"glm": glm_node},
+    releases=GLM_RELEASES,
     summary="generalised linear models (gaussian, binomial, poisson) by federated IRLS",
     arguments=("formula",),
     table=glm_table,

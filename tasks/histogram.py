@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, model_validator
 from rich.console import Group
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
-from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import release_for
+from oncofed.privacy.release import Count, Counts, Release
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
@@ -36,6 +35,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     dp_report,
+    released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
@@ -120,6 +120,19 @@ def _edges_error(problem: str, fix: str) -> QueryError:
     return QueryError(f"cannot use these bins: {problem}", rule="histogram.edges", fix=fix)
 
 
+class HistogramRelease(Release):
+    """A node's present values per agreed bin, below and above the edges, and its missing values.
+
+    Exact, or with discrete-Gaussian noise on every count when ``privacy`` is set.
+    """
+
+    counts: Counts
+    """Present values per bin; the last bin includes its right edge."""
+    below: Count
+    above: Count
+    missing: Count
+
+
 class HistogramResult(BaseModel):
     dataset: str
     column: str
@@ -169,14 +182,14 @@ class HistogramResult(BaseModel):
 # ---- node side ----------------------------------------------------------
 
 
-def histogram_node(params: HistogramParams, local: LocalDataset) -> RecordDict:
+def histogram_node(params: HistogramParams, local: LocalDataset) -> HistogramRelease:
     values = selected_rows(params, local)[params.column].to_numpy(dtype=float, na_value=np.nan)
     present = values[~np.isnan(values)]
     edges = params.edges()
     counts, _ = np.histogram(present, bins=edges)
     outside = np.array([(present < edges[0]).sum(), (present > edges[-1]).sum()], dtype=np.int64)
     missing = int(values.size - present.size)
-    privacy: dict[str, ConfigRecord] = {}
+    privacy: dict[str, object] | None = None
     if params.dp is None:
         check_cells(
             np.concatenate([counts, outside]),
@@ -190,18 +203,13 @@ def histogram_node(params: HistogramParams, local: LocalDataset) -> RecordDict:
         release = release_for(params.dp)
         noisy = release.counts("count", [*counts, *outside, missing], release.budget)
         counts, outside, missing = noisy[:-3], noisy[-3:-1], int(noisy[-1])
-        privacy[PRIVACY_RECORD] = release.record()
-    return RecordDict(
-        {
-            "histogram": ArrayRecord(
-                {
-                    "counts": Array(counts.astype(np.int64)),
-                    "outside": Array(outside.astype(np.int64)),
-                }
-            ),
-            "meta": ConfigRecord({"node": local.node_name, "missing": missing}),
-            **privacy,
-        }
+        privacy = dict(release.record())
+    return HistogramRelease(
+        counts=counts,
+        below=int(outside[0]),
+        above=int(outside[1]),
+        missing=missing,
+        privacy=privacy,
     )
 
 
@@ -213,15 +221,13 @@ def histogram_serve(grid: Grid, params: HistogramParams) -> HistogramResult:
     replies = broadcast(grid, "histogram", params, nodes)
     edges = params.edges()
     counts = np.zeros(edges.size - 1, dtype=np.int64)
-    outside = np.zeros(2, dtype=np.int64)
+    below = above = 0
     missing: dict[str, int] = {}
-    for node_id in sorted(replies):
-        arrays = replies[node_id].array_records["histogram"]
-        meta = replies[node_id].config_records["meta"]
-        counts += arrays["counts"].numpy().astype(np.int64)
-        outside += arrays["outside"].numpy().astype(np.int64)
-        missing[str(meta["node"])] = int(str(meta["missing"]))
-    below, above = (int(v) for v in outside)
+    for node, part in released(replies, HistogramRelease):
+        counts += part.counts
+        below += part.below
+        above += part.above
+        missing[node] = part.missing
     return HistogramResult(
         dataset=params.dataset,
         column=params.column,
@@ -258,6 +264,7 @@ TASK: TaskType[HistogramParams, HistogramResult] = TaskType(
     result=HistogramResult,
     serve=histogram_serve,
     node_handlers={"histogram": histogram_node},
+    releases=(HistogramRelease,),
     summary="counts of a numeric column on agreed bin edges",
     arguments=("column",),
     table=histogram_table,

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 from rich.console import Group
@@ -24,16 +23,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
-from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.dp import release_for
 from oncofed.tasks.base import DPReport, LocalDataset, TaskType
 from oncofed.tasks.plotting import pyplot
 from oncofed.tasks.survival import (
     EventTable,
+    EventTableRelease,
     FloatArray,
     GroupedSurvivalParams,
+    NoisyEventTableRelease,
     event_table_node,
-    event_table_record,
     group_index,
     pooled_event_tables,
     survival_rows,
@@ -212,7 +211,9 @@ def first_time_at_or_below(time: FloatArray, curve: FloatArray, q: float) -> flo
     return float(time[below[0]]) if below.size else None
 
 
-def kaplan_meier_node(params: KaplanMeierParams, local: LocalDataset) -> RecordDict:
+def kaplan_meier_node(
+    params: KaplanMeierParams, local: LocalDataset
+) -> EventTableRelease | NoisyEventTableRelease:
     """The event table; with ``dp=``, noisy counts at every agreed time point.
 
     A DP release cannot list only the times where something happened (that
@@ -247,18 +248,16 @@ def kaplan_meier_node(params: KaplanMeierParams, local: LocalDataset) -> RecordD
         release.budget,
     )
     noisy = np.maximum(noisy, 0)
-    content = event_table_record(
-        local.node_name,
-        groups,
-        np.repeat(np.arange(len(groups)), points.size),
-        np.tile(points, len(groups)),
-        noisy[:size],
-        noisy[size : 2 * size],
+    return NoisyEventTableRelease(
+        groups=groups,
+        group=np.repeat(np.arange(len(groups)), points.size),
+        time=np.tile(points, len(groups)),
+        events=noisy[:size],
+        censored=noisy[size : 2 * size],
         rows_dropped=int(noisy[-2]),
-        rows_outside=int(noisy[-1]),
+        rows_outside_categories=int(noisy[-1]),
+        privacy=dict(release.record()),
     )
-    content[PRIVACY_RECORD] = release.record()
-    return content
 
 
 def kaplan_meier_serve(grid: Grid, params: KaplanMeierParams) -> KaplanMeierResult:
@@ -329,6 +328,7 @@ TASK: TaskType[KaplanMeierParams, KaplanMeierResult] = TaskType(
     result=KaplanMeierResult,
     serve=kaplan_meier_serve,
     node_handlers={"kaplan_meier": kaplan_meier_node},
+    releases=(EventTableRelease, NoisyEventTableRelease),
     summary="Kaplan-Meier survival curves with confidence bands, overall or by group",
     arguments=("duration", "event"),
     table=kaplan_meier_table,

@@ -28,7 +28,12 @@ from scipy.stats import chi2
 
 from oncofed.kernel.errors import QueryError
 from oncofed.tasks.base import TaskType
-from oncofed.tasks.survival import GroupedSurvivalParams, event_table_node, pooled_event_tables
+from oncofed.tasks.survival import (
+    EventTableRelease,
+    GroupedSurvivalParams,
+    event_table_node,
+    pooled_event_tables,
+)
 from oncofed.tasks.tables import footer, number
 
 
@@ -154,6 +159,7 @@ TASK: TaskType[LogrankParams, LogrankResult] = TaskType(
     result=LogrankResult,
     serve=logrank_serve,
     node_handlers={"logrank": event_table_node},
+    releases=(EventTableRelease,),
     summary="log-rank test of equal survival across two or more groups",
     arguments=("duration", "event", "by"),
     table=logrank_table,

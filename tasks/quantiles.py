@@ -51,15 +51,14 @@ from typing import ClassVar, Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Group
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError, TaskFailed
-from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.dp import release_for
+from oncofed.privacy.release import Count, Counts, Release
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
@@ -67,6 +66,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     dp_report,
+    released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
@@ -98,7 +98,10 @@ class QuantilesParams(TaskParams):
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"probe"})
     column: str = Field(min_length=1, description="Numeric column.")
     q: tuple[float, ...] = Field(
-        min_length=1, max_length=99, description="Probabilities in (0, 1)."
+        default=(0.25, 0.5, 0.75),
+        min_length=1,
+        max_length=99,
+        description="Probabilities in (0, 1).",
     )
     lower: float = Field(description="Agreed lower end of the search (not read from data).")
     upper: float = Field(description="Agreed upper end of the search (not read from data).")
@@ -193,6 +196,30 @@ def _grid_error(problem: str, fix: str) -> QueryError:
     return QueryError(f"cannot search quantiles: {problem}", rule="quantiles.grid", fix=fix)
 
 
+class BisectionCountsRelease(Release):
+    """One round of the exact search: a node's present values at or below each probed edge.
+
+    ``at_most[k]`` counts values ``<= e_j`` for the round's k-th probe index j
+    (values ``< lower`` for index -1); with the node's present and missing values.
+    """
+
+    at_most: Counts
+    present: Count
+    missing: Count
+
+
+class GridHistogramRelease(Release):
+    """A DP reply: a node's noisy counts on the whole agreed grid, and its noisy missing values.
+
+    ``counts`` holds, in order, values below ``lower``, values equal to
+    ``lower`` (cell 0), values in ``(e_{j-1}, e_j]`` for each j, and values
+    above ``upper``: ``size() + 3`` cells.
+    """
+
+    counts: Counts
+    missing: Count
+
+
 class QuantilesResult(BaseModel):
     dataset: str
     column: str
@@ -231,7 +258,9 @@ class QuantilesResult(BaseModel):
 # ---- node side ----------------------------------------------------------
 
 
-def quantiles_node(params: QuantilesParams, local: LocalDataset) -> RecordDict:
+def quantiles_node(
+    params: QuantilesParams, local: LocalDataset
+) -> BisectionCountsRelease | GridHistogramRelease:
     values = selected_rows(params, local)[params.column].to_numpy(dtype=float, na_value=np.nan)
     present = np.sort(values[~np.isnan(values)])
     if params.dp is not None:
@@ -242,24 +271,16 @@ def quantiles_node(params: QuantilesParams, local: LocalDataset) -> RecordDict:
         else np.searchsorted(present, params.edge(j), side="right")
         for j in params.probe
     ]
-    return RecordDict(
-        {
-            "counts": ArrayRecord(
-                {
-                    "at_most": Array(np.array(counts, dtype=np.int64)),
-                    "present": Array(np.array([present.size], dtype=np.int64)),
-                }
-            ),
-            "meta": ConfigRecord(
-                {"node": local.node_name, "missing": int(values.size - present.size)}
-            ),
-        }
+    return BisectionCountsRelease(
+        at_most=np.array(counts, dtype=np.int64),
+        present=int(present.size),
+        missing=int(values.size - present.size),
     )
 
 
 def _grid_histogram_dp(
     params: QuantilesParams, local: LocalDataset, present: FloatArray, missing: int
-) -> RecordDict:
+) -> GridHistogramRelease:
     """Noisy counts in every grid cell, below, above and missing, in one release.
 
     Cumulative counts (what the exact search asks for) would let one patient
@@ -284,12 +305,8 @@ def _grid_histogram_dp(
     assert params.dp is not None
     release = release_for(params.dp)
     noisy = release.counts("count", [below, *cells, above, missing], release.budget)
-    return RecordDict(
-        {
-            "dp_cells": ArrayRecord({"counts": Array(noisy[:-1])}),
-            "meta": ConfigRecord({"node": local.node_name, "missing": int(noisy[-1])}),
-            PRIVACY_RECORD: release.record(),
-        }
+    return GridHistogramRelease(
+        counts=noisy[:-1], missing=int(noisy[-1]), privacy=dict(release.record())
     )
 
 
@@ -360,7 +377,7 @@ class _Rounds:
         self.grid, self.params = grid, params
         self.nodes = wait_for_nodes(grid, params)
         self.known: dict[int, int] = {}
-        self.present: dict[int, int] = {}
+        self.present: dict[str, int] = {}
         self.missing: dict[str, int] = {}
         self.count = 0
         self.privacy: DPReport | None = None
@@ -376,20 +393,17 @@ class _Rounds:
         )
         self.count += 1
         totals = np.zeros(len(indices), dtype=np.int64)
-        for node_id in sorted(replies):
-            arrays = replies[node_id].array_records["counts"]
-            name = str(replies[node_id].config_records["meta"]["node"])
-            present = int(arrays["present"].numpy()[0])
-            if self.present.setdefault(node_id, present) != present:
+        for name, part in released(replies, BisectionCountsRelease):
+            if self.present.setdefault(name, part.present) != part.present:
                 raise TaskFailed(
-                    f"the number of values changed between rounds ({self.present[node_id]} "
-                    f"then {present})",
+                    f"the number of values changed between rounds ({self.present[name]} "
+                    f"then {part.present})",
                     rule="quantiles.data_changed",
                     node=name,
                     fix="run the query again once the node's data is stable",
                 )
-            self.missing[name] = int(str(replies[node_id].config_records["meta"]["missing"]))
-            totals += arrays["at_most"].numpy().astype(np.int64)
+            self.missing[name] = part.missing
+            totals += part.at_most
         self.known.update(zip(indices, (int(t) for t in totals), strict=True))
 
     def ask_all_dp(self) -> None:
@@ -401,14 +415,13 @@ class _Rounds:
         replies = broadcast(self.grid, "quantiles", self.params, self.nodes)
         self.count += 1
         total: IntArray = np.zeros(self.params.size() + 3, dtype=np.int64)
-        for node_id in sorted(replies):
-            total += replies[node_id].array_records["dp_cells"]["counts"].numpy().astype(np.int64)
-            name = str(replies[node_id].config_records["meta"]["node"])
-            self.missing[name] = int(str(replies[node_id].config_records["meta"]["missing"]))
+        for name, part in released(replies, GridHistogramRelease):
+            total += part.counts
+            self.missing[name] = part.missing
         cumulative = np.cumsum(np.maximum(total, 0))
         self.known[BELOW] = int(cumulative[0])
         self.known.update((j, int(cumulative[j + 1])) for j in range(self.params.size() + 1))
-        self.present = {0: int(cumulative[-1])}
+        self.present = {"(all)": int(cumulative[-1])}
         self.privacy = dp_report(replies)
 
     @property
@@ -530,6 +543,7 @@ TASK: TaskType[QuantilesParams, QuantilesResult] = TaskType(
     result=QuantilesResult,
     serve=quantiles_serve,
     node_handlers={"quantiles": quantiles_node},
+    releases=(BisectionCountsRelease, GridHistogramRelease),
     summary="approximate quantiles with a stated error bound (bisection on an agreed grid)",
     arguments=("column",),
     table=quantiles_table,

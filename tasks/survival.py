@@ -30,17 +30,25 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 
 from oncofed.kernel.errors import NodeRefusal, QueryError
+from oncofed.privacy.release import (
+    AgreedIndices,
+    AgreedValues,
+    Count,
+    Counts,
+    EventTimes,
+    Release,
+)
 from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
     LocalDataset,
     TaskParams,
     dp_report,
+    released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
@@ -262,7 +270,43 @@ def group_index(
     )
 
 
-def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> RecordDict:
+class EventTableRelease(Release):
+    """An exact reply: events and censorings per (agreed group, grid time) cell where any row ends.
+
+    Cell ``i`` is group ``groups[group[i]]`` at time ``time[i]``, a time on the
+    agreed grid (under ``exact_times``, which the node's policy must allow, a
+    duration as it is). Rows with a missing value and rows outside the agreed
+    categories are counted, not placed.
+    """
+
+    groups: tuple[str, ...]
+    group: AgreedIndices
+    time: EventTimes
+    events: Counts
+    censored: Counts
+    rows_dropped: Count
+    rows_outside_categories: Count
+
+
+class NoisyEventTableRelease(Release):
+    """A DP reply (Kaplan-Meier with ``dp=``): noisy counts in every agreed cell.
+
+    Every agreed group at every agreed time point has a cell, occupied or not
+    (``group`` and ``time`` list them all, groups outer), so the cells say
+    nothing of the data; events, censorings, rows dropped and rows outside the
+    agreed categories carry discrete Gaussian noise, set to zero where negative.
+    """
+
+    groups: tuple[str, ...]
+    group: AgreedIndices
+    time: AgreedValues
+    events: Counts
+    censored: Counts
+    rows_dropped: Count
+    rows_outside_categories: Count
+
+
+def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> EventTableRelease:
     """Per agreed group and grid time: events and censorings (counts only).
 
     The number at risk is not released separately: it is each group's total
@@ -276,49 +320,14 @@ def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> Reco
     inverse = inverse.reshape(-1)
     events = np.bincount(inverse, weights=rows.event[inside], minlength=len(cells))
     censored = np.bincount(inverse, minlength=len(cells)) - events
-    return event_table_record(
-        local.node_name,
-        groups,
-        cells[:, 0].astype(np.int64),
-        cells[:, 1],
-        np.asarray(events, dtype=np.int64),
-        np.asarray(censored, dtype=np.int64),
+    return EventTableRelease(
+        groups=groups,
+        group=cells[:, 0].astype(np.int64),
+        time=cells[:, 1],
+        events=np.asarray(events, dtype=np.int64),
+        censored=np.asarray(censored, dtype=np.int64),
         rows_dropped=rows.rows_dropped,
-        rows_outside=int((~inside).sum()),
-    )
-
-
-def event_table_record(
-    node: str,
-    groups: Sequence[str],
-    group: IntArray,
-    time: FloatArray,
-    events: IntArray,
-    censored: IntArray,
-    *,
-    rows_dropped: int,
-    rows_outside: int,
-) -> RecordDict:
-    """A node's event table as it is released: counts per (group index, time) cell."""
-    return RecordDict(
-        {
-            "events": ArrayRecord(
-                {
-                    "group": Array(np.asarray(group, dtype=np.int64)),
-                    "time": Array(np.asarray(time, dtype=np.float64)),
-                    "events": Array(np.asarray(events, dtype=np.int64)),
-                    "censored": Array(np.asarray(censored, dtype=np.int64)),
-                }
-            ),
-            "meta": ConfigRecord(
-                {
-                    "node": node,
-                    "groups": list(groups),
-                    "rows_dropped": rows_dropped,
-                    "rows_outside_categories": rows_outside,
-                }
-            ),
-        }
+        rows_outside_categories=int((~inside).sum()),
     )
 
 
@@ -368,39 +377,30 @@ def pooled_event_tables(grid: Grid, params: GroupedSurvivalParams, action: str) 
     """Broadcast the event-table request and add the nodes' counts per group and time."""
     nodes = wait_for_nodes(grid, params)
     replies = broadcast(grid, action, params, nodes)
-    groups: tuple[str, ...] | None = None
-    parts: list[tuple[IntArray, FloatArray, IntArray, IntArray]] = []
-    names: list[str] = []
-    dropped: dict[str, int] = {}
-    outside = 0
-    for node_id in sorted(replies):
-        arrays = replies[node_id].array_records["events"]
-        meta = replies[node_id].config_records["meta"]
-        node = str(meta["node"])
-        node_groups = tuple(str(g) for g in meta["groups"])  # type: ignore[union-attr]
-        if groups is not None and node_groups != groups:
+    parts: Sequence[tuple[str, EventTableRelease | NoisyEventTableRelease]] = (
+        released(replies, NoisyEventTableRelease)
+        if params.dp is not None
+        else released(replies, EventTableRelease)
+    )
+    if not parts:
+        raise AssertionError("broadcast returns at least one reply")
+    groups = parts[0][1].groups
+    for node, part in parts:
+        if part.groups != groups:
             raise QueryError(
                 f"nodes disagree on the categories of {params.by!r}: "
-                f"{list(groups)} versus {list(node_groups)}",
+                f"{list(groups)} versus {list(part.groups)}",
                 rule="survival.categories_disagree",
                 node=node,
                 fix="pass categories=[...] explicitly so every node groups the same way",
             )
-        groups = node_groups
-        parts.append(
-            (
-                arrays["group"].numpy().astype(np.int64),
-                arrays["time"].numpy().astype(np.float64),
-                arrays["events"].numpy().astype(np.int64),
-                arrays["censored"].numpy().astype(np.int64),
-            )
-        )
-        names.append(node)
-        dropped[node] = int(str(meta["rows_dropped"]))
-        outside += int(str(meta["rows_outside_categories"]))
-    if groups is None:
-        raise AssertionError("broadcast returns at least one reply")
-    group, time, events, censored = (np.concatenate(column) for column in zip(*parts, strict=True))
+    names = [node for node, _ in parts]
+    dropped = {node: part.rows_dropped for node, part in parts}
+    outside = sum(part.rows_outside_categories for _, part in parts)
+    group = np.concatenate([part.group for _, part in parts])
+    time = np.concatenate([part.time for _, part in parts])
+    events = np.concatenate([part.events for _, part in parts])
+    censored = np.concatenate([part.censored for _, part in parts])
     tables = []
     for g in range(len(groups)):
         mine = group == g
@@ -424,14 +424,15 @@ def pooled_event_tables(grid: Grid, params: GroupedSurvivalParams, action: str) 
 __all__ = [
     "ALL",
     "EventTable",
+    "EventTableRelease",
     "GroupedSurvivalParams",
+    "NoisyEventTableRelease",
     "PooledEvents",
     "SurvivalParams",
     "SurvivalRows",
     "category_codes",
     "check_time_grid",
     "event_table_node",
-    "event_table_record",
     "group_index",
     "on_grid",
     "pooled_event_tables",

@@ -2,9 +2,14 @@
 
 Flower's strategies log error replies and go on; a researcher must see
 which node refused and why (e.g. ``privacy.budget``) and which went silent,
-so the wrapper keeps both. With ``secure_aggregation`` it runs each round's
-``train`` / ``evaluate`` messages through the secure-sum stages and hands
-the strategy one summed reply (see ``records.py``).
+so the wrapper keeps both.
+
+It is also where the nodes' typed releases become the replies a strategy
+reads. A node answers ``train`` and ``evaluate`` with sums (``records.py``);
+the wrapper turns every reply -- each node's in a plain run, the single
+masked total under ``secure_aggregation``, whose secure-sum stages it runs
+-- into Flower's layout (``arrays``, ``metrics`` with ``num-examples``)
+through the same ``for_strategy``, before the strategy sees it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from oncofed.kernel.errors import OncofedError
 from oncofed.kernel.flower import Run, reply_error
 from oncofed.tasks.messaging import exchange_messages, report_progress
 from oncofed.tasks.secure import secure_sum
-from oncofed.tasks.training.records import from_total, reply_nodes
+from oncofed.tasks.training.records import for_strategy, own_privacy, reply_nodes
+
+MODEL_MESSAGES = ("train", "evaluate")
+"""The strategy's messages, whose replies are releases to turn into its layout."""
 
 
 class WatchedGrid(Grid):
@@ -63,10 +71,15 @@ class WatchedGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         sent = list(messages)
-        if self._secure and sent and sent[0].metadata.message_type in ("train", "evaluate"):
+        model = bool(sent) and sent[0].metadata.message_type in MODEL_MESSAGES
+        if self._secure and model:
             replies = [self._secure_sum(sent, timeout)]
         else:
             replies = list(self._grid.send_and_receive(sent, timeout=timeout))
+            if model:
+                for reply in replies:
+                    if not reply.has_error():
+                        reply.content = for_strategy(reply.content, own_privacy(reply.content))
         self.errors.extend(reply_error(r) for r in replies if r.has_error())
         answered = {
             name
@@ -108,8 +121,7 @@ class WatchedGrid(Grid):
             return exchange_messages(self._grid, staged, wait)
 
         summed = secure_sum(send, sorted(by_node))
-        weights = sent[0].metadata.message_type == "train"
-        return Message(from_total(summed.total, weights, summed.privacy), reply_to=sent[0])
+        return Message(for_strategy(summed.total, summed.privacy), reply_to=sent[0])
 
 
-__all__ = ["WatchedGrid"]
+__all__ = ["MODEL_MESSAGES", "WatchedGrid"]

@@ -18,25 +18,27 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from oncofed.kernel.errors import QueryError
-from oncofed.privacy.accounting import PRIVACY_RECORD, RDP_ORDERS, PrivacyLoss, loss_record
+from oncofed.privacy.accounting import RDP_ORDERS, PrivacyLoss, loss_record
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.formula import agreed_levels
 from oncofed.tasks.training import architectures
 from oncofed.tasks.training.data import encode, node_rows
 from oncofed.tasks.training.params import TrainParams
-from oncofed.tasks.training.records import ARRAYS, METRICS, to_sums
+from oncofed.tasks.training.records import (
+    ARRAYS,
+    BinaryEvaluation,
+    ModelUpdate,
+    SurvivalEvaluation,
+    TrainingDesign,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
 AUC_BINS = 1000
 """Score histogram bins on P(label = 1): the pooled AUC is exact up to ties within a bin."""
-
-
-def _arrays(state: dict[str, FloatArray]) -> ArrayRecord:
-    return ArrayRecord({key: Array(value) for key, value in state.items()})
 
 
 def _state(arrays: ArrayRecord, params: TrainParams) -> dict[str, FloatArray]:
@@ -67,7 +69,8 @@ def noise_multiplier(params: TrainParams, sample_rate: float, steps_per_round: i
     )
 
 
-def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) -> RecordDict:
+def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) -> ModelUpdate:
+    """One round of local (DP-)SGD from the global weights, released as sums (``records.py``)."""
     import torch
     from opacus import PrivacyEngine
     from opacus.accountants.analysis.rdp import compute_rdp
@@ -124,30 +127,32 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
             loss.backward()
             optimizer.step()
             total, batches = total + float(loss.detach()), batches + 1
-    reply = RecordDict(
-        {
-            ARRAYS: _arrays(architectures.state_arrays(module)),
-            METRICS: MetricRecord({"num-examples": rows, "train-loss": total / max(batches, 1)}),
-            "meta": ConfigRecord({"node": local.node_name}),
-        }
-    )
+    privacy = None
     if engine is not None and params.dp is not None:
         steps = sum(count for _, _, count in engine.accountant.history)
         orders = list(RDP_ORDERS)
         rdp = compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
         loss_curve = PrivacyLoss.from_rdp(RDP_ORDERS, [float(v) for v in np.atleast_1d(rdp)])
-        reply[PRIVACY_RECORD] = loss_record(
-            loss_curve,
-            "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
-            params.dp.delta,
-            noise_multiplier=sigma,
-            sample_rate=sample_rate,
-            steps=steps,
+        privacy = dict(
+            loss_record(
+                loss_curve,
+                "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
+                params.dp.delta,
+                noise_multiplier=sigma,
+                sample_rate=sample_rate,
+                steps=steps,
+            )
         )
-    return to_sums(reply, weights=True) if params.secure_aggregation else reply
+    state = architectures.state_arrays(module)
+    return ModelUpdate(
+        weights={key: value * rows for key, value in state.items()},
+        rows=rows,
+        loss=total / max(batches, 1) * rows,
+        privacy=privacy,
+    )
 
 
-def design_node(params: TrainParams, local: LocalDataset) -> RecordDict:
+def design_node(params: TrainParams, local: LocalDataset) -> TrainingDesign:
     """The encoded columns, factor levels and (to scale by) numeric bounds; no row is read."""
     design = encode(params.features, local.frame.iloc[:0], local.schema, None, local.node_name)
     levels = {
@@ -170,55 +175,41 @@ def design_node(params: TrainParams, local: LocalDataset) -> RecordDict:
                     column=column,
                 )
             bounds[column] = list(declared)
-    return RecordDict(
-        {
-            "meta": ConfigRecord(
-                {
-                    "node": local.node_name,
-                    "columns": json.dumps(design.columns),
-                    "levels": json.dumps(levels),
-                    "bounds": json.dumps(bounds),
-                }
-            )
-        }
+    return TrainingDesign(
+        columns=tuple(design.columns), levels=json.dumps(levels), bounds=json.dumps(bounds)
     )
 
 
-def evaluate_node(params: TrainParams, local: LocalDataset, content: RecordDict) -> RecordDict:
+def evaluate_node(
+    params: TrainParams, local: LocalDataset, content: RecordDict
+) -> BinaryEvaluation | SurvivalEvaluation:
     """Held-out metrics as sums and counts, which add up exactly across nodes."""
     split = node_rows(params, local)
     state = _state(content.array_records[ARRAYS], params)
     out = architectures.forward(state, params.layers, split.x_test)
     if params.model in architectures.SURVIVAL:
-        metrics = survival_metrics(out, split.y_test[:, 0], split.y_test[:, 1])
-    else:
-        metrics = binary_metrics(out, split.y_test)
-    reply = RecordDict(
-        {
-            METRICS: MetricRecord({"num-examples": len(split.y_test), **metrics}),
-            "meta": ConfigRecord({"node": local.node_name}),
-        }
-    )
-    return to_sums(reply, weights=False) if params.secure_aggregation else reply
+        return survival_metrics(out, split.y_test[:, 0], split.y_test[:, 1])
+    return binary_metrics(out, split.y_test)
 
 
-def binary_metrics(logit: FloatArray, y: FloatArray) -> dict[str, float | int | list[int]]:
+def binary_metrics(logit: FloatArray, y: FloatArray) -> BinaryEvaluation:
     """Summed log-loss, correct predictions, and score histograms by class for the AUC."""
     # log(1 + e^-z) for y = 1 and log(1 + e^z) for y = 0, without overflow.
     loss = np.logaddexp(0.0, np.where(y == 1, -logit, logit))
     score = 1 / (1 + np.exp(-logit))
     bins = np.minimum((score * AUC_BINS).astype(np.int64), AUC_BINS - 1)
-    return {
-        "loss-sum": float(np.sum(loss)),
-        "correct": int(np.sum((score >= 0.5) == (y == 1))),
-        "positives": np.bincount(bins[y == 1], minlength=AUC_BINS).tolist(),
-        "negatives": np.bincount(bins[y == 0], minlength=AUC_BINS).tolist(),
-    }
+    return BinaryEvaluation(
+        rows=len(y),
+        loss_sum=float(np.sum(loss)),
+        correct=int(np.sum((score >= 0.5) == (y == 1))),
+        positives=np.bincount(bins[y == 1], minlength=AUC_BINS),
+        negatives=np.bincount(bins[y == 0], minlength=AUC_BINS),
+    )
 
 
 def survival_metrics(
     log_risk: FloatArray, duration: FloatArray, event: FloatArray
-) -> dict[str, float | int | list[int]]:
+) -> SurvivalEvaluation:
     """Negative log partial likelihood and Harrell's pair counts among this node's rows."""
     import torch
 
@@ -227,13 +218,14 @@ def survival_metrics(
     )
     concordant, tied, comparable = concordance_counts(log_risk, duration, event)
     events = int(np.sum(event))
-    return {
-        "loss-sum": float(loss) * max(events, 1),
-        "events": events,
-        "concordant": concordant,
-        "tied": tied,
-        "comparable": comparable,
-    }
+    return SurvivalEvaluation(
+        rows=len(duration),
+        loss_sum=float(loss) * max(events, 1),
+        events=events,
+        concordant=concordant,
+        tied=tied,
+        comparable=comparable,
+    )
 
 
 def concordance_counts(

@@ -1,88 +1,217 @@
-"""How training replies are laid out, and their summed form for secure aggregation.
+"""What a training node releases, and the reply a Flower strategy expects, made from it.
 
-FedAvg's update is a weighted mean, sum(n_k w_k) / sum(n_k): a node that
-sends n_k w_k and n_k lets the coordinator learn only the two totals, and
-one summed reply with weight N is all the strategy needs (the weighted mean
-of one reply is itself; FedProx and FedAdam start from the same mean). The
-metrics already add up, except the training loss, which is sent as a sum too.
+A node answers each of the task's messages with a typed release
+(``oncofed.privacy.release``), which the node's release gate checks number
+by number before it leaves:
+
+- ``TrainingDesign`` (``query.design``): the encoded columns, the agreed
+  factor levels and the declared bounds of the numeric features -- text
+  from the node's schema, no row read.
+- ``ModelUpdate`` (``train``): the node's weights *times its training rows*
+  (``Weights``), its rows (``Count``) and its mean training loss times its
+  rows (``ModelStatistic``).
+- ``BinaryEvaluation`` / ``SurvivalEvaluation`` (``evaluate``): held-out
+  sums and counts that add up across nodes.
+
+Why an update is released as sums, with or without secure aggregation:
+FedAvg's update is a weighted mean, sum(n_k w_k) / sum(n_k). A node that
+sends n_k w_k and n_k lets a secure sum reveal only the two totals, and one
+summed reply with weight N is all the strategy needs (the weighted mean of
+one reply is itself; FedProx and FedAdam start from the same mean). Sending
+sums in a plain run too keeps one release per message and one path at the
+coordinator: ``for_strategy`` divides by the rows, whether the reply is one
+node's or the masked total of several, so a plain and a masked run differ
+only in whether the coordinator adds the sums itself (the strategy does) or
+receives them added. The information is the same as a node's weights, rows
+and mean loss, which it used to send in the clear: n w and n give w back.
+
 Each node's privacy record stays in the clear -- it states the mechanism and
-the loss charged, not patients' values -- so the ε per node is still known.
+the loss charged, not patients' values -- so the ε per node is still known;
+the strategy's reply carries it as ``oncofed.privacy/<node>``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from oncofed.kernel.errors import TaskFailed
 from oncofed.privacy.accounting import PRIVACY_RECORD
+from oncofed.privacy.release import (
+    META,
+    RELEASE_RECORD,
+    Count,
+    Counts,
+    ModelStatistic,
+    Release,
+    Weights,
+    node_of,
+)
 
 ARRAYS = "arrays"
 """The model's weights, in messages both ways (Flower's strategies' ``arrayrecord_key``)."""
 METRICS = "metrics"
-SUMS = "sums"
+"""The MetricRecord of the reply a strategy reads."""
 EXAMPLES = "num-examples"
-MEANS = frozenset({"train-loss"})
-"""Metrics a node reports as its own mean: sent multiplied by its rows, divided back by N."""
+"""The strategy's weight key: a node's rows."""
 NODE_PRIVACY = f"{PRIVACY_RECORD}/"
-"""Prefix of the per-node privacy records in a summed reply (the node's name follows)."""
+"""Prefix of the per-node privacy records in a strategy's reply (the node's name follows)."""
 
 
-def to_sums(content: RecordDict, weights: bool) -> RecordDict:
-    """A node's reply with every number a sum: weights and mean metrics times its rows."""
-    metrics = content.metric_records[METRICS]
-    rows = int(str(metrics[EXAMPLES]))
-    out = RecordDict()
-    if weights:
-        out[ARRAYS] = ArrayRecord(
-            {k: Array(v.numpy() * rows) for k, v in content.array_records[ARRAYS].items()}
+# ---- releases -------------------------------------------------------------
+
+
+class TrainingDesign(Release):
+    """How a node encodes the features, from its schema alone (no row is read).
+
+    Every part is text: the levels are the agreed category labels, the bounds
+    the public ranges the schema declares. They stay text (JSON) because a
+    request with ``secure_aggregation`` sends this step through the secure
+    sum too, where numbers would be added across nodes.
+    """
+
+    columns: tuple[str, ...]
+    """The encoded design columns, in order."""
+    levels: str
+    """JSON: each categorical factor's agreed levels, by column."""
+    bounds: str
+    """JSON: each numeric feature's declared [lo, hi] (``scaling="bounds"`` only)."""
+
+    def agreed_levels(self) -> dict[str, tuple[str, ...]]:
+        return {str(k): tuple(v) for k, v in json.loads(self.levels).items()}
+
+    def declared_bounds(self) -> dict[str, tuple[float, ...]]:
+        return {str(k): tuple(float(b) for b in v) for k, v in json.loads(self.bounds).items()}
+
+
+class ModelUpdate(Release):
+    """One round's local training as sums: what FedAvg's weighted mean adds up."""
+
+    weights: Weights
+    """Each layer's weights after the round, times ``rows``."""
+    rows: Count
+    """The node's training rows (FedAvg's weight)."""
+    loss: ModelStatistic
+    """The round's mean batch loss, times ``rows``."""
+
+
+class BinaryEvaluation(Release):
+    """A classifier's held-out metrics as sums and counts."""
+
+    rows: Count
+    """Held-out rows."""
+    loss_sum: ModelStatistic
+    """Log-loss summed over the held-out rows."""
+    correct: Count
+    """Correct predictions at 0.5."""
+    positives: Counts
+    """Positives by bin of P(label = 1) (``AUC_BINS`` bins), for the pooled AUC."""
+    negatives: Counts
+    """Negatives by the same bins."""
+
+
+class SurvivalEvaluation(Release):
+    """A survival model's held-out partial-likelihood loss and Harrell's pair counts."""
+
+    rows: Count
+    """Held-out rows."""
+    loss_sum: ModelStatistic
+    """Negative log partial likelihood, summed over the held-out events."""
+    events: Count
+    # Pair counts are statistics of the model's ranking, not counts of people: one patient
+    # takes part in many pairs, so a cell rule on counts would misread them.
+    concordant: ModelStatistic
+    """Comparable pairs whose earlier event had the higher risk."""
+    tied: ModelStatistic
+    """Comparable pairs with equal risks."""
+    comparable: ModelStatistic
+    """Pairs of an event and a patient whose time is later (or censored at it)."""
+
+
+RELEASES: tuple[type[Release], ...] = (
+    TrainingDesign,
+    ModelUpdate,
+    BinaryEvaluation,
+    SurvivalEvaluation,
+)
+"""Everything the training task's node side may release."""
+
+Evaluation = BinaryEvaluation | SurvivalEvaluation
+_MODEL_RELEASES: dict[str, type[ModelUpdate | BinaryEvaluation | SurvivalEvaluation]] = {
+    cls.wire_name(): cls for cls in (ModelUpdate, BinaryEvaluation, SurvivalEvaluation)
+}
+
+
+# ---- the strategy's format -------------------------------------------------
+
+
+def evaluation_metrics(release: Evaluation) -> MetricRecord:
+    """Held-out sums and counts as the MetricRecord ``pooled_metrics`` reads."""
+    metrics: dict[str, Any] = {EXAMPLES: int(release.rows), "loss-sum": float(release.loss_sum)}
+    if isinstance(release, BinaryEvaluation):
+        metrics["correct"] = int(release.correct)
+        metrics["positives"] = [int(v) for v in release.positives]
+        metrics["negatives"] = [int(v) for v in release.negatives]
+    else:
+        metrics["events"] = int(release.events)
+        for key in ("concordant", "tied", "comparable"):
+            # Whole numbers, sent as statistics: a masked sum of them decodes to within 1e-9.
+            metrics[key] = round(float(getattr(release, key)))
+    return MetricRecord(metrics)
+
+
+def for_strategy(content: RecordDict, privacy: Mapping[str, ConfigRecord]) -> RecordDict:
+    """The reply a strategy expects, from one node's release or the masked total of several.
+
+    ``train``: ``arrays`` (the weights, divided by the rows) and ``metrics``
+    with ``num-examples`` and the mean ``train-loss``; ``evaluate``:
+    ``metrics`` with the held-out sums. ``privacy`` is each node's own
+    privacy record, by node name.
+    """
+    node = node_of(content)
+    name = str(content.config_records[META].get("release", ""))
+    kind = _MODEL_RELEASES.get(name)
+    if kind is None or RELEASE_RECORD not in content.array_records:
+        raise TaskFailed(
+            f"a reply from {node} to a training message holds {name or 'no release'!r}, "
+            "not a model update or evaluation",
+            rule="training.reply",
+            node=node,
+            fix="make sure the coordinator and the nodes run the same oncofed version",
         )
-    sums: dict[str, Array] = {}
-    for key, value in metrics.items():
-        if key == EXAMPLES:
-            continue
-        values = np.atleast_1d(np.asarray(value))
-        sums[key] = Array(values * rows if key in MEANS else values)
-    out[SUMS] = ArrayRecord(sums)
-    out["meta"] = ConfigRecord({**dict(content.config_records["meta"]), EXAMPLES: rows})
-    if PRIVACY_RECORD in content.config_records:
-        out[PRIVACY_RECORD] = content.config_records[PRIVACY_RECORD]
+    release = kind.from_content(content)
+    out = RecordDict()
+    if isinstance(release, ModelUpdate):
+        rows = max(release.rows, 1)
+        out[ARRAYS] = ArrayRecord(
+            {key: Array(np.asarray(value) / rows) for key, value in release.weights.items()}
+        )
+        out[METRICS] = MetricRecord({EXAMPLES: release.rows, "train-loss": release.loss / rows})
+    else:
+        out[METRICS] = evaluation_metrics(release)
+    out[META] = ConfigRecord({"node": node})
+    for owner, record in privacy.items():
+        out[f"{NODE_PRIVACY}{owner}"] = record
     return out
 
 
-def from_total(total: RecordDict, weights: bool, privacy: Mapping[str, ConfigRecord]) -> RecordDict:
-    """The reply a strategy expects, from the masked total of every node's ``to_sums``."""
-    meta = total.config_records["meta"]
-    rows = int(str(meta[EXAMPLES]))
-    out = RecordDict()
-    if weights:
-        out[ARRAYS] = ArrayRecord(
-            {k: Array(v.numpy() / max(rows, 1)) for k, v in total.array_records[ARRAYS].items()}
-        )
-    metrics: dict[str, int | float | list[int] | list[float]] = {EXAMPLES: rows}
-    for key, array in total.array_records[SUMS].items():
-        values = array.numpy()
-        if key in MEANS:
-            values = values / max(rows, 1)
-        as_list = values.tolist()
-        metrics[key] = as_list[0] if len(as_list) == 1 else as_list
-    out[METRICS] = MetricRecord(metrics)  # type: ignore[arg-type]
-    out["meta"] = ConfigRecord({"node": str(meta["node"])})
-    for name, record in privacy.items():
-        out[f"{NODE_PRIVACY}{name}"] = record
-    return out
+def own_privacy(content: RecordDict) -> dict[str, ConfigRecord]:
+    """A single node's reply's privacy record, by its node (none without DP)."""
+    record = content.config_records.get(PRIVACY_RECORD)
+    return {} if record is None else {node_of(content): record}
 
 
 def reply_nodes(content: RecordDict) -> list[str]:
     """The nodes a reply speaks for: one, or every survivor of a secure sum."""
-    return str(content.config_records["meta"]["node"]).split(", ")
+    return node_of(content).split(", ")
 
 
 def charges(content: RecordDict) -> dict[str, ConfigRecord]:
-    """Each node's privacy record in a reply: a plain one, or a summed one."""
-    if PRIVACY_RECORD in content.config_records:
-        return {str(content.config_records["meta"]["node"]): content.config_records[PRIVACY_RECORD]}
+    """Each node's privacy record in a strategy's reply (``for_strategy``), by node."""
     return {
         key.removeprefix(NODE_PRIVACY): record
         for key, record in content.config_records.items()
@@ -90,4 +219,19 @@ def charges(content: RecordDict) -> dict[str, ConfigRecord]:
     }
 
 
-__all__ = ["ARRAYS", "METRICS", "SUMS", "charges", "from_total", "reply_nodes", "to_sums"]
+__all__ = [
+    "ARRAYS",
+    "EXAMPLES",
+    "METRICS",
+    "RELEASES",
+    "BinaryEvaluation",
+    "Evaluation",
+    "ModelUpdate",
+    "SurvivalEvaluation",
+    "TrainingDesign",
+    "charges",
+    "evaluation_metrics",
+    "for_strategy",
+    "own_privacy",
+    "reply_nodes",
+]

@@ -6,7 +6,9 @@ parameters travel in the config record the nodes' mods read. Metric
 aggregation callbacks record each round's nodes, losses and the DP-SGD loss
 each node charged, and fail the task when fewer than ``min_nodes`` replied.
 ``setup.py`` agrees the design and the scaling first; ``grid.py`` wraps the
-grid the strategy drives (refusals, silent nodes, secure aggregation).
+grid the strategy drives (refusals, silent nodes, secure aggregation) and
+turns the nodes' typed releases into the replies the strategy and these
+callbacks read (``records.for_strategy``).
 """
 
 from __future__ import annotations

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from flwr.serverapp import Grid
 
 from oncofed.kernel.errors import QueryError
+from oncofed.privacy.release import node_of
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.describe import DescribeParams, describe_serve
 from oncofed.tasks.formula import same_design
 from oncofed.tasks.training.params import Standardisation, TrainParams
+from oncofed.tasks.training.records import TrainingDesign
 
 
 def standardisation(grid: Grid, params: TrainParams) -> Standardisation:
@@ -43,11 +44,15 @@ def agreed_design(grid: Grid, params: TrainParams, nodes: list[int]) -> Design:
     agreed: dict[str, dict[str, tuple[Any, ...]]] = {}
     names: dict[int, str] = {}
     for node_id, reply in broadcast(grid, "design", params, nodes).items():
-        meta = reply.config_records["meta"]
-        node = names[node_id] = str(meta["node"])
-        columns = same_design(columns, json.loads(str(meta["columns"])), node, "training")
-        for what in ("levels", "bounds"):
-            found = {k: tuple(v) for k, v in json.loads(str(meta[what])).items()}
+        node = names[node_id] = node_of(reply)
+        # Under secure aggregation, the total's text: the first node's.
+        design = TrainingDesign.from_content(reply)
+        columns = same_design(columns, list(design.columns), node, "training")
+        declared: dict[str, dict[str, tuple[Any, ...]]] = {
+            "levels": design.agreed_levels(),
+            "bounds": design.declared_bounds(),
+        }
+        for what, found in declared.items():
             if agreed.setdefault(what, found) != found:
                 raise QueryError(
                     f"nodes declare different {what}: {agreed[what]} versus {found}",

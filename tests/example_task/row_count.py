@@ -7,15 +7,14 @@ module into a copy of the package, adds it to the registry in
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 from rich.table import Table
 
 from oncofed.privacy.disclosure import check_cells
-from oncofed.tasks.base import LocalDataset, TaskParams, TaskType, selected_rows
+from oncofed.privacy.release import Count, Release
+from oncofed.tasks.base import LocalDataset, TaskParams, TaskType, released, selected_rows
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.messaging import wait_for_nodes
 
@@ -33,23 +32,25 @@ class RowCountResult(BaseModel):
         return pd.DataFrame({self.label: [self.total]}, index=pd.Index(["all"], name="nodes"))
 
 
-def row_count_node(params: RowCountParams, local: LocalDataset) -> RecordDict:
+class RowsRelease(Release):
+    """What a node sends: the number of rows it kept."""
+
+    rows: Count
+
+
+def row_count_node(params: RowCountParams, local: LocalDataset) -> RowsRelease:
     rows = len(selected_rows(params, local))
     check_cells([rows], local.policy, local.node_name, what="count", fix="widen the filter")
-    return RecordDict(
-        {
-            "rows": ArrayRecord({"n": Array(np.array([rows], dtype=np.int64))}),
-            "meta": ConfigRecord({"node": local.node_name}),
-        }
-    )
+    return RowsRelease(rows=rows)
 
 
 def row_count_serve(grid: Grid, params: RowCountParams) -> RowCountResult:
     replies = broadcast(grid, "row_count", params, wait_for_nodes(grid, params))
+    parts = released(replies, RowsRelease)
     return RowCountResult(
         label=params.label,
-        total=sum(int(r.array_records["rows"]["n"].numpy()[0]) for r in replies.values()),
-        nodes=sorted(str(r.config_records["meta"]["node"]) for r in replies.values()),
+        total=sum(part.rows for _, part in parts),
+        nodes=[node for node, _ in parts],
     )
 
 
@@ -66,6 +67,7 @@ TASK: TaskType[RowCountParams, RowCountResult] = TaskType(
     result=RowCountResult,
     serve=row_count_serve,
     node_handlers={"row_count": row_count_node},
+    releases=(RowsRelease,),
     summary="rows the filter keeps, over all nodes",
     table=row_count_table,
 )

@@ -15,6 +15,7 @@ from oncofed.client.sandbox import Sandbox
 from oncofed.kernel.flower import content_from_bytes
 from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.ledger import PrivacyLedger
+from oncofed.tasks.histogram import HistogramRelease
 from tests.privacy.conftest import DP_REQUIRED
 
 pytestmark = pytest.mark.slow
@@ -53,14 +54,12 @@ def test_kill_between_charge_and_reply_neither_loses_nor_repeats_the_charge(
         # What the coordinator received from the victim is the reply stored with the charge.
         with ledger._engine.connect() as connection:
             stored = connection.exec_driver_sql("SELECT reply FROM charges").scalar_one()
-        victim_counts = content_from_bytes(stored).array_records["histogram"]["counts"].numpy()
+        victim_counts = HistogramRelease.from_content(content_from_bytes(stored)).counts
         others = 0
         for name in net.node_names:
             if name != victim:
                 other = PrivacyLedger.at(net.workdir / name / "state", name)
                 with other._engine.connect() as connection:
                     reply = connection.exec_driver_sql("SELECT reply FROM charges").scalar_one()
-                others = (
-                    others + content_from_bytes(reply).array_records["histogram"]["counts"].numpy()
-                )
+                others = others + HistogramRelease.from_content(content_from_bytes(reply)).counts
         assert list(victim_counts + others) == result.counts

@@ -8,9 +8,11 @@ import pytest
 
 from oncofed.kernel.errors import QueryError
 from oncofed.kernel.schema import ColumnSpec, infer_schema
+from oncofed.privacy.release import Kind
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.describe import (
     DescribeParams,
+    MomentsRelease,
     combine_moments,
     describe_node,
 )
@@ -47,23 +49,35 @@ def _local(frame: pd.DataFrame) -> LocalDataset:
 
 def test_node_releases_count_mean_m2_and_missing_computed_by_hand() -> None:
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.nan], "g": ["a", "b", "a", "a"]})
-    content = describe_node(DescribeParams(dataset="d", columns=("x",)), _local(frame))
-    arrays = content.array_records["moments"]
-    assert arrays["count"].numpy().tolist() == [[3]]
-    assert arrays["missing"].numpy().tolist() == [[1]]
-    assert arrays["mean"].numpy().tolist() == [[2.0]]
-    assert arrays["m2"].numpy().tolist() == [[2.0]]  # (1-2)^2 + 0 + (3-2)^2
-    assert set(content.array_records["moments"]) == {"count", "missing", "mean", "m2"}
+    release = describe_node(DescribeParams(dataset="d", columns=("x",)), _local(frame))
+    assert isinstance(release, MomentsRelease)
+    assert release.count.tolist() == [[3]]
+    assert release.missing.tolist() == [[1]]
+    assert release.mean.tolist() == [[2.0]]
+    assert release.m2.tolist() == [[2.0]]  # (1-2)^2 + 0 + (3-2)^2
+    # Every number is typed by what it is, and only those leave the node.
+    kinds = {key: kind for key, kind, _ in release.numbers()}
+    assert kinds == {
+        "count": Kind.COUNT,
+        "missing": Kind.COUNT,
+        "mean": Kind.MOMENT,
+        "m2": Kind.MOMENT,
+        "rows_outside_categories": Kind.COUNT,
+        "rows_group_missing": Kind.COUNT,
+    }
+    wire = MomentsRelease.from_content(release.to_content("centre-x"))
+    assert wire.m2.tolist() == [[2.0]] and wire.groups == release.groups
 
 
 def test_grouped_node_release_uses_agreed_categories_only() -> None:
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 5.0, 7.0], "g": ["a", "b", "a", None, "c"]})
     params = DescribeParams(dataset="d", columns=("x",), by="g", categories=("a", "b"))
-    content = describe_node(params, _local(frame))
-    assert content.array_records["moments"]["count"].numpy().ravel().tolist() == [2, 1]
-    meta = content.config_records["meta"]
-    assert meta["rows_outside_categories"] == 1
-    assert meta["rows_group_missing"] == 1
+    release = describe_node(params, _local(frame))
+    assert isinstance(release, MomentsRelease)
+    assert release.count.ravel().tolist() == [2, 1]
+    assert release.groups == ("a", "b")
+    assert release.rows_outside_categories == 1
+    assert release.rows_group_missing == 1
 
 
 def test_grouping_without_agreed_categories_is_refused() -> None:

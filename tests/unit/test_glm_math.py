@@ -31,11 +31,22 @@ from oncofed.kernel.flower import (
 )
 from oncofed.kernel.schema import infer_schema
 from oncofed.node.request import decode_request
+from oncofed.privacy.gate import check_release
 from oncofed.privacy.policy import NodePolicy
+from oncofed.privacy.release import Kind
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.filters import parse_filter
 from oncofed.tasks.formula import parse_formula
-from oncofed.tasks.glm import GLMParams, GLMResult, glm_node, glm_serve
+from oncofed.tasks.glm import (
+    TASK,
+    GLMDesignRelease,
+    GLMParams,
+    GLMResult,
+    GLMStartRelease,
+    GLMStepRelease,
+    glm_node,
+    glm_serve,
+)
 from tests.oracle import PERMISSIVE
 
 FAMILIES = {
@@ -46,7 +57,10 @@ FAMILIES = {
 
 
 class MemoryGrid:
-    """The two Grid calls the task uses, answered by node handlers in this process."""
+    """The two Grid calls the task uses, answered by node handlers in this process.
+
+    Each handler's release passes the release gate, as in the node's runtime.
+    """
 
     def __init__(self, parts: dict[str, pd.DataFrame], policy: NodePolicy | None = None) -> None:
         install_process_identity()
@@ -73,7 +87,10 @@ class MemoryGrid:
             local = self.locals[message.metadata.dst_node_id]
             try:
                 params = GLMParams.model_validate_json(params_json(message))
-                reply = Message(glm_node(params, local), reply_to=message)
+                release = check_release(
+                    glm_node(params, local), TASK.releases, task="glm", node=local.node_name
+                )
+                reply = Message(release.to_content(local.node_name), reply_to=message)
             except OncofedError as exc:
                 reply = error_reply(message, exc)
             reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
@@ -182,21 +199,32 @@ def test_node_releases_only_sums_and_cross_products(lung: pd.DataFrame) -> None:
     local = LocalDataset("centre-A", "d", infer_schema(lung), part)
     formula = parse_formula("status ~ age + C(sex, levels=[1, 2]) + ph.karno")
     first = glm_node(GLMParams(dataset="d", formula=formula, family="binomial"), local)
-    arrays = {k: v.numpy() for k, v in first.array_records["glm"].items()}
+    # binomial starts at (y + 0.5) / 2, needing no pooled mean: the first round is a step.
+    assert type(first) is GLMStartRelease
     complete = part.dropna(subset=["status", "age", "sex", "ph.karno"])
     x = np.column_stack(
         [np.ones(len(complete)), complete["age"], complete["sex"] == 2, complete["ph.karno"]]
     ).astype(float)
     y = complete["status"].to_numpy(float)
-    assert arrays["n"].tolist() == [len(complete)]
-    np.testing.assert_allclose(arrays["xtx"], x.T @ x, rtol=1e-14)
+    assert first.n == len(complete)
+    np.testing.assert_allclose(first.xtx, x.T @ x, rtol=1e-14)
     # statsmodels' binomial start mu = (y + 0.5) / 2 gives the constant weight 3/16.
-    np.testing.assert_allclose(arrays["xtwx"], 0.1875 * x.T @ x, rtol=1e-14)
-    np.testing.assert_allclose(arrays["sum_y"], [y.sum()])
-    assert max(v.size for v in arrays.values()) == 16  # nothing row-sized leaves
-    assert "null_deviance" not in arrays  # the pooled mean is not known yet
-    meta = first.config_records["meta"]
-    assert meta["rows_dropped"] == len(part) - len(complete)
+    np.testing.assert_allclose(first.xtwx, 0.1875 * x.T @ x, rtol=1e-14)
+    np.testing.assert_allclose(first.sum_y, y.sum())
+    numbers = {key: (kind, values) for key, kind, values in first.numbers()}
+    assert max(values.size for _, values in numbers.values()) == 16  # nothing row-sized leaves
+    assert first.null_deviance.size == 0  # the pooled mean is not known yet
+    # Counts are counts; everything else is a statistic of the model being fitted.
+    assert {key for key, (kind, _) in numbers.items() if kind is Kind.COUNT} == {
+        "n",
+        "rows_dropped",
+    }
+    assert {kind for kind, _ in numbers.values()} == {Kind.COUNT, Kind.MODEL_STATISTIC}
+    assert first.rows_dropped == len(part) - len(complete)
+    assert first.names == ("Intercept", "age", "C(sex)[T.2]", "ph.karno")
+    wire = GLMStartRelease.from_content(first.to_content("centre-A"))
+    np.testing.assert_array_equal(wire.xtwx, first.xtwx)
+    assert wire.names == first.names and wire.n == first.n
     later = GLMParams(
         dataset="d",
         formula=formula,
@@ -204,15 +232,31 @@ def test_node_releases_only_sums_and_cross_products(lung: pd.DataFrame) -> None:
         coefficients=(0.1, -0.01, -0.5, -0.01),
         response_mean=0.7,
     )
-    arrays = {k: v.numpy() for k, v in glm_node(later, local).array_records["glm"].items()}
-    assert "xtx" not in arrays
+    step = glm_node(later, local)
+    assert type(step) is GLMStepRelease  # no X'X once there are coefficients
     mu = 1 / (1 + np.exp(-(x @ np.array([0.1, -0.01, -0.5, -0.01]))))
     w = mu * (1 - mu)
-    np.testing.assert_allclose(arrays["xtwx"], (x * w[:, None]).T @ x, rtol=1e-12)
+    np.testing.assert_allclose(step.xtwx, (x * w[:, None]).T @ x, rtol=1e-12)
     deviance = -2 * np.sum(y * np.log(mu) + (1 - y) * np.log(1 - mu))
-    np.testing.assert_allclose(arrays["deviance"], [deviance], rtol=1e-12)
+    np.testing.assert_allclose(step.deviance, deviance, rtol=1e-12)
+    np.testing.assert_allclose(step.loglike, [-deviance / 2], rtol=1e-12)  # 0/1 response
     null = -2 * np.sum(y * np.log(0.7) + (1 - y) * np.log(0.3))
-    np.testing.assert_allclose(arrays["null_deviance"], [null], rtol=1e-12)
+    np.testing.assert_allclose(step.null_deviance, [null], rtol=1e-12)
+
+
+def test_gaussian_and_poisson_pool_the_mean_before_any_weighted_sum(lung: pd.DataFrame) -> None:
+    part = lung[lung["centre"] == "centre-A"].reset_index(drop=True)
+    local = LocalDataset("centre-A", "d", infer_schema(lung), part)
+    formula = parse_formula("np.log(time) ~ age + wt.loss")
+    first = glm_node(GLMParams(dataset="d", formula=formula), local)
+    assert type(first) is GLMDesignRelease
+    assert {key for key, _, _ in first.numbers()} == {"rows_dropped", "n", "sum_y", "xtx"}
+    start = glm_node(GLMParams(dataset="d", formula=formula, response_mean=5.5), local)
+    assert type(start) is GLMStartRelease
+    assert start.loglike.size == 0  # gaussian: the log-likelihood needs the pooled scale
+    complete = part.dropna(subset=["time", "age", "wt.loss"])
+    y = np.log(complete["time"].to_numpy(float))
+    np.testing.assert_allclose(start.null_deviance, [np.sum((y - 5.5) ** 2)], rtol=1e-12)
 
 
 def test_response_outside_the_family_domain_is_refused_by_the_node(lung: pd.DataFrame) -> None:
@@ -308,7 +352,7 @@ def test_node_refuses_a_nearly_saturated_model(lung: pd.DataFrame) -> None:
         part,
         PERMISSIVE.model_copy(update={"max_model_saturation": 0.5}),
     )
-    assert glm_node(params, relaxed).array_records["glm"]["n"].numpy().tolist() == [8]
+    assert glm_node(params, relaxed).n == 8
 
 
 def test_node_refuses_coefficients_that_single_out_a_few_patients(lung: pd.DataFrame) -> None:
@@ -336,7 +380,8 @@ def test_node_refuses_coefficients_that_single_out_a_few_patients(lung: pd.DataF
         coefficients=(-1.0, 0.03),
         response_mean=0.7,
     )
-    assert glm_node(fitted, local).array_records["glm"]["xtwx"].numpy().shape == (2, 2)
+    release = glm_node(fitted, local)
+    assert isinstance(release, GLMStepRelease) and release.xtwx.shape == (2, 2)
 
 
 def test_forged_parameters_are_refused_at_the_node_before_any_row_is_read() -> None:

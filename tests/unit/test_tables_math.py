@@ -23,16 +23,23 @@ from oncofed.node.app import build_client_app
 from oncofed.node.data import FrameCatalogue
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
+from oncofed.privacy.release import Kind
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.correlation import (
+    ComomentsRelease,
     CorrelationParams,
     combine_comoments,
     correlation_node,
     correlation_serve,
     covariance_and_correlation,
 )
-from oncofed.tasks.crosstab import CrosstabParams, crosstab_node, crosstab_serve
-from oncofed.tasks.histogram import HistogramParams, histogram_node, histogram_serve
+from oncofed.tasks.crosstab import CrosstabParams, TableRelease, crosstab_node, crosstab_serve
+from oncofed.tasks.histogram import (
+    HistogramParams,
+    HistogramRelease,
+    histogram_node,
+    histogram_serve,
+)
 from oncofed.tasks.quantiles import (
     QuantilesParams,
     QuantilesResult,
@@ -114,14 +121,22 @@ def test_combination_with_an_empty_first_part_keeps_the_other() -> None:
 
 def test_node_releases_n_mean_and_comoments_of_complete_cases_only() -> None:
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.nan], "y": [2.0, 4.0, 9.0, 1.0]})
-    content = correlation_node(CorrelationParams(dataset="d", columns=("x", "y")), _local(frame))
-    arrays = content.array_records["comoments"]
-    assert set(arrays) == {"n", "mean", "comoment"}
-    assert arrays["n"].numpy().tolist() == [3]
-    assert arrays["mean"].numpy().tolist() == [2.0, 5.0]
+    release = correlation_node(CorrelationParams(dataset="d", columns=("x", "y")), _local(frame))
+    # Only these numbers leave the node, each typed by what it is.
+    kinds = {key: kind for key, kind, _ in release.numbers()}
+    assert kinds == {
+        "n": Kind.COUNT,
+        "mean": Kind.MOMENT,
+        "comoment": Kind.MOMENT,
+        "rows_dropped": Kind.COUNT,
+    }
+    assert release.n == 3
+    assert release.mean.tolist() == [2.0, 5.0]
     # (x - 2)(y - 5) summed: (-1)(-3) + 0 + (1)(4) = 7
-    assert arrays["comoment"].numpy().tolist() == [[2.0, 7.0], [7.0, 26.0]]
-    assert content.config_records["meta"]["rows_dropped"] == 1
+    assert release.comoment.tolist() == [[2.0, 7.0], [7.0, 26.0]]
+    assert release.rows_dropped == 1
+    wire = ComomentsRelease.from_content(release.to_content("centre-x"))
+    assert wire.n == 3 and wire.comoment.tolist() == release.comoment.tolist()
 
 
 def test_zero_variance_column_has_undefined_correlation_but_a_covariance() -> None:
@@ -158,11 +173,13 @@ def test_crosstab_node_counts_agreed_categories_and_reports_the_rest() -> None:
     params = CrosstabParams(
         dataset="d", row="g", col="h", row_categories=("a", "b"), col_categories=("x", "y")
     )
-    content = crosstab_node(params, _local(frame))
-    assert content.array_records["table"]["counts"].numpy().tolist() == [[1, 1], [0, 1]]
-    meta = content.config_records["meta"]
-    assert meta["rows_missing"] == 2
-    assert meta["rows_outside_categories"] == 1
+    release = crosstab_node(params, _local(frame))
+    assert release.counts.tolist() == [[1, 1], [0, 1]]
+    assert release.rows_missing == 2
+    assert release.rows_outside_categories == 1
+    assert (release.row_categories, release.col_categories) == (("a", "b"), ("x", "y"))
+    wire = TableRelease.from_content(release.to_content("centre-x"))
+    assert wire.counts.tolist() == [[1, 1], [0, 1]] and wire.row_categories == ("a", "b")
 
 
 def test_crosstab_server_equals_pandas_and_scipy_with_its_default_yates_correction() -> None:
@@ -214,13 +231,15 @@ def test_crosstab_needs_two_agreed_categories_per_axis() -> None:
 def test_histogram_node_counts_like_numpy_with_values_on_edges_outside_and_missing() -> None:
     values = [0.0, 1.0, 1.0, 2.5, 3.0, -1.0, 7.0, np.nan]
     params = HistogramParams(dataset="d", column="x", bins=(0.0, 1.0, 2.0, 3.0))
-    content = histogram_node(params, _local(pd.DataFrame({"x": values})))
-    arrays = content.array_records["histogram"]
+    release = histogram_node(params, _local(pd.DataFrame({"x": values})))
     # [0, 1) holds 0; [1, 2) holds both 1s; the last bin [2, 3] holds 2.5 and 3.
-    assert arrays["counts"].numpy().tolist() == [1, 2, 2]
-    assert arrays["counts"].numpy().tolist() == np.histogram(values[:7], [0, 1, 2, 3])[0].tolist()
-    assert arrays["outside"].numpy().tolist() == [1, 1]
-    assert content.config_records["meta"]["missing"] == 1
+    assert release.counts.tolist() == [1, 2, 2]
+    assert release.counts.tolist() == np.histogram(values[:7], [0, 1, 2, 3])[0].tolist()
+    assert (release.below, release.above) == (1, 1)
+    assert release.missing == 1
+    assert {kind for _, kind, _ in release.numbers()} == {Kind.COUNT}
+    wire = HistogramRelease.from_content(release.to_content("centre-x"))
+    assert wire.counts.tolist() == [1, 2, 2] and wire.missing == 1
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import MetricRecord
 
 from oncofed.kernel.schema import infer_schema
 from oncofed.tasks.base import LocalDataset
@@ -21,6 +20,7 @@ from oncofed.tasks.training.node import (
     survival_metrics,
 )
 from oncofed.tasks.training.params import TrainParams
+from oncofed.tasks.training.records import evaluation_metrics
 from oncofed.tasks.training.server import pooled_metrics
 from tests.oracle import PERMISSIVE
 
@@ -66,7 +66,7 @@ def test_pooled_auc_from_score_histograms_is_sklearns() -> None:
     for n in (50, 120, 80):  # three nodes
         y = (rng.random(n) < 0.4).astype(float)
         logit = rng.normal(size=n) + 1.5 * y
-        parts.append(MetricRecord({"num-examples": n, **binary_metrics(logit, y)}))
+        parts.append(evaluation_metrics(binary_metrics(logit, y)))
         logits.append(logit)
         labels.append(y)
     pooled = pooled_metrics(params, parts)
@@ -83,7 +83,7 @@ def test_pooled_concordance_adds_the_nodes_pairs() -> None:
     for seed in (1, 2):
         x, time, event = _survival(60, seed)
         risk = x[:, 0]
-        parts.append(MetricRecord({"num-examples": 60, **survival_metrics(risk, time, event)}))
+        parts.append(evaluation_metrics(survival_metrics(risk, time, event)))
         c, t, m = concordance_counts(risk, time, event)
         score, comparable = score + c + t / 2, comparable + m
     assert pooled_metrics(params, parts)["concordance"] == pytest.approx(score / comparable)
@@ -123,11 +123,57 @@ def test_the_design_reply_says_nothing_about_the_rows() -> None:
         design_node(params, LocalDataset("centre-x", "d", schema, frame, PERMISSIVE))
         for frame in frames
     ]
-    first, second = (dict(r.config_records["meta"]) for r in replies)
+    first, second = replies
     assert first == second
-    assert first["columns"] == '["age", "C(grade)[T.II]"]'
+    assert first.columns == ("age", "C(grade)[T.II]")
+    assert first.agreed_levels() == {"grade": ("I", "II")}
+    assert not list(first.numbers())  # text from the schema only
     assert params.reads_rows("design") is False
     assert params.reads_rows("train") and params.reads_rows("evaluate")
+
+
+def test_plain_and_masked_updates_reach_the_strategy_as_the_same_mean() -> None:
+    """Nodes release sums; the strategy gets weights and mean loss back, one reply or the total."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from oncofed.privacy.gate import check_release
+    from oncofed.privacy.secagg.records import flatten, unflatten
+    from oncofed.tasks.training import TASK
+    from oncofed.tasks.training.records import (
+        ARRAYS,
+        EXAMPLES,
+        METRICS,
+        ModelUpdate,
+        for_strategy,
+        own_privacy,
+    )
+
+    rng = np.random.default_rng(7)
+    weights = [{"0.weight": rng.normal(size=(1, 3)), "0.bias": rng.normal(size=1)} for _ in "ab"]
+    rows, losses = [40, 120], [0.7, 0.4]
+    contents = []
+    for node, w, n, loss in zip("ab", weights, rows, losses, strict=True):
+        update = ModelUpdate(weights={k: v * n for k, v in w.items()}, rows=n, loss=loss * n)
+        check_release(update, TASK.releases, task="train", node=node)
+        contents.append(update.to_content(node))
+    plain = [for_strategy(c, own_privacy(c)) for c in contents]
+    for reply, w, n, loss in zip(plain, weights, rows, losses, strict=True):
+        assert reply[METRICS][EXAMPLES] == n
+        assert reply[METRICS]["train-loss"] == pytest.approx(loss, rel=1e-12)
+        for key, value in w.items():
+            np.testing.assert_allclose(reply[ARRAYS][key].numpy(), value, rtol=1e-12)
+    mean = aggregate_arrayrecords(plain, EXAMPLES)
+
+    # The secure sum's total: the nodes' vectors added (the masks cancel), text from the first.
+    parts = [flatten(c, nodes=2) for c in contents]
+    clear = parts[0][2]
+    clear["meta"]["node"] = "a, b"
+    total = unflatten(parts[0][0] + parts[1][0], parts[0][1], clear)
+    masked = for_strategy(total, {})
+    assert masked[METRICS][EXAMPLES] == sum(rows)
+    assert masked[METRICS]["train-loss"] == pytest.approx(np.average(losses, weights=rows))
+    for key in mean:
+        np.testing.assert_allclose(masked[ARRAYS][key].numpy(), mean[key].numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize(
