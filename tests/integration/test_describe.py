@@ -10,7 +10,7 @@ import pytest
 
 from oncofed.client.sandbox import Sandbox
 from oncofed.governance.audit import AuditTrail
-from oncofed.kernel.errors import QueryError, TaskCancelled, UnknownTask
+from oncofed.kernel.errors import PermitRefused, QueryError, TaskCancelled, UnknownTask
 from tests.oracle import assert_describe_matches
 
 LUNG_NUMERIC = ["time", "age", "ph.ecog", "ph.karno", "pat.karno", "meal.cal", "wt.loss"]
@@ -96,6 +96,12 @@ def test_text_column_in_numeric_role_is_refused(gbsg2: pd.DataFrame) -> None:
 
 def test_unknown_dataset_and_unknown_task_and_bad_parameters(lung_net: Sandbox) -> None:
     with lung_net.session(progress=False) as session:
+        with pytest.raises(PermitRefused) as not_granted:
+            session.describe(["age"], dataset="melanoma")
+        # The coordinator runs the nodes' permit rules first: nothing was sent to a node.
+        assert (not_granted.value.rule, not_granted.value.node) == ("permit.dataset", "")
+    lung_net.grant("lung-and-melanoma", datasets=["lung", "melanoma"])
+    with lung_net.session(permit="lung-and-melanoma", progress=False) as session:
         with pytest.raises(QueryError) as missing_dataset:
             session.describe(["age"], dataset="melanoma")
         assert missing_dataset.value.rule == "node.dataset_offered"
