@@ -446,7 +446,7 @@ class Session:
             result = self._researcher.Result(pb.TaskRef(task_id=task_id))
         if result.state == "succeeded":
             sealed = str(result.sealed_result)
-            return open_sealed(sealed, self.identity).decode()
+            return open_sealed(sealed, self.identity, context=task_id).decode()
         if result.state == "cancelled":
             raise TaskCancelled(f"task {task_id} was cancelled", rule="task.cancelled")
         if result.error_json:

@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 
 MISSED_HEARTBEATS = 3  # a node silent this many intervals is offline
 PENDING_APPROVAL = "node.approval_pending"
-APPROVAL_RETRY_SECONDS = 2.0
-"""How soon a message a node holds for its operator's approval is sent to it again."""
+APPROVAL_RETRY_SECONDS = (2.0, 30.0)
+"""How soon a message a node holds for its operator's approval is sent to it again: after
+2 s at first, then a tenth of the time it has waited, at most 30 s."""
+
+
+def approval_retry(waited: float) -> float:
+    low, high = APPROVAL_RETRY_SECONDS
+    return min(high, max(low, waited / 10))
 
 
 class NodeLink(NodeLinkServicer):
@@ -181,7 +187,7 @@ class NodeLink(NodeLinkServicer):
         message_id = reply.metadata.reply_to_message_id
         if reply.has_error() and reply_error(reply).rule == PENDING_APPROVAL:
             # The node stores the request and keeps its workers free; ask again later.
-            task_id = self.store.defer(message_id, node_id, time.time() + APPROVAL_RETRY_SECONDS)
+            task_id = self.store.defer(message_id, node_id, approval_retry)
             if task_id is not None:
                 name = self.store.node_name(node_id)
                 self.store.set_detail(task_id, f"waiting for the approval of {name}'s operator")

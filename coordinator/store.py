@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select, update
@@ -339,16 +339,20 @@ class Store:
             )
             return True
 
-    def defer(self, message_id: str, src_node_id: int, until: float) -> str | None:
+    def defer(
+        self, message_id: str, src_node_id: int, delay: Callable[[float], float]
+    ) -> str | None:
         """Queue a message again for a node holding it pending approval; its task's id.
 
-        Refused (None) unless the message is open and was sent to that node.
+        ``delay`` maps how long the message has waited to how long until it goes
+        out again. Refused (None) unless the message is open and was sent to that node.
         """
+        now = time.time()
         with self._session() as db, db.begin():
             msg = db.get(MessageRow, message_id)
             if msg is None or msg.dst_node_id != src_node_id or msg.state == "answered":
                 return None
-            msg.state, msg.not_before = "queued", until
+            msg.state, msg.not_before = "queued", now + delay(now - msg.created_at)
             return msg.task_id
 
     def replies(self, message_ids: Iterable[str]) -> dict[str, bytes]:

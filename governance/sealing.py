@@ -115,15 +115,30 @@ def _denied(reader: Identity, why: str) -> AccessDenied:
     )
 
 
-def open_sealed(sealed: str, reader: Identity) -> bytes:
-    """The plaintext of a result sealed to ``reader`` (either scheme), or ``AccessDenied``."""
+def open_sealed(sealed: str, reader: Identity, *, context: str | None = None) -> bytes:
+    """The plaintext of a result sealed to ``reader`` (either scheme), or ``AccessDenied``.
+
+    ``context`` is the task the reader asked for: a result sealed for another
+    task (moved between rows by whoever holds the database) is refused, and so
+    is one sealed without the post-quantum key the reader's card carries.
+    """
     try:
         box = json.loads(sealed)
         scheme = box.get("scheme")
         entry = box["recipients"].get(reader.name)
         if scheme not in (SCHEME, LEGACY_SCHEME) or entry is None:
             raise _denied(reader, "it is not sealed to you")
-        context = str(box["context"])
+        sealed_for = str(box["context"])
+        if context is not None and sealed_for != context:
+            raise _denied(reader, f"it is the result of another task ({sealed_for})")
+        context = sealed_for
+        if reader.mlkem is not None and (
+            scheme == LEGACY_SCHEME or entry.get("suite") == X25519_SUITE
+        ):
+            raise _denied(
+                reader,
+                "it is sealed without the post-quantum key your card carries (a downgrade)",
+            )
         if scheme == LEGACY_SCHEME:
             content_key = _legacy_content_key(entry, reader.encryption, context)
             aad = context.encode()

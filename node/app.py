@@ -55,7 +55,7 @@ def build_client_app(
         privacy_mod(catalogue_for),
     ]
     if audit is not None:
-        mods.insert(0, audit_mod(audit))
+        mods.insert(0, audit_mod(audit, catalogue_for))
     app = ClientApp(mods=mods)
     for task in TASKS.values():
         for action, handler in task.node_handlers.items():

@@ -9,6 +9,7 @@ operator's approval waits here until ``oncofed node approvals approve``.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +19,24 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    insert,
     select,
     update,
 )
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from oncofed.kernel.sqlite import durable_sqlite
 
 STATE_FILE = "governance.sqlite"
+
+log = logging.getLogger(__name__)
 
 _metadata = MetaData()
 revocations = Table(
@@ -46,10 +50,12 @@ nonces = Table(
     "task_nonces",
     _metadata,
     Column("nonce", String(32), primary_key=True),
-    Column("run_id", BigInteger, nullable=False, index=True),
+    Column("run_id", BigInteger, nullable=False),
     Column("permit_id", String(64), nullable=False),
     Column("first_seen", Float, nullable=False),
 )
+ONE_TASK_PER_RUN = Index("ux_task_nonces_run_id", nonces.c.run_id, unique=True)
+
 approvals = Table(
     "approvals",
     _metadata,
@@ -86,6 +92,16 @@ class GovernanceState:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         _metadata.create_all(engine)
+        # One run, one signed task, in the file itself (state files made before had a plain
+        # index; where two tasks were ever bound to one run, the operator is told).
+        try:
+            ONE_TASK_PER_RUN.create(engine, checkfirst=True)
+        except IntegrityError:
+            log.warning(
+                "%s binds one run to several signed tasks; review `oncofed audit export` "
+                "for those runs",
+                engine.url.database,
+            )
 
     @classmethod
     def at(cls, state_dir: Path) -> GovernanceState:
@@ -100,21 +116,18 @@ class GovernanceState:
             )
 
     def keep_revocations(self, issuer: str, sequence: int, signed_json: str) -> None:
-        """Store a verified list if it is newer than the one held."""
+        """Store a verified list if it is newer than the one held (safe to call concurrently)."""
         with self.engine.begin() as db:
-            held = db.scalar(select(revocations.c.sequence).where(revocations.c.issuer == issuer))
-            if held is None:
-                db.execute(
-                    insert(revocations).values(
-                        issuer=issuer, sequence=sequence, signed_json=signed_json
-                    )
-                )
-            elif sequence > held:
-                db.execute(
-                    update(revocations)
-                    .where(revocations.c.issuer == issuer)
-                    .values(sequence=sequence, signed_json=signed_json)
-                )
+            db.execute(
+                sqlite_insert(revocations)
+                .values(issuer=issuer, sequence=sequence, signed_json=signed_json)
+                .on_conflict_do_nothing()
+            )
+            db.execute(
+                update(revocations)
+                .where(revocations.c.issuer == issuer, revocations.c.sequence < sequence)
+                .values(sequence=sequence, signed_json=signed_json)
+            )
 
     # ---- nonces ----------------------------------------------------------
 
@@ -126,28 +139,22 @@ class GovernanceState:
             ).first()
         return (int(row.run_id), float(row.first_seen)) if row is not None else None
 
-    def run_nonce(self, run_id: int) -> str | None:
-        """The signed task (its nonce) a run carries, or None for a run not seen yet."""
-        with self.engine.connect() as db:
-            return db.scalar(select(nonces.c.nonce).where(nonces.c.run_id == run_id).limit(1))
+    def bind_nonce(self, nonce: str, run_id: int, permit_id: str) -> tuple[int, float] | None:
+        """Bind a task nonce to a run on first sight, in one statement.
 
-    def bind_nonce(self, nonce: str, run_id: int, permit_id: str) -> int:
-        """Bind a task nonce to a run on first sight; returns the run it is bound to."""
-        try:
-            with self.engine.begin() as db:
-                bound = db.scalar(select(nonces.c.run_id).where(nonces.c.nonce == nonce))
-                if bound is not None:
-                    return int(bound)
-                db.execute(
-                    insert(nonces).values(
-                        nonce=nonce, run_id=run_id, permit_id=permit_id, first_seen=time.time()
-                    )
-                )
-                return run_id
-        except IntegrityError:
-            # Two messages of one task arrived at once; the other thread bound it first.
-            with self.engine.connect() as db:
-                return int(db.scalar(select(nonces.c.run_id).where(nonces.c.nonce == nonce)) or 0)
+        Returns the run the nonce is bound to and when it was first seen, or
+        None when the run already carries another signed task.
+        """
+        with self.engine.begin() as db:
+            db.execute(
+                sqlite_insert(nonces)
+                .values(nonce=nonce, run_id=run_id, permit_id=permit_id, first_seen=time.time())
+                .on_conflict_do_nothing()
+            )
+            row = db.execute(
+                select(nonces.c.run_id, nonces.c.first_seen).where(nonces.c.nonce == nonce)
+            ).first()
+        return (int(row.run_id), float(row.first_seen)) if row is not None else None
 
     # ---- approvals -------------------------------------------------------
 
@@ -160,26 +167,27 @@ class GovernanceState:
         task_type: str,
         dataset: str,
         params_json: str,
-    ) -> Approval:
+    ) -> tuple[Approval, bool]:
+        """The run's approval, and whether this call asked for it (False: asked before)."""
         with self.engine.begin() as db:
-            row = db.execute(select(approvals).where(approvals.c.run_id == run_id)).first()
-            if row is None:
-                db.execute(
-                    insert(approvals).values(
-                        run_id=run_id,
-                        permit_id=permit_id,
-                        researcher=researcher,
-                        task_type=task_type,
-                        dataset=dataset,
-                        params_json=params_json,
-                        requested_at=time.time(),
-                        state="pending",
-                        reason="",
-                    )
+            inserted = db.execute(
+                sqlite_insert(approvals)
+                .values(
+                    run_id=run_id,
+                    permit_id=permit_id,
+                    researcher=researcher,
+                    task_type=task_type,
+                    dataset=dataset,
+                    params_json=params_json,
+                    requested_at=time.time(),
+                    state="pending",
+                    reason="",
                 )
+                .on_conflict_do_nothing()
+            )
         found = self.approval(run_id)
         assert found is not None
-        return found
+        return found, bool(inserted.rowcount)
 
     def approval(self, run_id: int) -> Approval | None:
         with self.engine.connect() as db:

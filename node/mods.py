@@ -24,7 +24,13 @@ from dataclasses import replace
 from flwr.app import Context, Message
 
 from oncofed.governance.audit import AuditTrail
-from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError
+from oncofed.kernel.errors import (
+    ApprovalPending,
+    NodeRefusal,
+    OncofedError,
+    QueryError,
+    TaskFailed,
+)
 from oncofed.kernel.flower import (
     ClientAppCallable,
     Mod,
@@ -283,12 +289,28 @@ def _no_dp_mechanism(task: str, dataset: str, node: str) -> NodeRefusal:
     )
 
 
-def audit_mod(audit: AuditTrail) -> Mod:
-    """Record every message and its outcome before the reply leaves, refusals included."""
+def audit_mod(audit: AuditTrail, catalogue_for: CatalogueFor) -> Mod:
+    """Record every message and its outcome before the reply leaves, refusals included.
+
+    A failure inside the other mods is recorded too, and answered as the
+    node's own failure without its details (they stay in the node's log).
+    """
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         with receiving() as decoded:
-            reply = call_next(message, context)
+            try:
+                reply = call_next(message, context)
+            except Exception as exc:
+                log.exception("%s failed at this node", message.metadata.message_type)
+                reply = error_reply(
+                    message,
+                    TaskFailed(
+                        f"the node could not handle the message ({type(exc).__name__})",
+                        rule="node.client_app",
+                        node=catalogue_for(context).node_name,
+                        fix="the node operator's log has the details",
+                    ),
+                )
         request = decoded[0] if decoded else None
         if request is None:
             # Refused before it was understood: the message's own claim is all there is.
@@ -298,6 +320,10 @@ def audit_mod(audit: AuditTrail) -> Mod:
         outcome, rule, size, epsilon = "released", "", 0, 0.0
         if reply.has_error():
             error = reply_error(reply)
+            if isinstance(error, ApprovalPending) and not error.context.get("first"):
+                # The coordinator asks again until the operator decides; the first ask
+                # is recorded, the repeats release nothing and would only fill the trail.
+                return reply
             outcome, rule = type(error).__name__, error.rule
         else:
             size = len(to_bytes(reply))

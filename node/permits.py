@@ -18,6 +18,7 @@ message.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -94,6 +95,7 @@ class PermitChecker:
         self._verified: _Recent[str, tuple[Authorisation, Permit]] = _Recent(CACHED_AUTHORISATIONS)
         self._signed_params: _Recent[str, TaskParams] = _Recent(CACHED_AUTHORISATIONS)
         self._bound: _Recent[str, tuple[int, float]] = _Recent(CACHED_NONCES)
+        self._binding = threading.Lock()
 
     def _refuse(self, detail: str, rule: str, fix: str) -> PermitRefused:
         return PermitRefused(detail, rule=rule, node=self.node, fix=fix)
@@ -198,14 +200,18 @@ class PermitChecker:
     def _signed_params_of(
         self, signed: SignedTask, kind: TaskType[Any, Any], altered: PermitRefused
     ) -> TaskParams:
-        known = self._signed_params.get(signed.signature)
+        # Keyed by what was signed, not by the signature: an altered envelope carrying a
+        # genuine signature (refused later by the signature check) must not plant its
+        # parameters under the genuine task's key.
+        key = hashlib.sha256(signed.task.payload()).hexdigest()
+        known = self._signed_params.get(key)
         if known is not None:
             return known
         try:
             params: TaskParams = kind.params.model_validate_json(signed.task.params_json)
         except ValidationError:
             raise altered from None
-        self._signed_params.put(signed.signature, params)
+        self._signed_params.put(key, params)
         return params
 
     def _check_node_allows(self, kind: TaskType[Any, Any], dataset: str) -> None:
@@ -226,34 +232,34 @@ class PermitChecker:
             "the researcher submits a new task",
         )
         now = time.time()
-        seen = self._bound.get(task.nonce) or self.state.nonce_run(task.nonce)
-        if seen is None:
-            # Time is judged when a task first arrives; a long training run's later
-            # rounds carry the same signed task.
-            skew = self.governance.max_clock_skew_seconds
-            if task.issued_at > now + skew:
-                raise self._refuse(
-                    f"the task is dated {task.issued_at - now:.0f} s in the future",
-                    "task.clock",
-                    f"check the clocks (this node allows {skew:g} s of skew)",
-                )
-            age_hours = (now - task.issued_at) / 3600
-            if age_hours > self.governance.max_task_age_hours:
-                raise self._refuse(
-                    f"the task was signed {age_hours:.1f} h before it reached this node",
-                    "task.stale",
-                    f"tasks must reach nodes within {self.governance.max_task_age_hours:g} h "
-                    "of signing; submit it again",
-                )
-            carried = self.state.run_nonce(run_id)
-            if carried is not None and carried != task.nonce:
-                # One run, one signed task: else an approval or a binding given to one
-                # task would cover another sent under the same run.
-                raise replay
-            bound = self.state.bind_nonce(task.nonce, run_id, task.permit_id)
-            seen = (bound, now)
-        # A binding never changes once written, so it need not be read again.
-        self._bound.put(task.nonce, seen)
+        # Check and bind as one step: two messages of different tasks under one run, taken
+        # by two workers at once, must not both be bound to it (an approval is per run).
+        with self._binding:
+            seen = self._bound.get(task.nonce) or self.state.nonce_run(task.nonce)
+            if seen is None:
+                # Time is judged when a task first arrives; a long training run's later
+                # rounds carry the same signed task.
+                skew = self.governance.max_clock_skew_seconds
+                if task.issued_at > now + skew:
+                    raise self._refuse(
+                        f"the task is dated {task.issued_at - now:.0f} s in the future",
+                        "task.clock",
+                        f"check the clocks (this node allows {skew:g} s of skew)",
+                    )
+                age_hours = (now - task.issued_at) / 3600
+                if age_hours > self.governance.max_task_age_hours:
+                    raise self._refuse(
+                        f"the task was signed {age_hours:.1f} h before it reached this node",
+                        "task.stale",
+                        f"tasks must reach nodes within {self.governance.max_task_age_hours:g} "
+                        "h of signing; submit it again",
+                    )
+                # One run, one signed task (the state file's unique index says so too).
+                seen = self.state.bind_nonce(task.nonce, run_id, task.permit_id)
+                if seen is None:
+                    raise replay
+            # A binding never changes once written, so it need not be read again.
+            self._bound.put(task.nonce, seen)
         bound, first_seen = seen
         if bound != run_id:
             raise replay
@@ -277,7 +283,7 @@ class PermitChecker:
         if dataset is None or dataset.approval == "automatic":
             return
         task = grant.task
-        approval = self.state.request_approval(
+        approval, asked = self.state.request_approval(
             run_id=request.run_id,
             permit_id=grant.permit.permit_id,
             researcher=task.researcher,
@@ -293,7 +299,7 @@ class PermitChecker:
                 "node.approval",
                 "contact the centre's operator",
             )
-        if approval.requested_at >= time.time() - 1:
+        if asked:
             log.info(
                 "task run %d (%s by %s) waits for the operator's approval: "
                 "oncofed node approvals approve CONFIG %d",
@@ -308,6 +314,7 @@ class PermitChecker:
             node=self.node,
             fix=f"the centre's operator runs `oncofed node approvals approve CONFIG "
             f"{request.run_id}`; the coordinator asks again until then",
+            first=asked,
         )
 
 

@@ -27,7 +27,15 @@ from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.ledger import Budget, PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
 from oncofed.privacy.release import Release, node_of
-from oncofed.tasks.filters import Filter, check_filter, columns_of, evaluate, parse_filter
+from oncofed.tasks.filters import (
+    MAX_DEPTH,
+    Filter,
+    check_filter,
+    columns_of,
+    depth,
+    evaluate,
+    parse_filter,
+)
 
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
 ColumnRole = Literal["numeric", "group", "filter", "factor"]
@@ -84,6 +92,13 @@ class TaskParams(BaseModel):
     @classmethod
     def _parse_where(cls, where: object) -> object:
         return parse_filter(where) if isinstance(where, str) else where
+
+    @field_validator("where")
+    @classmethod
+    def _shallow_where(cls, where: Filter | None) -> Filter | None:
+        if where is not None and depth(where) > MAX_DEPTH:
+            raise ValueError(f"the filter nests deeper than {MAX_DEPTH} levels")
+        return where
 
     @model_validator(mode="after")
     def _secure_sum_supported(self) -> TaskParams:

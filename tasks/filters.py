@@ -79,6 +79,19 @@ for _model in (And, Or, Not):
     _model.model_rebuild()
 
 
+MAX_DEPTH = 32
+"""Deepest nesting of and / or / not a filter may have; deeper ones only serve to exhaust."""
+
+
+def depth(where: Filter) -> int:
+    """How deeply the filter nests (a single comparison is 1)."""
+    if isinstance(where, Compare | Member | IsNull):
+        return 1
+    if isinstance(where, Not):
+        return 1 + depth(where.item)
+    return 1 + max(depth(item) for item in where.items)
+
+
 def columns_of(where: Filter) -> set[str]:
     if isinstance(where, Compare | Member | IsNull):
         return {where.column}
@@ -322,6 +335,7 @@ def _coerce(value: Scalar, column: pd.Series) -> Scalar:
 
 
 __all__ = [
+    "MAX_DEPTH",
     "And",
     "Compare",
     "Filter",
@@ -331,6 +345,7 @@ __all__ = [
     "Or",
     "check_filter",
     "columns_of",
+    "depth",
     "evaluate",
     "parse_filter",
 ]

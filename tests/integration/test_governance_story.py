@@ -259,12 +259,12 @@ def test_a_dataset_under_manual_approval_waits_for_each_operator(
         request = {"dataset": "lung", "columns": ["age"], "min_nodes": 3}
         task_ids = [session.submit("describe", **request) for _ in "abc"]
         pending = _pending_at_every_node(manual_net, 3)
-        assert all(len(runs) == 3 for runs in pending.values()), (
-            pending,
-            [session.status(task_id) for task_id in task_ids],
-            {node: manual_net.log_tail(node, 40) for node in manual_net.node_names},
-            manual_net.log_tail("coordinator", 40),
-        )
+        if not all(len(runs) == 3 for runs in pending.values()):
+            logs = {node: manual_net.log_tail(node, 40) for node in manual_net.node_names}
+            pytest.fail(
+                f"pending: {pending}\nstatus: {[session.status(t) for t in task_ids]}\n"
+                f"nodes: {logs}\ncoordinator: {manual_net.log_tail('coordinator', 60)}"
+            )
         status = session.status(task_ids[0])
         assert status.state == "running", status
         assert "waiting for the approval of" in status.detail

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -43,53 +44,73 @@ from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.tasks.describe import DescribeParams
 
 RUN = 99
+SIGNED = {"dataset": "d", "columns": ["age"], "study": "p1"}
+
+
+class Node:
+    """One node as a real node is built, and the coordinator's side of its messages."""
+
+    def __init__(self, work: Path, approval: str = "automatic") -> None:
+        install_process_identity()
+        rng = np.random.default_rng(3)
+        pd.DataFrame({"age": rng.normal(60, 10, 400)}).to_parquet(work / "d.parquet")
+        datasets = {
+            "d": DatasetConfig(
+                path=work / "d.parquet",
+                columns={"age": ColumnSpec(type="float")},
+                approval=approval,
+            )
+        }
+        self.body, self.ada = (
+            Identity.generate("hdab", "hdab"),
+            Identity.generate("ada", "researcher"),
+        )
+        now = utcnow()
+        self.permit = Permit(
+            permit_id="p1",
+            issuer=self.body.card,
+            holder="Example Hospital",
+            purposes=(Purpose.STATISTICS,),
+            persons=(self.ada.card,),
+            datasets=(DatasetGrant(dataset="d"),),
+            task_types=("describe",),
+            valid_from=now - datetime.timedelta(hours=1),
+            valid_until=now + datetime.timedelta(days=1),
+        ).sign(self.body.signing)
+        self.revocations = (revoke(self.body, work),)
+        self.state = GovernanceState.at(work / "state")
+        checker = PermitChecker(
+            "n1",
+            GovernanceConfig(trusted_bodies={"hdab": self.body.card.signing_key}),
+            datasets,
+            self.state,
+        )
+        catalogue = Catalogue("n1", datasets, ledger=PrivacyLedger.at(work / "state", "n1"))
+        self.audit = AuditTrail.open_sqlite(work / "state" / "audit.sqlite", self.body.signing)
+        self.app = build_client_app(lambda _c: catalogue, self.audit, None, checker)
+        self.signed = self.sign(SIGNED)
+
+    def sign(self, params: dict[str, Any]) -> SignedTask:
+        return SignedTask.create(self.ada, "describe", json.dumps(params), "p1")
+
+    def authorisation(self, signed: SignedTask) -> str:
+        return Authorisation(
+            task=signed, permit=self.permit, revocations=self.revocations
+        ).model_dump_json()
+
+    def send(
+        self, message_id: str, params: str, run: int = RUN, signed: SignedTask | None = None
+    ) -> Message:
+        message = Message(params_content(params, participants=3), 7, "query.describe")
+        stamp(message, run_id=run, message_id=message_id)
+        attach_authorisation(message, self.authorisation(signed or self.signed))
+        return self.app(message, node_context(7, run, {}))
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Callable[[str, str], Message]:
     """Send the node one message of the signed task (message id, parameters JSON)."""
-    install_process_identity()
-    rng = np.random.default_rng(3)
-    pd.DataFrame({"age": rng.normal(60, 10, 400)}).to_parquet(tmp_path / "d.parquet")
-    datasets = {
-        "d": DatasetConfig(path=tmp_path / "d.parquet", columns={"age": ColumnSpec(type="float")})
-    }
-    body, ada = Identity.generate("hdab", "hdab"), Identity.generate("ada", "researcher")
-    now = utcnow()
-    permit = Permit(
-        permit_id="p1",
-        issuer=body.card,
-        holder="Example Hospital",
-        purposes=(Purpose.STATISTICS,),
-        persons=(ada.card,),
-        datasets=(DatasetGrant(dataset="d"),),
-        task_types=("describe",),
-        valid_from=now - datetime.timedelta(hours=1),
-        valid_until=now + datetime.timedelta(days=1),
-    ).sign(body.signing)
-    signed = json.dumps({"dataset": "d", "columns": ["age"], "study": "p1"})
-    authorisation = Authorisation(
-        task=SignedTask.create(ada, "describe", signed, "p1"),
-        permit=permit,
-        revocations=(revoke(body, tmp_path),),
-    ).model_dump_json()
-    checker = PermitChecker(
-        "n1",
-        GovernanceConfig(trusted_bodies={"hdab": body.card.signing_key}),
-        datasets,
-        GovernanceState.at(tmp_path / "state"),
-    )
-    catalogue = Catalogue("n1", datasets, ledger=PrivacyLedger.at(tmp_path / "state", "n1"))
-    audit = AuditTrail.open_sqlite(tmp_path / "state" / "audit.sqlite", body.signing)
-    app = build_client_app(lambda _c: catalogue, audit, None, checker)
-
-    def send(message_id: str, params: str) -> Message:
-        message = Message(params_content(params, participants=3), 7, "query.describe")
-        stamp(message, run_id=RUN, message_id=message_id)
-        attach_authorisation(message, authorisation)
-        return app(message, node_context(7, RUN, {}))
-
-    return send
+    return Node(tmp_path).send
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch, model: type[Any], calls: Counter[str]) -> None:
@@ -154,3 +175,104 @@ def test_a_message_the_signature_does_not_cover_is_refused_once_decoded(
     reply = node("m1", altered.model_dump_json())
     assert reply.has_error()
     assert reply_error(reply).rule == "task.altered"
+
+
+# ---- what a review playing the compromised coordinator tried ---------------------------
+
+
+def test_a_genuine_signature_on_an_altered_envelope_cannot_plant_parameters(
+    tmp_path: Path,
+) -> None:
+    """The node keeps signed parameters by what was signed, not by the signature.
+
+    The attack: first relay an envelope with other parameters under the researcher's genuine
+    signature (refused, task.signature), then the genuine envelope with the message carrying
+    those other parameters. With the cache keyed by signature, the second was released:
+    exact grouped means where the researcher signed one DP mean.
+    """
+    node = Node(tmp_path)
+    wanted = {"dataset": "d", "columns": ["age"], "study": "p1", "min_nodes": 2}
+    forged = SignedTask(
+        task=node.signed.task.model_copy(update={"params_json": json.dumps(wanted)}),
+        signature=node.signed.signature,
+    )
+    altered = DescribeParams.model_validate(wanted).model_dump_json()
+    first = node.send("m1", altered, signed=forged)
+    assert reply_error(first).rule == "task.signature"
+    second = node.send("m2", altered)
+    assert reply_error(second).rule == "task.altered"
+
+
+def test_two_signed_tasks_under_one_run_at_once_never_both_bind(tmp_path: Path) -> None:
+    """One run, one signed task, even when two workers take both at the same instant.
+
+    An operator's approval is per run: if two tasks could bind to one run, approving the
+    one shown would release the other, never shown.
+    """
+    node = Node(tmp_path, approval="manual")
+    params = DescribeParams(dataset="d", columns=("age",), study="p1").model_dump_json()
+    for run in range(1000, 1020):
+        tasks = [node.sign(SIGNED), node.sign(SIGNED)]
+        gate = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def send(
+            signed: SignedTask,
+            run: int = run,
+            gate: threading.Barrier = gate,
+            outcomes: list[str] = outcomes,
+        ) -> None:
+            gate.wait()
+            reply = node.send(f"{run}-{signed.task.nonce}", params, run=run, signed=signed)
+            outcomes.append(reply_error(reply).rule)
+
+        workers = [threading.Thread(target=send, args=(signed,)) for signed in tasks]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert sorted(outcomes) == ["node.approval_pending", "task.replay"], (run, outcomes)
+        node.state.decide(run, "approved")
+        released = [
+            node.send(f"{run}-again-{i}", params, run=run, signed=s) for i, s in enumerate(tasks)
+        ]
+        assert sorted(r.has_error() for r in released) == [False, True]
+
+
+def test_a_waiting_task_is_audited_once_however_often_it_is_asked(tmp_path: Path) -> None:
+    node = Node(tmp_path, approval="manual")
+    params = DescribeParams(dataset="d", columns=("age",), study="p1").model_dump_json()
+    before = len(list(node.audit.entries()))
+    for i in range(5):
+        assert reply_error(node.send(f"ask-{i}", params)).rule == "node.approval_pending"
+    entries = list(node.audit.entries())[before:]
+    assert [e.outcome for e in entries] == ["ApprovalPending"]
+    node.state.decide(RUN, "approved")
+    assert not node.send("after", params).has_error()
+    assert [e.outcome for e in list(node.audit.entries())[before:]] == [
+        "ApprovalPending",
+        "released",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("run", "where", "rule"),
+    [
+        (2**63, None, "task.run_id"),
+        (RUN, "deep", "task.params"),
+    ],
+)
+def test_malformed_messages_are_refused_by_rule_and_audited(
+    tmp_path: Path, run: int, where: str | None, rule: str
+) -> None:
+    node = Node(tmp_path)
+    params: dict[str, Any] = {"dataset": "d", "columns": ["age"], "study": "p1"}
+    if where == "deep":
+        nested: dict[str, Any] = {"kind": "compare", "column": "age", "op": ">", "value": 1}
+        for _ in range(300):
+            nested = {"kind": "not", "item": nested}
+        params["where"] = nested
+    before = len(list(node.audit.entries()))
+    reply = node.send("m1", json.dumps(params), run=run)
+    assert reply_error(reply).rule == rule
+    assert len(list(node.audit.entries())) == before + 1

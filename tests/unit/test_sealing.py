@@ -45,9 +45,11 @@ MALLORY = Identity.generate("mallory", "researcher")
 OLD_BODY = dataclasses.replace(Identity.generate("hdab-old", "hdab"), mlkem=None)
 
 
-def _refused(sealed: str, reader: Identity, words: str = "") -> AccessDenied:
+def _refused(
+    sealed: str, reader: Identity, words: str = "", context: str | None = None
+) -> AccessDenied:
     with pytest.raises(AccessDenied, match=words) as caught:
-        open_sealed(sealed, reader)
+        open_sealed(sealed, reader, context=context)
     assert caught.value.rule == "result.sealed"
     assert "only the researcher who submitted the task" in (caught.value.fix or "")
     return caught.value
@@ -92,8 +94,13 @@ def test_an_altered_result_context_key_or_suite_is_refused() -> None:
     def downgrade(box: dict[str, Any]) -> None:
         box["recipients"]["ada"]["suite"] = X25519_SUITE
 
-    for change in (ciphertext, context, sealed_key, downgrade):
+    for change in (ciphertext, context, sealed_key):
         _refused(altered(change), ADA, "altered")
+    # Relabelled to the classical suite: a reader whose card has an ML-KEM key refuses it.
+    _refused(altered(downgrade), ADA, "downgrade")
+    # Moved onto another task's row: the reader asks for the task it submitted.
+    assert open_sealed(sealed, ADA, context="task-1") == RESULT
+    _refused(sealed, ADA, "another task", context="task-2")
     _refused(altered(lambda box: box["recipients"]["ada"].update(suite="ROT13")), ADA, "suite")
     _refused("not json", ADA, "not a sealed result")
     _refused(altered(lambda box: box.update(scheme="rot13")), ADA, "not sealed to you")
@@ -156,16 +163,18 @@ def _old_seal(plaintext: bytes, recipients: dict[str, X25519PublicKey], context:
 
 
 def test_a_result_sealed_before_hpke_still_opens_for_its_readers_only() -> None:
+    old_ada = dataclasses.replace(ADA, mlkem=None)  # as ada's identity was before ML-KEM
     readers = {"ada": ADA.encryption.public_key(), "hdab-old": OLD_BODY.encryption.public_key()}
     sealed = _old_seal(RESULT, readers, context="task-0")
     assert json.loads(sealed)["scheme"] == LEGACY_SCHEME
-    assert open_sealed(sealed, ADA) == RESULT  # a new identity keeps its X25519 key
+    assert open_sealed(sealed, old_ada) == RESULT
     assert open_sealed(sealed, OLD_BODY) == RESULT
+    _refused(sealed, ADA, "downgrade")  # an identity with ML-KEM opens only hybrid entries
+    _refused(sealed, dataclasses.replace(MALLORY, name="ada", mlkem=None), "key does not match")
     _refused(sealed, MALLORY, "not sealed to you")
-    _refused(sealed, dataclasses.replace(MALLORY, name="ada"), "key does not match")
     box = json.loads(sealed)
     box["context"] = "task-9"
-    _refused(json.dumps(box), ADA, "altered")
+    _refused(json.dumps(box), old_ada, "altered")
 
 
 def _b64_raw(key: Ed25519PrivateKey | X25519PrivateKey) -> str:

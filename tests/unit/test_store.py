@@ -82,15 +82,22 @@ class StoreContract:
         task = store.create_task("describe", "{}", "ada")
         store.put_messages(task.task_id, [_message("m1", 5)])
         assert [m for m, _ in store.take_undelivered(5)] == ["m1"]
-        assert store.defer("m1", 6, time.time()) is None, "only the addressee may hold it"
-        assert store.defer("m1", 5, time.time() + 60) == task.task_id
+        waited: list[float] = []
+
+        def later(seconds: float) -> float:
+            waited.append(seconds)
+            return seconds + 60
+
+        assert store.defer("m1", 6, later) is None, "only the addressee may hold it"
+        assert store.defer("m1", 5, later) == task.task_id
+        assert 0 <= waited[-1] < 30, "the delay is told how long the message has waited"
         assert store.take_undelivered(5) == [], "held: not before its time"
-        assert store.defer("m1", 5, time.time() - 1) == task.task_id
+        assert store.defer("m1", 5, lambda _waited: -1.0) == task.task_id
         assert [m for m, _ in store.take_undelivered(5)] == ["m1"]
         assert store.put_reply("m1", 5, b"approved and computed")
-        assert store.defer("m1", 5, time.time()) is None, "an answered message stays answered"
+        assert store.defer("m1", 5, later) is None, "an answered message stays answered"
         store.put_messages(task.task_id, [_message("m2", 5, ttl=-1)])
-        store.defer("m2", 5, time.time())
+        store.defer("m2", 5, later)
         assert store.expired(["m2"]) == [("m2", 5, True)]
 
     def test_a_task_keeps_its_first_outcome(self, store: Store) -> None:
