@@ -242,9 +242,16 @@ def node_identity(
 @node_app.command("budget")
 def node_budget(
     config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],
+    by: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(["permit", "researcher"]),
+            help="permit: each permit's budget; researcher: each person's, over every permit.",
+        ),
+    ] = "permit",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead.")] = False,
 ) -> None:
-    """Privacy spent and remaining per permit and dataset, from the node's ledger."""
+    """Privacy spent and remaining per permit (or researcher) and dataset, from the ledger."""
     from oncofed.node.config import load_node_config
     from oncofed.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
@@ -253,20 +260,21 @@ def node_budget(
         console.print(f"node [bold]{cfg.name}[/]: no differentially private release yet")
         return
     ledger = PrivacyLedger.at(cfg.state_dir, cfg.name)
-    rows = ledger.summary({name: cfg.policy.privacy_for(name) for name in cfg.datasets})
+    privacy = {name: cfg.policy.privacy_for(name) for name in cfg.datasets}
+    rows = ledger.summary(privacy) if by == "permit" else ledger.lifetimes(privacy)
     ledger.close()
     if as_json:
         for row in rows:
             fields = asdict(row)
-            fields["permit"] = fields.pop("study")
+            fields[by] = fields.pop("holder")
             print(json.dumps({**fields, "remaining_epsilon": row.remaining_epsilon}))
         return
-    table = Table(title=f"privacy budget at node {cfg.name}", title_justify="left")
-    for column in ("permit", "dataset", "releases", "spent ε", "cap ε", "remaining ε", "δ"):
+    table = Table(title=f"privacy budget at node {cfg.name}, by {by}", title_justify="left")
+    for column in (by, "dataset", "releases", "spent ε", "cap ε", "remaining ε", "δ"):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row.study,
+            row.holder,
             row.dataset,
             str(row.releases),
             f"{row.spent_epsilon:.4g}",

@@ -12,7 +12,6 @@ node side is exactly the same code in both.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
@@ -25,7 +24,6 @@ from oncofed.node.mods import (
     CatalogueFor,
     audit_mod,
     privacy_mod,
-    privacy_under_permit,
     request_mod,
     validation_mod,
 )
@@ -83,11 +81,6 @@ def _guarded(
         params = request.params
         try:
             local = datasets.load(params.dataset)
-            if params.dp is not None:
-                # Only DP handlers size their noise to what remains; others skip the read.
-                privacy = privacy_under_permit(datasets.policy, request)
-                budget = datasets.ledger.budget(params.study, params.dataset, privacy)
-                local = replace(local, budget=budget)
             release = check_release(
                 handler(params, local, message.content),
                 task.releases,

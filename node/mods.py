@@ -54,7 +54,7 @@ from oncofed.node.request import (
 )
 from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
 from oncofed.privacy.disclosure import check_factor_levels, check_participants
-from oncofed.privacy.ledger import budget_exhausted
+from oncofed.privacy.ledger import budget_exhausted, lifetime_exhausted
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.base import LocalDatasets, TaskParams
 
@@ -187,6 +187,16 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                     raise budget_exhausted(
                         budget, asked, study=params.study, dataset=params.dataset, node=node
                     )
+                if request.researcher:
+                    lifetime = ledger.lifetime(request.researcher, params.dataset, privacy)
+                    if not lifetime.allows(asked):
+                        raise lifetime_exhausted(
+                            lifetime,
+                            asked,
+                            researcher=request.researcher,
+                            dataset=params.dataset,
+                            node=node,
+                        )
         except OncofedError as exc:
             return error_reply(message, exc)
         reply = call_next(message, context)
@@ -211,6 +221,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                 loss=loss,
                 privacy=privacy,
                 reply=content_to_bytes(reply.content),
+                researcher=request.researcher,
             )
         except OncofedError as exc:
             return error_reply(message, exc)

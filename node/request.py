@@ -44,6 +44,11 @@ class NodeRequest:
     """What the permit allows; None on Flower's simulation runtime, which has no permits."""
 
     @property
+    def researcher(self) -> str:
+        """Who asked, as the permit check verified it ("" without permits: a simulation)."""
+        return self.grant.task.researcher if self.grant is not None else ""
+
+    @property
     def epsilon_cap(self) -> float | None:
         """The permit's privacy budget on the dataset, where it names one."""
         return self.grant.epsilon if self.grant is not None else None

@@ -1,7 +1,9 @@
 """The node's privacy ledger: every differentially private release, charged before it leaves.
 
-One budget per (study, dataset) -- the permit id replaces the study id once
-permits exist. A charge is one row holding the release's Rényi-DP curve and
+Two budgets hold for every release: one per (permit, dataset) -- the study is
+the permit's id -- and one per (researcher, dataset) over the researcher's
+whole life at this node, so a second permit does not bring the same person
+a fresh budget. A charge is one row holding the release's Rényi-DP curve and
 the reply itself, written in one durable transaction (SQLite, synchronous
 FULL) *before* the reply is handed to the network. Consequences:
 
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -30,6 +33,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -37,6 +41,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
@@ -53,6 +58,7 @@ charges = Table(
     _metadata,
     Column("message_id", String(128), primary_key=True),
     Column("study", String(128), nullable=False, index=True),
+    Column("researcher", String(256), nullable=False, index=True, server_default=""),
     Column("dataset", String(128), nullable=False, index=True),
     Column("task", String(64), nullable=False),
     Column("mechanism", String(128), nullable=False),
@@ -63,7 +69,8 @@ charges = Table(
     Column("reply", LargeBinary, nullable=False),
 )
 schema_version = Table("ledger_schema", _metadata, Column("version", Integer, primary_key=True))
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: charges per (study, dataset); 2: and who asked (charges made before name no one)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,11 @@ class Budget:
     @classmethod
     def of(cls, privacy: DatasetPrivacy, spent: PrivacyLoss) -> Budget:
         return cls(privacy.epsilon, privacy.delta, spent)
+
+    @classmethod
+    def lifetime(cls, privacy: DatasetPrivacy, spent: PrivacyLoss) -> Budget:
+        """A researcher's budget on the dataset, over every permit they hold."""
+        return cls(privacy.lifetime_epsilon, privacy.delta, spent)
 
     @property
     def spent_epsilon(self) -> float:
@@ -97,6 +109,7 @@ class Charge:
 
     message_id: str
     study: str
+    researcher: str
     dataset: str
     task: str
     mechanism: str
@@ -108,7 +121,8 @@ class Charge:
 
 @dataclass(frozen=True)
 class BudgetRow:
-    study: str
+    holder: str
+    """The permit (study) or the researcher whose budget this is."""
     dataset: str
     releases: int
     spent_epsilon: float
@@ -137,6 +151,23 @@ def budget_exhausted(
     )
 
 
+def lifetime_exhausted(
+    budget: Budget, loss: PrivacyLoss, *, researcher: str, dataset: str, node: str
+) -> NodeRefusal:
+    return NodeRefusal(
+        f"{researcher}'s privacy budget on dataset {dataset!r} at this node, over every permit, "
+        f"is {budget.epsilon:g} (delta {budget.delta:g}); {budget.spent_epsilon:.4g} is spent and "
+        f"this release would cost {loss.epsilon(budget.delta):.4g} more",
+        rule="privacy.researcher_budget",
+        node=node,
+        fix=(
+            f"ask for at most epsilon {budget.remaining_epsilon:.4g}; a new permit does not "
+            "renew it (the node operator sets researcher_epsilon in the node's policy)"
+        ),
+        remaining_epsilon=budget.remaining_epsilon,
+    )
+
+
 class PrivacyLedger:
     """Durable record of DP releases at one node."""
 
@@ -154,8 +185,18 @@ class PrivacyLedger:
         self._lock = threading.Lock()
         _metadata.create_all(self._engine)
         with self._engine.begin() as connection:
-            if connection.execute(select(schema_version.c.version)).first() is None:
+            version = connection.execute(select(schema_version.c.version)).scalar()
+            if version is None:
                 connection.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+            elif version == 1:
+                # Charges made before named no researcher: they count for their permit only.
+                connection.exec_driver_sql(
+                    "ALTER TABLE charges ADD COLUMN researcher VARCHAR(256) NOT NULL DEFAULT ''"
+                )
+                connection.exec_driver_sql(
+                    "CREATE INDEX ix_charges_researcher ON charges (researcher)"
+                )
+                connection.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
     def __reduce__(self) -> tuple[type[PrivacyLedger], tuple[str, str]]:
         # Flower's simulation ships node apps to worker processes by pickling: a copy
@@ -181,6 +222,11 @@ class PrivacyLedger:
     def budget(self, study: str, dataset: str, privacy: DatasetPrivacy) -> Budget:
         return Budget.of(privacy, self.spent(study, dataset))
 
+    def lifetime(self, researcher: str, dataset: str, privacy: DatasetPrivacy) -> Budget:
+        """What the researcher has spent on the dataset at this node, over every permit."""
+        with self._engine.connect() as connection:
+            return Budget.lifetime(privacy, _spent_by(connection, researcher, dataset))
+
     def stored_reply(self, message_id: str) -> bytes | None:
         """The reply already charged for this message, if it was charged."""
         with self._engine.connect() as connection:
@@ -200,8 +246,12 @@ class PrivacyLedger:
         loss: PrivacyLoss,
         privacy: DatasetPrivacy,
         reply: bytes,
+        researcher: str = "",
     ) -> bytes:
-        """Write the charge and the reply durably, or refuse if the budget would be exceeded.
+        """Write the charge and the reply durably, or refuse if a budget would be exceeded.
+
+        ``researcher`` is who asked, as the permit check verified it; without one (a
+        simulation has no permits) only the study's budget applies.
 
         Returns the reply on record: ``reply`` itself, or the reply an earlier
         delivery of the same message was charged for (which must go out instead).
@@ -215,10 +265,17 @@ class PrivacyLedger:
             budget = Budget.of(privacy, _spent(connection, study, dataset))
             if not budget.allows(loss):
                 raise budget_exhausted(budget, loss, study=study, dataset=dataset, node=self.node)
+            if researcher:
+                lifetime = Budget.lifetime(privacy, _spent_by(connection, researcher, dataset))
+                if not lifetime.allows(loss):
+                    raise lifetime_exhausted(
+                        lifetime, loss, researcher=researcher, dataset=dataset, node=self.node
+                    )
             connection.execute(
                 insert(charges).values(
                     message_id=message_id,
                     study=study,
+                    researcher=researcher,
                     dataset=dataset,
                     task=task,
                     mechanism=mechanism,
@@ -244,29 +301,33 @@ class PrivacyLedger:
 
     def summary(self, privacy_for: dict[str, DatasetPrivacy]) -> list[BudgetRow]:
         """Spent and remaining per (study, dataset), at each dataset's policy delta."""
+        return self._rows(charges.c.study, privacy_for, lifetime=False)
+
+    def lifetimes(self, privacy_for: dict[str, DatasetPrivacy]) -> list[BudgetRow]:
+        """Spent and remaining per (researcher, dataset) over every permit; charges made
+        before researchers were recorded are left out."""
+        return self._rows(charges.c.researcher, privacy_for, lifetime=True)
+
+    def _rows(
+        self, holder: Column[str], privacy_for: dict[str, DatasetPrivacy], *, lifetime: bool
+    ) -> list[BudgetRow]:
         with self._engine.connect() as connection:
             keys = connection.execute(
-                select(charges.c.study, charges.c.dataset).distinct().order_by("study", "dataset")
+                select(holder, charges.c.dataset)
+                .where(holder != "")
+                .distinct()
+                .order_by(holder, charges.c.dataset)
             ).all()
             rows = []
-            for study, dataset in keys:
+            for name, dataset in keys:
                 privacy = privacy_for.get(dataset, DatasetPrivacy())
-                releases = len(
-                    connection.execute(
-                        select(charges.c.message_id).where(
-                            charges.c.study == study, charges.c.dataset == dataset
-                        )
-                    ).all()
-                )
-                spent = _spent(connection, study, dataset)
+                mine = select(charges.c.rdp).where(holder == name, charges.c.dataset == dataset)
+                spent = _sum_of(connection, mine)
+                releases = len(connection.execute(mine).all())
+                cap = privacy.lifetime_epsilon if lifetime else privacy.epsilon
                 rows.append(
                     BudgetRow(
-                        study,
-                        dataset,
-                        releases,
-                        spent.epsilon(privacy.delta),
-                        privacy.epsilon,
-                        privacy.delta,
+                        name, dataset, releases, spent.epsilon(privacy.delta), cap, privacy.delta
                     )
                 )
         return rows
@@ -286,11 +347,26 @@ class PrivacyLedger:
 
 
 def _spent(connection: Connection, study: str, dataset: str) -> PrivacyLoss:
+    return _sum_of(
+        connection,
+        select(charges.c.rdp).where(charges.c.study == study, charges.c.dataset == dataset),
+    )
+
+
+def _spent_by(connection: Connection, researcher: str, dataset: str) -> PrivacyLoss:
+    return _sum_of(
+        connection,
+        select(charges.c.rdp).where(
+            charges.c.researcher == researcher, charges.c.dataset == dataset
+        ),
+    )
+
+
+def _sum_of(connection: Connection, query: Select[Any]) -> PrivacyLoss:
+    """Losses compose by adding their Rényi-DP curves, order by order."""
     total = [0.0] * len(PrivacyLoss.zero().rdp)
-    for (rdp,) in connection.execute(
-        select(charges.c.rdp).where(charges.c.study == study, charges.c.dataset == dataset)
-    ):
-        for i, eps in enumerate(json.loads(rdp)):
+    for row in connection.execute(query):
+        for i, eps in enumerate(json.loads(str(row[0]))):
             total[i] += eps
     return PrivacyLoss(tuple(total))
 
@@ -304,4 +380,12 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
 
 
-__all__ = ["LEDGER_FILE", "Budget", "BudgetRow", "Charge", "PrivacyLedger", "budget_exhausted"]
+__all__ = [
+    "LEDGER_FILE",
+    "Budget",
+    "BudgetRow",
+    "Charge",
+    "PrivacyLedger",
+    "budget_exhausted",
+    "lifetime_exhausted",
+]

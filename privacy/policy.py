@@ -28,6 +28,16 @@ class DatasetPrivacy(BaseModel):
         le=100,
         description="Total privacy loss one study may spend on this dataset at this node.",
     )
+    researcher_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description=(
+            "Total privacy loss one researcher may spend on this dataset at this node over "
+            "every permit they hold, so a new permit does not bring a fresh budget "
+            "(default: twice epsilon)."
+        ),
+    )
     delta: float = Field(
         default=1e-5, gt=0, lt=1e-2, description="The delta at which epsilon is stated."
     )
@@ -39,9 +49,16 @@ class DatasetPrivacy(BaseModel):
 
     @model_validator(mode="after")
     def _release_within_total(self) -> DatasetPrivacy:
-        if self.max_epsilon_per_release > self.epsilon:
-            raise ValueError("max_epsilon_per_release cannot exceed epsilon")
+        if self.max_epsilon_per_release > min(self.epsilon, self.lifetime_epsilon):
+            raise ValueError("max_epsilon_per_release cannot exceed epsilon nor researcher_epsilon")
         return self
+
+    @property
+    def lifetime_epsilon(self) -> float:
+        """The researcher's cap over every permit: the one set, or twice a permit's."""
+        if self.researcher_epsilon is not None:
+            return self.researcher_epsilon
+        return 2 * self.epsilon
 
 
 class NodePolicy(BaseModel):

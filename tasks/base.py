@@ -24,7 +24,7 @@ from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
 from oncofed.privacy.disclosure import check_subset
 from oncofed.privacy.dp import DPRequest
-from oncofed.privacy.ledger import Budget, PrivacyLedger
+from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.privacy.policy import NodePolicy
 from oncofed.privacy.release import Release, node_of
 from oncofed.tasks.filters import (
@@ -199,8 +199,6 @@ class LocalDataset:
     schema: DatasetSchema
     frame: pd.DataFrame
     policy: NodePolicy = field(default_factory=NodePolicy)
-    # The request's (study, dataset) budget, set per message by the node.
-    budget: Budget | None = None
 
 
 class LocalDatasets(Protocol):

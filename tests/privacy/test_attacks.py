@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from oncofed.client.sandbox import Sandbox
 from oncofed.kernel.errors import OncofedError
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.dp import DPRequest
+from oncofed.privacy.policy import NodePolicy
 from tests.privacy.conftest import DP_REQUIRED, OPEN, TARGET
 
 pytestmark = pytest.mark.slow
@@ -36,10 +38,11 @@ def _refused(call: object, rule: str) -> OncofedError:
     return caught.value
 
 
-def _budget(net: Sandbox, node: str) -> list[dict[str, object]]:
+def _budget(net: Sandbox, node: str, by: str = "permit") -> list[dict[str, Any]]:
     """`oncofed node budget --json`, as the node's operator runs it."""
+    config = str(net.node_config(node))
     run = subprocess.run(
-        [sys.executable, "-m", "oncofed", "node", "budget", str(net.node_config(node)), "--json"],
+        [sys.executable, "-m", "oncofed", "node", "budget", config, "--by", by, "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -158,6 +161,50 @@ def test_repeated_noisy_answers_are_each_charged_until_the_budget_ends(dp_net: S
     assert len(set(answers)) == len(answers)  # fresh noise every time
     charged = {row["permit"]: row for row in _budget(dp_net, "centre-B")}[permit]
     assert charged["releases"] == allowed and charged["spent_epsilon"] <= cap.epsilon
+
+
+def _spend(net: Sandbox, permit: str, limit: int = 30) -> tuple[int, str]:
+    """Noisy histograms under ``permit`` until a node refuses: how many, and the rule."""
+    with net.session(dataset="lung", progress=False, permit=permit) as s:
+        for released in range(limit):
+            try:
+                s.histogram("age", [30, 50, 60, 70, 90], dp=DP)
+            except OncofedError as exc:
+                return released, exc.rule
+    return limit, ""
+
+
+def test_a_second_permit_brings_the_same_researcher_no_fresh_budget(
+    dp_net: Sandbox, lung_with_target: pd.DataFrame
+) -> None:
+    """A researcher who spent one permit's budget asks for another permit on the same data.
+
+    Against a node whose researcher cap is open (dp_net), the second permit is a fresh
+    budget: twice the loss reaches the same patients. With a cap per researcher over every
+    permit, the second permit stops where the person's total does.
+    """
+    per_permit = DP_REQUIRED.privacy_for("lung")
+    first, rule = _spend(dp_net, "lifetime-1")
+    second, again = _spend(dp_net, "lifetime-2")
+    assert (rule, again) == ("privacy.budget", "privacy.budget")
+    assert second == first  # the attack works here: a fresh budget for the same person
+    # Losses compose below their sum (Rényi DP): two permits of epsilon 2 spent in 0.5s
+    # cost 2.89 together, so a person's cap of 2.5 cuts the second one short.
+    capped = NodePolicy(dp={"lung": per_permit.model_copy(update={"researcher_epsilon": 2.5})})
+    with Sandbox.from_frame(
+        lung_with_target, split_by="centre", dataset="lung", policy=capped
+    ) as net:
+        assert _spend(net, "lifetime-1") == (first, "privacy.budget")
+        held, refusal = _spend(net, "lifetime-2")
+        rows = {row["researcher"]: row for row in _budget(net, "centre-B", by="researcher")}
+    assert refusal == "privacy.researcher_budget" and held < first
+    one = DPRequest(**DP).loss()
+    lifetime = PrivacyLoss.zero()
+    for _ in range(first + held):
+        lifetime = lifetime + one
+    assert lifetime.epsilon(per_permit.delta) <= 2.5 < (lifetime + one).epsilon(per_permit.delta)
+    assert rows[net.researcher]["releases"] == first + held
+    assert rows[net.researcher]["spent_epsilon"] <= rows[net.researcher]["epsilon"] == 2.5
 
 
 def test_no_seed_or_rng_is_reachable_from_a_request(dp_net: Sandbox) -> None:

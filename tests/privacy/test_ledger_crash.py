@@ -44,7 +44,7 @@ def test_kill_between_charge_and_reply_neither_loses_nor_repeats_the_charge(
             state = net.workdir / victim / "state"
             ledger = PrivacyLedger.at(state, victim)
             (row,) = ledger.summary({"lung": DP_REQUIRED.privacy_for("lung")})
-            assert (row.study, row.releases) == ("crash", 1)
+            assert (row.holder, row.releases) == ("crash", 1)
 
             net.start_node(victim)  # no failpoint: the coordinator re-sends the message
             result = session.result(task_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from scipy import stats
 from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.accounting import PrivacyLoss, rho_for
 from oncofed.privacy.dp import MAX_ROWS, DPRequest, release_for
-from oncofed.privacy.ledger import PrivacyLedger
+from oncofed.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from oncofed.privacy.policy import DatasetPrivacy
 
 dp.enable_features("contrib")
@@ -121,3 +123,46 @@ def test_noisy_counts_are_integers_with_the_stated_scale() -> None:
     assert release.loss().epsilon(1e-6) == pytest.approx(1.0, rel=1e-6)
     with pytest.raises(ValueError, match="would spend"):
         release.counts("more", [1], release.budget)
+
+
+def test_a_ledger_from_before_researchers_were_recorded_opens_and_keeps_its_charges(
+    tmp_path: Path,
+) -> None:
+    """Version 1 ledgers (no researcher column) are upgraded in place, their charges kept.
+
+    Those charges named no one, so they count for their permit but for no researcher.
+    """
+    with sqlite3.connect(tmp_path / LEDGER_FILE) as db:
+        db.executescript(
+            """
+            CREATE TABLE charges (message_id VARCHAR(128) PRIMARY KEY, study VARCHAR(128)
+                NOT NULL, dataset VARCHAR(128) NOT NULL, task VARCHAR(64) NOT NULL,
+                mechanism VARCHAR(128) NOT NULL, rdp TEXT NOT NULL, epsilon FLOAT NOT NULL,
+                delta FLOAT NOT NULL, charged_at FLOAT NOT NULL, reply BLOB NOT NULL);
+            CREATE TABLE ledger_schema (version INTEGER PRIMARY KEY);
+            INSERT INTO ledger_schema VALUES (1);
+            """
+        )
+        old = DPRequest(epsilon=1.0).loss()
+        db.execute(
+            "INSERT INTO charges VALUES ('old', 's', 'd', 't', 'm', ?, 1.0, 1e-6, 0, x'00')",
+            (json.dumps(old.rdp),),
+        )
+    ledger = PrivacyLedger.at(tmp_path, "centre-a")
+    privacy = DatasetPrivacy(epsilon=3.0, delta=1e-6)
+    assert ledger.spent("s", "d") == old
+    assert ledger.lifetime("ada", "d", privacy).spent == PrivacyLoss.zero()
+    ledger.charge(
+        message_id="new",
+        study="s",
+        dataset="d",
+        task="t",
+        mechanism="m",
+        loss=old,
+        privacy=privacy,
+        reply=b"r",
+        researcher="ada",
+    )
+    assert [c.researcher for c in ledger.charges("s")] == ["", "ada"]
+    assert ledger.lifetime("ada", "d", privacy).spent == old
+    assert [row.holder for row in ledger.lifetimes({"d": privacy})] == ["ada"]
