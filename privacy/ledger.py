@@ -137,33 +137,39 @@ class BudgetRow:
 def budget_exhausted(
     budget: Budget, loss: PrivacyLoss, *, study: str, dataset: str, node: str
 ) -> NodeRefusal:
-    return NodeRefusal(
-        f"the privacy budget of study {study!r} on dataset {dataset!r} is "
-        f"{budget.epsilon:g} (delta {budget.delta:g}); {budget.spent_epsilon:.4g} is spent and "
-        f"this release would cost {loss.epsilon(budget.delta):.4g} more",
+    return _exhausted(
+        budget,
+        loss,
+        f"the privacy budget of study {study!r} on dataset {dataset!r}",
         rule="privacy.budget",
         node=node,
-        fix=(
-            f"ask for at most epsilon {budget.remaining_epsilon:.4g}, or ask the data-access "
-            "body and the node operator for a larger budget"
-        ),
-        remaining_epsilon=budget.remaining_epsilon,
+        fix=", or ask the data-access body and the node operator for a larger budget",
     )
 
 
 def lifetime_exhausted(
     budget: Budget, loss: PrivacyLoss, *, researcher: str, dataset: str, node: str
 ) -> NodeRefusal:
-    return NodeRefusal(
-        f"{researcher}'s privacy budget on dataset {dataset!r} at this node, over every permit, "
-        f"is {budget.epsilon:g} (delta {budget.delta:g}); {budget.spent_epsilon:.4g} is spent and "
-        f"this release would cost {loss.epsilon(budget.delta):.4g} more",
+    return _exhausted(
+        budget,
+        loss,
+        f"{researcher}'s privacy budget on dataset {dataset!r} at this node, over every permit,",
         rule="privacy.researcher_budget",
         node=node,
-        fix=(
-            f"ask for at most epsilon {budget.remaining_epsilon:.4g}; a new permit does not "
-            "renew it (the node operator sets researcher_epsilon in the node's policy)"
-        ),
+        fix="; a new permit does not renew it (the node operator sets researcher_epsilon in "
+        "the node's policy)",
+    )
+
+
+def _exhausted(
+    budget: Budget, loss: PrivacyLoss, whose: str, *, rule: str, node: str, fix: str
+) -> NodeRefusal:
+    return NodeRefusal(
+        f"{whose} is {budget.epsilon:g} (delta {budget.delta:g}); {budget.spent_epsilon:.4g} is "
+        f"spent and this release would cost {loss.epsilon(budget.delta):.4g} more",
+        rule=rule,
+        node=node,
+        fix=f"ask for at most epsilon {budget.remaining_epsilon:.4g}{fix}",
         remaining_epsilon=budget.remaining_epsilon,
     )
 
