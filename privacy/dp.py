@@ -87,6 +87,23 @@ class ZCDPRelease:
         self._spend(name, float(measurement.map(sensitivity)), scale)  # type: ignore[no-untyped-call]
         return np.asarray(noisy, dtype=np.int64).reshape(values.shape)
 
+    def floats(
+        self, name: str, values: npt.ArrayLike, rho: float, sensitivity: float
+    ) -> FloatArray:
+        """Gaussian noise on a float vector whose L2 change by one person is ``sensitivity``.
+
+        For statistics a task bounds itself (clamped rows' cross-products, a
+        model's per-row gradient with clipped covariates): the caller states
+        the bound and must have enforced it on every row before summing.
+        """
+        flat = np.asarray(values, dtype=np.float64)
+        scale = float(sensitivity) / math.sqrt(2 * rho)
+        space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l2_distance(T=float)
+        measurement = dp.m.make_gaussian(*space, scale=scale)
+        noisy = measurement([float(v) for v in flat.ravel()])
+        self._spend(name, float(measurement.map(float(sensitivity))), scale)  # type: ignore[no-untyped-call]
+        return np.asarray(noisy, dtype=np.float64).reshape(flat.shape)
+
     def bounded_sums(
         self, name: str, chunks: list[FloatArray], bounds: tuple[float, float], rho: float
     ) -> list[float]:

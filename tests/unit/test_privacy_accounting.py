@@ -166,3 +166,13 @@ def test_a_ledger_from_before_researchers_were_recorded_opens_and_keeps_its_char
     assert [c.researcher for c in ledger.charges("s")] == ["", "ada"]
     assert ledger.lifetime("ada", "d", privacy).spent == old
     assert [row.holder for row in ledger.lifetimes({"d": privacy})] == ["ada"]
+
+
+def test_noisy_float_vectors_are_calibrated_to_the_stated_sensitivity() -> None:
+    release = release_for(DPRequest(epsilon=1.0))
+    noisy = release.floats("stat", np.zeros((50, 100)), release.budget, sensitivity=3.0)
+    assert noisy.shape == (50, 100)
+    # zCDP Gaussian: sigma = sensitivity / sqrt(2 rho).
+    assert release.scales["stat"] == pytest.approx(3.0 / np.sqrt(2 * release.budget))
+    assert np.std(noisy) == pytest.approx(release.scales["stat"], rel=0.05)
+    assert release.loss().epsilon(1e-6) == pytest.approx(1.0, rel=1e-6)
