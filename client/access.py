@@ -176,6 +176,8 @@ def draft_permit(
                 dataset=d.dataset,
                 variables=d.variables,
                 epsilon=epsilon if epsilon is not None else d.epsilon,
+                release=d.release,
+                cohorts=d.cohorts,
             )
             for d in application.datasets
         ),

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -84,11 +85,23 @@ def demo(
     run_demo(console, centres)
 
 
+class ReleaseChoice(StrEnum):
+    dp = "dp"
+    exact = "exact"
+
+
 @app.command()
 def sandbox(
     data: Annotated[Path, typer.Option(help="CSV or Parquet file to split into nodes.")],
     split_by: Annotated[str, typer.Option(help="Column whose values become the nodes.")],
     dataset: Annotated[str, typer.Option(help="Dataset name the nodes offer.")] = "data",
+    release: Annotated[
+        ReleaseChoice,
+        typer.Option(
+            help="dp: every answer carries differential-privacy noise (ask with --dp); "
+            "exact: the nodes allow and the permit grants noise-free answers."
+        ),
+    ] = ReleaseChoice.dp,
 ) -> None:
     """Start a local network from one file and keep it up until Ctrl-C."""
     from oncofed.client.sandbox import Sandbox
@@ -100,7 +113,7 @@ def sandbox(
             fix="pass an existing CSV or Parquet file",
         )
     frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
-    net = Sandbox.from_frame(frame, split_by=split_by, dataset=dataset)
+    net = Sandbox.from_frame(frame, split_by=split_by, dataset=dataset, release=release.value)
     with err_console.status("starting the network ..."):
         net.start()
     stop = threading.Event()
@@ -108,7 +121,8 @@ def sandbox(
     try:
         console.print(
             f"[green]network up[/]: coordinator at [bold]{net.address}[/], "
-            f"nodes {', '.join(net.node_names)}, dataset [bold]{dataset}[/]"
+            f"nodes {', '.join(net.node_names)}, dataset [bold]{dataset}[/], "
+            f"release [bold]{release.value}[/]"
         )
         net.grant("sandbox")
         folder = str(net.credentials(net.researcher))
@@ -118,9 +132,11 @@ def sandbox(
             f"credentials={folder!r}, permit='sandbox', dataset={dataset!r})",
             soft_wrap=True,
         )
+        # Under DP a sum needs public bounds: the hint shows where they go.
+        dp_options = " --dp epsilon=0.5 --bounds COLUMN=LO,HI" if release.value == "dp" else ""
         console.print(
             f"or: oncofed query describe -c {net.address} --credentials {folder} "
-            f"--permit sandbox --dataset {dataset} COLUMN",
+            f"--permit sandbox --dataset {dataset} COLUMN{dp_options}",
             soft_wrap=True,
         )
         console.print(f"Logs and node configs: {net.workdir}. Press Ctrl-C to stop.")

@@ -7,6 +7,13 @@ node per centre as real processes, makes a CA and a data-access body, walks
 a researcher's application through to a signed permit, runs federated
 queries under it, prints each federated statistic next to the pooled one,
 and ends with each node's verified audit trail.
+
+The demo's nodes allow exact answers on ``lung`` and its permit grants them
+(both sides' consent, which a real network gives only where a data-access
+body has a reason), so the federated statistics must equal the pooled ones;
+it then asks the same under differential privacy, as every node answers by
+default, and shows the noisy values next to the pooled ones and the noise's
+scale.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from oncofed.tasks.describe import ALL, STATISTICS, DescribeResult
 from oncofed.tasks.tables import missing, number
 
 COLUMNS = ["age", "time", "ph.karno", "meal.cal", "wt.loss"]
+DP = {"epsilon": 1.0, "delta": 1e-6}
+DP_BOUNDS = {"age": (18.0, 100.0), "wt.loss": (-50.0, 80.0)}
+"""Public bounds for the DP sums (clinical ranges, never read from the data)."""
 GRID_DAYS = 30.0
 PLOT_FILE = "oncofed-demo-kaplan-meier.png"
 
@@ -154,7 +164,7 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
         f"{n_centres} centres. Each centre's records stay in its own node process."
     )
     with console.status(f"starting a coordinator and {n_centres} nodes on loopback ..."):
-        sandbox = Sandbox.from_frame(frame, split_by="centre", dataset="lung")
+        sandbox = Sandbox.from_frame(frame, split_by="centre", dataset="lung", release="exact")
         sandbox.start()
     try:
         permit_id = grant_access(console, sandbox, frame)
@@ -187,6 +197,7 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
             worst = max(worst, max_relative_difference(by_sex, pooled_sex))
             survival_worst, survival_count = survival_by_sex(console, session, frame, n_centres)
             worst = max(worst, survival_worst)
+            dp_describe(console, session, frame, n_centres)
         show_audit(console, sandbox, permit_id)
     finally:
         with console.status("stopping the network ..."):
@@ -210,8 +221,11 @@ def grant_access(console: Console, sandbox: Sandbox, frame: pd.DataFrame) -> str
         persons=(researcher.card,),
         purposes=(Purpose.SCIENTIFIC_RESEARCH,),
         description="Survival of advanced lung cancer by sex across centres: describe, "
-        "Kaplan-Meier on a 30-day grid.",
-        datasets=(DatasetRequest(dataset="lung", variables=(*COLUMNS, "sex", "status")),),
+        "Kaplan-Meier on a 30-day grid. Exact answers, to validate the federation against "
+        "the published pooled analysis.",
+        datasets=(
+            DatasetRequest(dataset="lung", variables=(*COLUMNS, "sex", "status"), release="exact"),
+        ),
         task_types=("describe", "kaplan_meier"),
         period_start=today,
         period_end=today + datetime.timedelta(days=365),
@@ -238,7 +252,9 @@ def grant_access(console: Console, sandbox: Sandbox, frame: pd.DataFrame) -> str
     table.add_row("application", f"{decided.application_id[:8]}... now {decided.state}")
     table.add_row("persons", ", ".join(p.name for p in permit.persons))
     table.add_row("purpose", ", ".join(p.value for p in permit.purposes))
-    table.add_row("datasets", "lung: " + ", ".join(permit.datasets[0].variables or ()))
+    granted = permit.datasets[0]
+    table.add_row("datasets", "lung: " + ", ".join(granted.variables or ()))
+    table.add_row("release", f"{granted.release} (the nodes' policy allows it too)")
     table.add_row("task types", ", ".join(permit.task_types))
     table.add_row("valid", f"{permit.valid_from:%Y-%m-%d} to {permit.valid_until:%Y-%m-%d}")
     console.print(table)
@@ -247,6 +263,40 @@ def grant_access(console: Console, sandbox: Sandbox, frame: pd.DataFrame) -> str
         f"{researcher.name}'s signature on every task, and the variables used."
     )
     return permit.permit_id
+
+
+def dp_describe(console: Console, session: Session, frame: pd.DataFrame, n_centres: int) -> None:
+    """The same statistics under differential privacy, next to the pooled ones and the noise.
+
+    How every node answers by default: counts and sums with OpenDP noise,
+    charged to each node's budget for the permit.
+    """
+    result = session.describe(list(DP_BOUNDS), dp=DP, bounds=DP_BOUNDS, min_nodes=n_centres)
+    privacy = result.privacy
+    if privacy is None:
+        raise AssertionError("a DP describe came back without its privacy statement")
+    table = Table(title="describe under differential privacy", title_justify="left")
+    for name in ("column", "statistic", "DP release", "pooled", "noise sd"):
+        table.add_column(name, justify="left" if name in ("column", "statistic") else "right")
+    for row in result.rows:
+        values = pd.to_numeric(frame[row.column], errors="coerce").dropna()
+        lo, hi = DP_BOUNDS[row.column]
+        pooled = {"count": len(values), "sum": float(values.clip(lo, hi).sum())}
+        for stat in ("count", "sum"):
+            table.add_row(
+                row.column,
+                stat,
+                number(getattr(row, stat)),
+                number(pooled[stat]),
+                number(privacy.noise_std[f"{stat}.{row.column}"]),
+            )
+        table.add_row(row.column, "mean", number(row.mean), number(values.mean()), "")
+    console.print(table)
+    charged = ", ".join(f"{e:g}" for e in sorted(set(privacy.epsilon.values())))
+    console.print(
+        f"DP release: epsilon {charged} at each node, delta {privacy.delta:g}, "
+        f"{privacy.mechanism}; sums clamped to public bounds {DP_BOUNDS}."
+    )
 
 
 def show_audit(console: Console, sandbox: Sandbox, permit_id: str) -> None:
@@ -327,4 +377,12 @@ def _days(value: float | None) -> str:
     return "not reached" if value is None or math.isinf(value) else f"{value:g}"
 
 
-__all__ = ["grant_access", "load_lung", "lung_centres", "run_demo", "show_audit", "survival_by_sex"]
+__all__ = [
+    "dp_describe",
+    "grant_access",
+    "load_lung",
+    "lung_centres",
+    "run_demo",
+    "show_audit",
+    "survival_by_sex",
+]

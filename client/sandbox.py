@@ -39,6 +39,7 @@ from oncofed.governance.permits import (
     OutputPolicy,
     Permit,
     Purpose,
+    ReleaseMode,
     SignedPermit,
     SignedRevocations,
     utcnow,
@@ -102,6 +103,14 @@ def node_config_toml(
     return tomli_w.dumps(_without_none(config))
 
 
+def with_release(policy: NodePolicy, dataset: str, release: ReleaseMode) -> NodePolicy:
+    """The policy, allowing exact answers on ``dataset`` where ``release`` is exact."""
+    if release == "dp":
+        return policy
+    privacy = policy.privacy_for(dataset).model_copy(update={"allow_exact": True})
+    return policy.model_copy(update={"dp": {**policy.dp, dataset: privacy}})
+
+
 def _node_name(split_by: str, value: Any) -> str:
     label = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if re.match(NAME_PATTERN, label) and not label.isdigit():
@@ -111,7 +120,13 @@ def _node_name(split_by: str, value: Any) -> str:
 
 
 class Sandbox:
-    """A coordinator and one node per partition, as real processes on loopback."""
+    """A coordinator and one node per partition, as real processes on loopback.
+
+    ``release="dp"`` (the default, as on a real network): every answer carries
+    differential-privacy noise. ``release="exact"``: the nodes allow exact
+    answers on the dataset and the sandbox's permits grant them, on any row
+    filter unless ``cohorts`` names the only ones allowed.
+    """
 
     def __init__(
         self,
@@ -126,6 +141,8 @@ class Sandbox:
         policy: NodePolicy | None = None,
         approval: str = "automatic",
         researcher: str = "ada",
+        release: ReleaseMode = "dp",
+        cohorts: Mapping[str, str] | None = None,
     ) -> None:
         if not partitions:
             raise SandboxError("a sandbox needs at least one partition", rule="sandbox.nodes")
@@ -137,8 +154,12 @@ class Sandbox:
         self.database_url = database_url or f"sqlite:///{self.workdir / 'coordinator.db'}"
         self.heartbeat_seconds = heartbeat_seconds
         self.keep = keep
-        # The same model as a real node's [policy] section, with the same safe defaults.
-        self.policy = policy or NodePolicy()
+        # The same model as a real node's [policy] section, with the same safe defaults;
+        # "exact" is both sides' consent: the nodes allow it and permits grant it.
+        self.release = release
+        # Exact answers on any filter by default: a sandbox holds data its user already has.
+        self.cohorts = dict(cohorts) if cohorts is not None else None
+        self.policy = with_release(policy or NodePolicy(), dataset, release)
         self.approval = approval
         self.researcher = researcher
         self.pki = self.workdir / "pki"
@@ -270,6 +291,8 @@ class Sandbox:
         variables: list[str] | None = None,
         datasets: list[str] | None = None,
         epsilon: float | None = None,
+        release: ReleaseMode | None = None,
+        any_filter: bool = False,
         valid_from: datetime.datetime | None = None,
         valid_until: datetime.datetime | None = None,
         models_may_leave: bool = True,
@@ -278,7 +301,8 @@ class Sandbox:
         """A permit signed by the sandbox's data-access body and published to the coordinator.
 
         Defaults grant the sandbox researcher every installed task on the
-        sandbox dataset for a day.
+        sandbox dataset for a day, in the sandbox's release mode and on its
+        cohorts (``any_filter``: exact answers on any row filter whatever they are).
         """
         body = self.identity(HDAB)
         now = utcnow()
@@ -294,6 +318,8 @@ class Sandbox:
                     dataset=d,
                     variables=tuple(variables) if variables is not None else None,
                     epsilon=epsilon,
+                    release=release or self.release,
+                    cohorts=None if any_filter else self.cohorts,
                 )
                 for d in (datasets or [self.dataset])
             ),

@@ -135,12 +135,19 @@ class Session:
         self,
         columns: Sequence[str],
         *,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> CorrelationResult:
-        """Covariance and correlation matrices over complete cases, as np.cov / np.corrcoef."""
+        """Covariance and correlation matrices over complete cases, as np.cov / np.corrcoef.
+
+        With ``dp={"epsilon": 0.5, "delta": 1e-6}`` every node releases noisy
+        sums of values clamped to ``bounds`` (or the schema's); the result
+        states each entry's noise.
+        """
         return self._typed(correlation.TASK, locals())
 
     def crosstab(
@@ -219,16 +226,21 @@ class Session:
         max_iter: int = 50,
         tol: float = 1e-8,
         rtol: float = 0.0,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> GLMResult:
         """statsmodels' ``glm(formula, data, family).fit()`` on the pooled rows, by federated IRLS.
 
         ``family`` is "gaussian" (identity link), "binomial" (logit) or
         "poisson" (log), e.g. ``glm("status ~ age + C(sex) + ph.karno", "binomial")``.
         IRLS stops when the deviance changes by at most ``tol + rtol * deviance``.
+        With ``dp={"epsilon": 1.0}`` (the whole fit's loss at each node) the nodes
+        release noisy sufficient statistics or Newton steps of values clamped to
+        ``bounds`` (or the schema's); standard errors include the noise.
         """
         return self._typed(glm.TASK, locals())
 
@@ -272,10 +284,12 @@ class Session:
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> LogrankResult:
         """``lifelines.statistics.multivariate_logrank_test`` across the agreed groups of ``by``.
 
-        The time grid is agreed as for :meth:`kaplan_meier`.
+        The time grid is agreed as for :meth:`kaplan_meier`. With ``dp=`` (and
+        ``time_points``) the counts are noisy: use ``noise_adjusted_p_value``.
         """
         return self._typed(logrank.TASK, locals())
 
@@ -295,10 +309,12 @@ class Session:
         tol: float = 1e-12,
         concordance: bool = True,
         concordance_bins: int = 200,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
         dataset: str | None = None,
         min_nodes: int = 1,
         timeout: float = 120.0,
         where: str | None = None,
+        dp: Mapping[str, float] | None = None,
     ) -> CoxPHResult:
         """``lifelines.CoxPHFitter`` (Efron ties) on the pooled rows, by federated Newton-Raphson.
 
@@ -307,6 +323,9 @@ class Session:
         (``strata_categories={"ph.ecog": ["0", "1", "2", "3"]}`` or the schema's).
         The time grid is agreed as for :meth:`kaplan_meier`. Newton-Raphson stops
         when the Newton decrement is below ``tol`` (then takes one last step).
+        With ``dp={"epsilon": 1.0}`` (the whole fit's loss at each node, Breslow
+        ties on the agreed grid) covariates are clamped to ``bounds`` (or the
+        schema's) and no concordance is computed.
         """
         return self._typed(coxph.TASK, locals())
 

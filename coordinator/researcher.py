@@ -15,7 +15,7 @@ from oncofed.coordinator.runner import TaskRunner
 from oncofed.coordinator.store import Store, TaskView
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import SignedTask, TaskEnvelope
-from oncofed.governance.permit_check import TaskKind, check_task
+from oncofed.governance.permit_check import check_task
 from oncofed.governance.permits import SignedPermit, utcnow
 from oncofed.kernel.errors import (
     AccessDenied,
@@ -141,7 +141,7 @@ class Researcher(ResearcherServicer):
         check_task(
             permit=permit,
             signed=signed,
-            kind=TaskKind(kind.name, returns_models=bool(kind.model_handlers)),
+            kind=kind.permit_kind,
             request=params,
             signed_request=params,
             revocations=self.access.newest_revocations(permit.issuer.name),

@@ -36,6 +36,13 @@ class PermitRequest(Protocol):
 
     def required_columns(self) -> Mapping[str, str]: ...
 
+    @property
+    def dp(self) -> object | None:
+        """The differential privacy the request asks for (None: an exact answer)."""
+
+    def filter_among(self, cohorts: Mapping[str, str]) -> bool:
+        """Whether the request uses no row filter, or one of these named ones."""
+
 
 @dataclass(frozen=True)
 class TaskKind:
@@ -43,6 +50,8 @@ class TaskKind:
 
     name: str
     returns_models: bool
+    has_dp: bool
+    """Whether the task type has a differentially private release."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,31 @@ def check_task(
             f"permit {permit.permit_id!r} does not cover dataset {request.dataset!r}",
             "permit.dataset",
             f"the permit covers: {', '.join(d.dataset for d in permit.datasets)}",
+        )
+    if grant.release == "dp" and request.dp is None:
+        raise refuse(
+            f"permit {permit.permit_id!r} grants {request.dataset!r} with differential "
+            "privacy only, and the request asks for an exact answer",
+            "permit.release",
+            'ask with dp={"epsilon": 0.5} (Python) or --dp epsilon=0.5 (oncofed query)'
+            if kind.has_dp
+            else f"task type {kind.name!r} has no DP release: only a permit granting "
+            f"{request.dataset!r} with release = exact allows it",
+        )
+    if (
+        grant.release == "exact"
+        and request.dp is None
+        and grant.cohorts is not None
+        and not request.filter_among(grant.cohorts)
+    ):
+        named = "; ".join(f"{name}: {text!r}" for name, text in grant.cohorts.items())
+        raise refuse(
+            f"permit {permit.permit_id!r} grants exact answers on {request.dataset!r} only "
+            "for the row subsets it names, and the request filters on another",
+            "permit.cohort",
+            f"use where= one of the permit's cohorts ({named})"
+            if named
+            else "drop where= (the permit names no cohort), or ask with dp=",
         )
     if grant.variables is not None:
         outside = sorted(set(request.required_columns()) - set(grant.variables))

@@ -55,14 +55,57 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DatasetRequest(_Frozen):
+ReleaseMode = Literal["dp", "exact"]
+"""How answers on a dataset may leave: ``dp``, every number with differential-privacy
+noise (the default), or ``exact``, noise-free where each node's policy also allows it."""
+
+
+def _is_dp(mode: str) -> bool:
+    # A "dp" release is left out of the signed payload, so permits signed before the
+    # field existed (DP-only in meaning) keep verifying.
+    return mode == "dp"
+
+
+def _no_cohorts(cohorts: dict[str, str] | None) -> bool:
+    return cohorts == {}
+
+
+Cohorts = dict[Annotated[str, Field(pattern=NAME_PATTERN)], Annotated[str, Field(max_length=2000)]]
+"""Named row subsets, each a filter expression (``"age >= 60 and stage == 'IV'"``)."""
+
+COHORTS_DESCRIPTION = (
+    "Row subsets exact answers may use, by name: an exact request's where filter must be "
+    "one of them (none: no filter). null lets exact requests use any filter -- two "
+    "overlapping filters can then single out a patient, so grant it only for test data."
+)
+
+
+class DatasetTerms(_Frozen):
+    """One dataset as an application asks for it and a permit grants it (the same terms)."""
+
     dataset: str = Field(pattern=NAME_PATTERN)
     variables: tuple[str, ...] | None = Field(
-        default=None, description="Columns needed; None asks for every declared column."
+        default=None, description="Columns a task may read; None: every declared column."
     )
     epsilon: float | None = Field(
-        default=None, gt=0, description="Privacy budget asked for (None: each node's own cap)."
+        default=None,
+        gt=0,
+        description="Privacy budget at each node (None: each node's own cap; otherwise the "
+        "node's cap applies too, whichever is smaller).",
     )
+    release: ReleaseMode = Field(
+        default="dp",
+        exclude_if=_is_dp,
+        description="dp: every answer carries differential-privacy noise; exact: noise-free "
+        "answers, which the body must justify and each node's policy must also allow.",
+    )
+    cohorts: Cohorts | None = Field(
+        default_factory=dict, exclude_if=_no_cohorts, description=COHORTS_DESCRIPTION
+    )
+
+
+class DatasetRequest(DatasetTerms):
+    """A dataset an application asks for."""
 
 
 class DataAccessApplication(_Frozen):
@@ -92,17 +135,8 @@ class DataAccessApplication(_Frozen):
         return self
 
 
-class DatasetGrant(_Frozen):
-    dataset: str = Field(pattern=NAME_PATTERN)
-    variables: tuple[str, ...] | None = Field(
-        default=None, description="Columns a task may read; None allows every declared column."
-    )
-    epsilon: float | None = Field(
-        default=None,
-        gt=0,
-        description="Privacy budget under this permit at each node (the node's own cap "
-        "applies too, whichever is smaller).",
-    )
+class DatasetGrant(DatasetTerms):
+    """A dataset a permit grants: what every node checks a task against."""
 
 
 class OutputPolicy(_Frozen):
@@ -268,9 +302,11 @@ __all__ = [
     "DataAccessApplication",
     "DatasetGrant",
     "DatasetRequest",
+    "DatasetTerms",
     "OutputPolicy",
     "Permit",
     "Purpose",
+    "ReleaseMode",
     "RevocationList",
     "RevokedPermit",
     "SignedPermit",

@@ -56,6 +56,7 @@ from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
 from oncofed.privacy.disclosure import check_factor_levels, check_participants
 from oncofed.privacy.ledger import budget_exhausted, lifetime_exhausted
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
+from oncofed.tasks import TASKS
 from oncofed.tasks.base import LocalDatasets, TaskParams
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,10 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
         if stored is not None:
             return Message(content_from_bytes(stored), reply_to=message)
         privacy = privacy_under_permit(datasets.policy, request)
+        exact = privacy.allow_exact and request.exact_granted
         try:
             check_participants(request.participants, datasets.policy, node)
-            if params.dp is None and privacy.dp_required:
+            if params.dp is None and not exact:
                 raise _dp_required(params.dataset, node)
             asked = params.release_loss()
             if asked is not None:
@@ -205,8 +207,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
         loss = loss_of(reply.content)
         try:
             if loss is None:
-                needs_dp = params.dp is not None or privacy.dp_required
-                if needs_dp and params.reads_rows(action):
+                if (params.dp is not None or not exact) and params.reads_rows(action):
                     raise _no_dp_mechanism(action, params.dataset, node)
                 return reply
             _check_release_size(loss.epsilon(privacy.delta), privacy, node)
@@ -282,10 +283,12 @@ def _check_release_size(epsilon: float, privacy: DatasetPrivacy, node: str) -> N
 
 def _dp_required(dataset: str, node: str) -> NodeRefusal:
     return NodeRefusal(
-        f"dataset {dataset!r} is released only with differential privacy at this node",
+        f"dataset {dataset!r} is released only with differential privacy at this node "
+        "(its policy does not allow exact answers)",
         rule="privacy.dp_required",
         node=node,
-        fix='add dp={"epsilon": ..., "delta": ...} to the request',
+        fix='ask with dp={"epsilon": 0.5} (Python) or --dp epsilon=0.5 (oncofed query); '
+        "exact answers need the operator's allow_exact for the dataset",
     )
 
 
@@ -295,8 +298,9 @@ def _no_dp_mechanism(task: str, dataset: str, node: str) -> NodeRefusal:
         "needs one here (or the request asked for dp)",
         rule="privacy.dp_unsupported",
         node=node,
-        fix="use a task with a DP mechanism (describe, histogram, crosstab, kaplan_meier), "
-        "or drop dp= where the node does not require it",
+        fix="use a task with a DP mechanism ("
+        + ", ".join(name for name, kind in TASKS.items() if kind.params.DP)
+        + "), or drop dp= where the permit and the node allow exact answers",
     )
 
 

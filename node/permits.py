@@ -30,15 +30,19 @@ from pydantic import ValidationError
 
 from oncofed.governance.envelope import Authorisation, SignedTask
 from oncofed.governance.keys import parse_public_key
-from oncofed.governance.permit_check import Grant, TaskKind, check_task
+from oncofed.governance.permit_check import Grant, check_task
 from oncofed.governance.permits import Permit, RevocationList, SignedRevocations, utcnow
-from oncofed.kernel.errors import ApprovalPending, PermitRefused
+from oncofed.kernel.errors import ApprovalPending, PermitRefused, QueryError
 from oncofed.kernel.flower import authorisation_json
 from oncofed.node.config import DatasetConfig, GovernanceConfig
 from oncofed.node.governance_state import GovernanceState
 from oncofed.node.request import NodeRequest
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import TaskParams, TaskType
+
+MAX_RUN_ID = 2**63
+"""A signed task is bound to its run in a signed 64-bit column (Flower's run ids are unsigned;
+the oncofed coordinator's stay below 2^53, Flower's simulation draws any 64-bit id)."""
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ class PermitChecker:
         grant = check_task(
             permit=permit,
             signed=authorisation.task,
-            kind=TaskKind(signed_kind.name, returns_models=bool(signed_kind.model_handlers)),
+            kind=signed_kind.permit_kind,
             request=request.params,
             signed_request=signed_request,
             revocations=self._newest_list(permit.issuer.name),
@@ -225,6 +229,13 @@ class PermitChecker:
             )
 
     def _check_replay(self, grant: Grant, run_id: int) -> None:
+        if not 0 <= run_id < MAX_RUN_ID:
+            raise QueryError(
+                f"run id {run_id} is outside 0 to 2^63 - 1",
+                rule="task.run_id",
+                node=self.node,
+                fix="submit tasks through the oncofed coordinator, which numbers runs",
+            )
         task = grant.task
         replay = self._refuse(
             "this signed task already ran as another run; a signed task runs once",

@@ -49,13 +49,16 @@ class NodeRequest:
         return self.grant.task.researcher if self.grant is not None else ""
 
     @property
+    def exact_granted(self) -> bool:
+        """Whether the permit grants exact answers on the dataset (a simulation has no
+        permit: the node's policy alone decides there)."""
+        return self.grant is None or self.grant.dataset.release == "exact"
+
+    @property
     def epsilon_cap(self) -> float | None:
         """The permit's privacy budget on the dataset, where it names one."""
         return self.grant.epsilon if self.grant is not None else None
 
-
-MAX_RUN_ID = 2**63
-"""Runs are stored as signed 64-bit integers (Flower's are unsigned)."""
 
 _current: ContextVar[NodeRequest] = ContextVar("oncofed_node_request")
 _received: ContextVar[list[NodeRequest]] = ContextVar("oncofed_node_received")
@@ -134,14 +137,6 @@ def decode_request(message: Message, node: str) -> NodeRequest:
             node=node,
             fix="write the filter or formula with fewer nested parts",
         ) from None
-    run_id = message.metadata.run_id
-    if not 0 <= run_id < MAX_RUN_ID:
-        raise QueryError(
-            f"run id {run_id} is outside 0 to 2^63 - 1",
-            rule="task.run_id",
-            node=node,
-            fix="submit tasks through the oncofed coordinator, which numbers runs",
-        )
     return NodeRequest(
         action=action,
         task=task,
@@ -149,12 +144,11 @@ def decode_request(message: Message, node: str) -> NodeRequest:
         params_json=text,
         participants=participants_of(message),
         message_id=message.metadata.message_id,
-        run_id=run_id,
+        run_id=message.metadata.run_id,
     )
 
 
 __all__ = [
-    "MAX_RUN_ID",
     "NodeRequest",
     "action_of",
     "current_request",

@@ -11,15 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class DatasetPrivacy(BaseModel):
-    """Differential-privacy requirement and budget for one dataset."""
+    """How one dataset may be released, and its differential-privacy budget."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dp_required: bool = Field(
+    allow_exact: bool = Field(
         default=False,
         description=(
-            "Release only with differential-privacy noise: tasks without a DP mechanism, "
-            "and requests without dp=, are refused."
+            "Whether this node answers without noise where a permit grants the dataset "
+            "with release = exact. Off (the default), every release carries differential-"
+            "privacy noise: requests without dp=, and tasks without a DP mechanism, are refused."
         ),
     )
     epsilon: float = Field(
@@ -59,6 +60,10 @@ class DatasetPrivacy(BaseModel):
         if self.researcher_epsilon is not None:
             return self.researcher_epsilon
         return 2 * self.epsilon
+
+
+EVERY_DATASET = "*"
+"""The key of ``[policy.dp]`` whose settings apply to every dataset not named."""
 
 
 class NodePolicy(BaseModel):
@@ -126,12 +131,15 @@ class NodePolicy(BaseModel):
     )
     dp: dict[str, DatasetPrivacy] = Field(
         default_factory=dict,
-        description="Per-dataset differential-privacy requirement and budget ([policy.dp.<name>]).",
+        description=(
+            "Per-dataset release mode and differential-privacy budget ([policy.dp.<name>]; "
+            '[policy.dp."*"] for every dataset not named).'
+        ),
     )
 
     def privacy_for(self, dataset: str) -> DatasetPrivacy:
-        """The DP settings of a dataset; datasets not listed get the defaults."""
-        return self.dp.get(dataset, DatasetPrivacy())
+        """The settings of a dataset: its own, else those for every dataset, else the defaults."""
+        return self.dp.get(dataset) or self.dp.get(EVERY_DATASET) or DatasetPrivacy()
 
 
-__all__ = ["DatasetPrivacy", "NodePolicy"]
+__all__ = ["EVERY_DATASET", "DatasetPrivacy", "NodePolicy"]

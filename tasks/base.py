@@ -16,10 +16,18 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 import pandas as pd
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from rich.console import RenderableType
 
-from oncofed.kernel.errors import TaskFailed
+from oncofed.governance.permit_check import TaskKind
+from oncofed.kernel.errors import QueryError, TaskFailed
 from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
 from oncofed.privacy.disclosure import check_subset
@@ -36,6 +44,17 @@ from oncofed.tasks.filters import (
     evaluate,
     parse_filter,
 )
+
+
+def _ordered_bounds(bounds: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    for column, (lo, hi) in bounds.items():
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"bounds of {column!r} must be finite with lo < hi")
+    return bounds
+
+
+PublicBounds = Annotated[dict[str, tuple[float, float]], AfterValidator(_ordered_bounds)]
+"""Public (lo, hi) per column for a DP release, known without reading the data."""
 
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
 ColumnRole = Literal["numeric", "group", "filter", "factor"]
@@ -151,6 +170,22 @@ class TaskParams(BaseModel):
         (training standardises through ``describe``) builds that request here.
         """
         return None
+
+    def filter_among(self, cohorts: Mapping[str, str]) -> bool:
+        """Whether ``where`` is absent or means the same as one of these named filters.
+
+        Exact answers take rows only from subsets the permit names: a free
+        filter lets two overlapping subsets differ by one patient (a tracker).
+        """
+        if self.where is None:
+            return True
+        for text in cohorts.values():
+            try:
+                if parse_filter(text) == self.where:
+                    return True
+            except QueryError:
+                continue  # a cohort that does not parse matches no request
+        return False
 
     def researcher_fields(self) -> dict[str, Any]:
         """The request as the researcher chose it: everything but the server's state."""
@@ -327,6 +362,11 @@ class TaskType(Generic[P, R]):
     table: Callable[[R], RenderableType] | None = None
     """The result as a terminal shows it; without one the command line prints its frame."""
 
+    @property
+    def permit_kind(self) -> TaskKind:
+        """What the permit check reads of this task type."""
+        return TaskKind(self.name, returns_models=bool(self.model_handlers), has_dp=self.params.DP)
+
     def run_server(self, grid: Grid, params_json: str) -> str:
         """Validate parameters, drive the grid, and return the result as JSON."""
         params = self.params.model_validate_json(params_json)
@@ -341,6 +381,7 @@ __all__ = [
     "ModelHandler",
     "ModelMessage",
     "NodeHandler",
+    "PublicBounds",
     "TaskParams",
     "TaskType",
     "dp_report",

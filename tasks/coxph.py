@@ -1,38 +1,66 @@
-"""Cox proportional hazards with Efron's ties, fitted by federated Newton-Raphson.
+"""Cox proportional hazards, fitted by federated Newton-Raphson on the agreed time grid.
+
+A node derives everything it can itself and takes from the coordinator only
+what only the server can choose: the next coefficients, inside a box.
+Durations are on the grid the researcher signed (``grid``, ``time_points``,
+or exact times where the node's policy allows), so each node sums its rows
+per *cell* of that grid -- the rows whose time falls on the cell's grid
+point -- and never needs a list of pooled event times: the server forms each
+risk set as the reverse cumulative sum of the cells, adding the nodes' sums
+(post-processing). Covariates are centred at a public centre every node
+derives identically (the midpoint of the public bounds of a design column,
+from the schema or the request's ``bounds=``; 0 without bounds); centring
+leaves the partial likelihood unchanged and keeps ``exp(x'beta)`` finite.
 
 Rounds (each one message per node):
 
-1. ``coxph_setup`` (``CoxSetupRelease``): each node builds its design matrix
-   (the formula's right-hand side, coded as with an intercept, which the
-   baseline hazard absorbs, then dropped) on its complete rows and releases
-   its row count, column sums and cross-products, the sum of the covariates
-   over its events, and per stratum and grid time its number of events. The
-   server pools the event times.
-2. ``coxph`` (``CoxRiskSetRelease``) at coefficients beta, once per Newton
-   step: per stratum and pooled event time, each node releases the sums over
-   its rows still at risk of ``w = exp(x'beta)``, ``w x`` and ``w x x'`` (S0,
-   S1, S2), and at the times where the pooled data have tied events the same
-   sums over its events at that time (T0, T1, T2). Risk sets span nodes, so
-   the server adds the nodes' sums per time and then evaluates Efron's log
-   partial likelihood, gradient and Hessian exactly -- as
-   ``lifelines.CoxPHFitter`` does on the pooled rows.
+1. ``coxph_setup`` (``CoxSetupRelease``): rows, column sums and cross-products
+   (the pooled spread, for the divergence check and the concordance bins),
+   the sum of the covariates over events, and the public centre and range of
+   every design column, which the server checks the nodes agree on.
+2. ``coxph`` (``CoxCellSumsRelease``) at coefficients beta, once per
+   likelihood evaluation: per stratum and occupied grid cell, the sums over
+   the node's rows ending there of ``w = exp(x'beta)``, ``w x`` and ``w x x'``,
+   the same sums over its events there (Efron's ties), and its events there.
+   The server evaluates Efron's log partial likelihood, gradient and Hessian
+   exactly -- as ``lifelines.CoxPHFitter`` does on the pooled rows with their
+   durations on the grid.
 3. ``coxph_concordance`` (``CoxConcordanceRelease``) at the fitted
-   coefficients: Harrell's C needs every pair of patients compared on their
-   risk scores, which no sum gives. Each node releases counts of its rows per
-   (grid time, risk-score bin); the server counts the pairs. Pairs whose
-   scores share a bin are counted as ties (1/2), so the result is within a
-   stated bound of the exact C: ``concordance_bound`` = half the share of
-   comparable pairs in one bin.
+   coefficients: Harrell's C compares pairs of patients on their risk scores,
+   which no sum gives. Each node counts its rows per (cell, event or not,
+   risk-score bin); the server counts the pairs. Pairs whose scores share a
+   bin count as ties (1/2), so the result is within ``concordance_bound`` =
+   half the share of comparable pairs in one bin of the exact C.
+
+Coefficients a node evaluates must lie in a box: a log hazard ratio of at most
+``MAX_LOG_HAZARD_RATIO`` across a covariate's public range (per unit where no
+range is declared). The server treats a Newton step leaving the box as
+coefficients running off to infinity (monotone likelihood).
+
+With ``dp=`` (the request's epsilon is the whole fit at each node) every
+covariate is clamped to its public bounds and scaled to [-1, 1], ties are
+Breslow's (Efron's would release the events' sums per cell as well, at more
+noise), and the fit takes ``max_iter`` Newton steps (default
+``DP_DEFAULT_STEPS``), each with the information approximated by the events
+times the covariates' pooled covariance. The setup release holds everything
+the first step from beta = 0 needs: noisy events per agreed cell (every
+cell, occupied or not), the noisy sum of x over all events, the noisy rows
+and sum of x ending in each cell, and noisy moments for the information.
+Each further step is one release of noisy sums of ``w`` and ``w x`` per cell
+at the coordinator's coefficients, whose noise grows as exp(sum |beta_j|
+h_j): the setup costs half of rho (all of it for one step) and the steps
+share the rest. A coordinator asking for more steps only spends the budget.
+Noisy matrices and risk sets are made usable by post-processing (eigenvalues
+and risk sets floored at their noise, risk-set means kept in the box); the
+standard errors add the noise's variance propagated through the score;
+concordance is not estimated (its pair counts have no DP mechanism here).
 
 Every reply also names the design columns and strata the node built and
 counts the rows it left out (missing values, outside the agreed strata).
-
-Centring the covariates at their pooled means leaves the partial likelihood
-unchanged and keeps ``exp(x'beta)`` finite. Steps are halved while the
-partial likelihood does not increase; the fit stops when the Newton decrement
-falls below ``tol``, fails after ``max_iter`` steps, and is refused when the
-coefficients run off to infinity (monotone likelihood: a covariate that
-separates events from non-events) or the information matrix is singular.
+The fit stops when the Newton decrement falls below ``tol`` (steps halved
+while the partial likelihood does not increase), fails after ``max_iter``
+steps, and is refused when the coefficients run off to infinity or the
+information matrix is singular.
 """
 
 from __future__ import annotations
@@ -43,7 +71,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Annotated, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,10 +80,13 @@ from pydantic import Field, field_validator, model_validator
 from rich.text import Text
 from scipy.stats import chi2
 
-from oncofed.kernel.errors import QueryError, TaskFailed
+from oncofed.kernel.errors import NodeRefusal, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
+from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.privacy.dp import ZCDPRelease
 from oncofed.privacy.release import (
     AgreedIndices,
+    AgreedValues,
     Count,
     Counts,
     EventTimes,
@@ -63,12 +94,21 @@ from oncofed.privacy.release import (
     Release,
 )
 from oncofed.privacy.saturation import check_model_saturation
-from oncofed.tasks.base import ColumnRole, LocalDataset, TaskType, WrittenAs, released
+from oncofed.tasks.base import (
+    ColumnRole,
+    DPReport,
+    LocalDataset,
+    PublicBounds,
+    TaskType,
+    WrittenAs,
+    released,
+)
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.formula import (
     Factor,
     Formula,
     Term,
+    agreed_levels,
     check_formula,
     design_matrix,
     parse_formula,
@@ -76,6 +116,7 @@ from oncofed.tasks.formula import (
 )
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.survival import (
+    MAX_TIME_POINTS,
     BoolArray,
     FloatArray,
     IntArray,
@@ -91,12 +132,26 @@ MAX_HALVINGS = 30
 # deviations of the covariate) after the likelihood has stopped rising means
 # the coefficient is running off to infinity.
 DIVERGING_STEP = 1e-4
+MAX_LOG_HAZARD_RATIO = 20.0
+"""The coefficient box: no real fit has a hazard ratio of e^20 across a covariate's range,
+while large coefficients make exp(x'beta) pick out the extreme row of each cell."""
+DP_MAX_ITER = 20
+"""Most noisy Newton steps one DP fit may pay for (each later step costs a share of the budget)."""
+DP_DEFAULT_STEPS = 1
+"""Under dp, one Newton step from beta = 0 unless the researcher asks for more: its sums are
+the setup's, at the smallest sensitivity, while a later step at beta costs exp(sum |beta_j| h_j)
+times the noise (see ``NoisyCoxCellSumsRelease``), which swamps its gain unless epsilon is
+large or the hazard ratios across the covariates' ranges are small."""
+DP_SETUP_SHARE = 0.5
+"""The setup's share of rho when further steps follow; they split the rest evenly."""
+SETUP_SHARES = {"events": 0.1, "rows": 0.05, "event_x": 0.3, "risk": 0.4, "moments": 0.15}
+"""How the setup's rho is split. The events' sum of x and the risk sets' sums make the score
+(whose noise stays in the coefficients); the moments only scale the steps; counts are cheap."""
 
 
 class CoxPHParams(SurvivalParams):
-    SERVER_STATE: ClassVar[frozenset[str]] = frozenset(
-        {"center", "event_times", "tied_times", "beta", "risk_edges"}
-    )
+    DP = True
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"beta", "risk_edges"})
     covariates: Annotated[Formula, WrittenAs('"age + C(sex) + ph.ecog"')] = Field(
         description="The covariates: numeric columns, or a formula right-hand side."
     )
@@ -105,18 +160,40 @@ class CoxPHParams(SurvivalParams):
         default=None, description="Agreed levels per strata column (else the schema's)."
     )
     alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - confidence level.")
-    max_iter: int = Field(default=50, ge=1, le=1000, description="Newton step cap.")
+    max_iter: int = Field(
+        default=50,
+        ge=1,
+        le=1000,
+        description=(
+            f"Newton step cap; with dp the number of noisy steps (default {DP_DEFAULT_STEPS}, "
+            f"at most {DP_MAX_ITER}), each after the first costing a share of the budget."
+        ),
+    )
     tol: float = Field(default=1e-12, gt=0, lt=1, description="Stop at this Newton decrement.")
-    concordance: bool = Field(default=True, description="Also estimate Harrell's C.")
+    concordance: bool = Field(default=True, description="Also estimate Harrell's C (not with dp).")
     concordance_bins: int = Field(
         default=200, ge=2, le=10_000, description="Risk-score bins for the concordance."
     )
+    bounds: PublicBounds = Field(
+        default_factory=dict,
+        description=(
+            "Public (lo, hi) per covariate (and, for dp with grid=, the duration) where the "
+            "node schema declares none: the centre, the coefficient box and, with dp, the "
+            "clamp. Never derive them from the data."
+        ),
+    )
     # Iteration state, set by the server.
-    center: tuple[float, ...] | None = None
-    event_times: tuple[tuple[float, ...], ...] | None = None
-    tied_times: tuple[tuple[float, ...], ...] | None = None
     beta: tuple[float, ...] | None = None
     risk_edges: tuple[float, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dp_steps(cls, data: object) -> object:
+        # The exact fit's step cap is a safeguard; under dp every step is paid for, so
+        # the default is the number of steps worth their noise.
+        if isinstance(data, dict) and data.get("dp") is not None and "max_iter" not in data:
+            return {**data, "max_iter": DP_DEFAULT_STEPS}
+        return data
 
     @field_validator("covariates", mode="before")
     @classmethod
@@ -151,6 +228,12 @@ class CoxPHParams(SurvivalParams):
         unknown = set(self.strata_categories or {}) - set(self.strata)
         if unknown:
             raise ValueError(f"strata_categories for columns not in strata: {sorted(unknown)}")
+        if self.dp is not None and self.max_iter > DP_MAX_ITER:
+            raise ValueError(
+                f"with dp, max_iter may be at most {DP_MAX_ITER}: every step after the first "
+                f"costs a share of the fit's budget (the default, {DP_DEFAULT_STEPS}, is "
+                "usually the most accurate)"
+            )
         return self
 
     def required_columns(self) -> dict[str, ColumnRole]:
@@ -167,6 +250,41 @@ class CoxPHParams(SurvivalParams):
     def check_schema(self, schema: DatasetSchema, node: str) -> None:
         super().check_schema(schema, node)
         check_formula(self.covariates, schema, node)
+        if self.dp is not None:
+            dp_time_points(self, schema, node)
+            missing = [
+                name
+                for name, bound in zip(
+                    design_names(self, schema, node), design_bounds(self, schema, node), strict=True
+                )
+                if bound is None
+            ]
+            if missing:
+                raise QueryError(
+                    f"a DP Cox fit needs public bounds for every design column; "
+                    f"{', '.join(missing)} has none",
+                    rule="privacy.bounds_required",
+                    node=node,
+                    fix="pass bounds={column: (lo, hi)} from domain knowledge for plain numeric "
+                    "covariates (transforms have no bounds: use the column itself), or ask the "
+                    "node operator to declare bounds in the node schema",
+                )
+
+    def release_loss(self) -> PrivacyLoss | None:
+        """The setup (no coefficients yet) or one later step: the shares add to the whole fit."""
+        if self.dp is None:
+            return None
+        return PrivacyLoss.from_rho(self.dp_rho(setup=self.beta is None))
+
+    def dp_rho(self, *, setup: bool) -> float:
+        """The rho of one DP message: the setup holds the first step's sums, at beta = 0."""
+        if self.dp is None:
+            raise AssertionError("only DP requests have a DP budget")
+        if self.max_iter == 1:
+            return self.dp.rho
+        if setup:
+            return DP_SETUP_SHARE * self.dp.rho
+        return (1.0 - DP_SETUP_SHARE) * self.dp.rho / (self.max_iter - 1)
 
 
 def covariate_formula(covariates: Sequence[str] | str) -> Formula:
@@ -230,6 +348,10 @@ class CoxPHResult(WaldCoefficients):
     rows_used: dict[str, int]
     rows_dropped: dict[str, int] = Field(description="Rows with a missing value, per node.")
     rows_outside_strata: int = 0
+    ties: str = Field(default="efron", description="How tied events are handled.")
+    privacy: DPReport | None = Field(
+        default=None, description="What the fit cost at each node and its noise (dp only)."
+    )
 
     @property
     def hazard_ratios(self) -> pd.Series:
@@ -284,7 +406,8 @@ class CoxPHResult(WaldCoefficients):
         statistic, df, p = self.log_likelihood_ratio_test()
         strata = f", strata {', '.join(self.strata)}" if self.strata else ""
         lines = [
-            f"Cox proportional hazards (Efron ties), federated over {len(self.nodes)} nodes",
+            f"Cox proportional hazards ({self.ties.capitalize()} ties), federated over "
+            f"{len(self.nodes)} nodes",
             f"dataset {self.dataset}: duration {self.duration!r}, event {self.event!r}{strata}",
             f"covariates {self.formula}",
             f"time grid: {self.time_grid}",
@@ -301,11 +424,125 @@ class CoxPHResult(WaldCoefficients):
                 f"concordance {self.concordance:.4f} (within {self.concordance_bound:.1e} of "
                 "Harrell's C: risk scores compared in bins)"
             )
+        if self.privacy is not None:
+            spent = max(self.privacy.epsilon.values(), default=0.0)
+            lines.append(
+                f"differential privacy: epsilon {spent:.3g} at delta {self.privacy.delta:g} per "
+                "node; standard errors include the noise; no concordance"
+            )
         lines += [
             f"partial AIC {self.aic_partial:.2f}",
             f"log-likelihood ratio test {statistic:.2f} on {df} df, p = {p:.3g}",
         ]
         return "\n".join(lines)
+
+
+# ---- what every node derives from the request and its schema -------------
+
+
+def _design_columns(
+    params: CoxPHParams, schema: DatasetSchema, node: str
+) -> list[tuple[str, tuple[float, float] | None]]:
+    """Each design column's name and public range, in ``design_matrix``'s order.
+
+    A factor's dummy lies in [0, 1]; a plain numeric column in its schema bounds
+    (else the request's); a transform has no declared range; an interaction
+    lies in the product of its factors' ranges.
+    """
+    columns: list[tuple[str, tuple[float, float] | None]] = []
+    for term in params.covariates.terms:
+        parts: list[list[tuple[str, tuple[float, float] | None]]] = []
+        for factor in term.factors:
+            if factor.categorical:
+                levels = agreed_levels(factor, schema, node)
+                parts.append([(f"{factor.label}[T.{level}]", (0.0, 1.0)) for level in levels[1:]])
+            elif factor.transform is not None:
+                parts.append([(factor.label, None)])
+            else:
+                bound = schema.columns[factor.column].bounds or params.bounds.get(factor.column)
+                parts.append([(factor.label, bound)])
+        for combo in itertools.product(*parts):
+            columns.append((":".join(name for name, _ in combo), _product([b for _, b in combo])))
+    return columns
+
+
+def _product(bounds: Sequence[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """The range of a product of factors with these ranges (None if one is unknown)."""
+    lo, hi = 1.0, 1.0
+    for bound in bounds:
+        if bound is None:
+            return None
+        corners = [a * b for a in (lo, hi) for b in bound]
+        lo, hi = min(corners), max(corners)
+    return lo, hi
+
+
+def design_names(params: CoxPHParams, schema: DatasetSchema, node: str) -> list[str]:
+    return [name for name, _ in _design_columns(params, schema, node)]
+
+
+def design_bounds(
+    params: CoxPHParams, schema: DatasetSchema, node: str
+) -> list[tuple[float, float] | None]:
+    return [bound for _, bound in _design_columns(params, schema, node)]
+
+
+@dataclass(frozen=True)
+class PublicScale:
+    """The centre and half-range of each design column, from public bounds only."""
+
+    center: FloatArray
+    half_width: FloatArray
+    """0 where no range is declared (the coefficient box is then per unit)."""
+
+    @classmethod
+    def of(cls, params: CoxPHParams, schema: DatasetSchema, node: str) -> PublicScale:
+        bounds = design_bounds(params, schema, node)
+        center = [0.0 if b is None else (b[0] + b[1]) / 2.0 for b in bounds]
+        half = [0.0 if b is None else (b[1] - b[0]) / 2.0 for b in bounds]
+        return cls(np.asarray(center, dtype=float), np.asarray(half, dtype=float))
+
+    def box(self) -> FloatArray:
+        """The largest |coefficient| a node evaluates, per design column."""
+        span = np.where(self.half_width > 0, 2.0 * self.half_width, 1.0)
+        limit: FloatArray = MAX_LOG_HAZARD_RATIO / span
+        return limit
+
+
+def outside_box(beta: FloatArray, box: FloatArray, names: Sequence[str]) -> list[str]:
+    return [name for name, b, limit in zip(names, beta, box, strict=True) if not abs(b) <= limit]
+
+
+def dp_time_points(params: CoxPHParams, schema: DatasetSchema, node: str) -> FloatArray:
+    """The agreed cells of a DP fit: every node releases every one, occupied or not.
+
+    Under dp the cells must not depend on the data: ``time_points`` as they
+    are, or multiples of ``grid`` up to the duration's public upper bound.
+    """
+    if params.time_points is not None:
+        return np.asarray(params.time_points, dtype=float)
+    bound = schema.columns[params.duration].bounds or params.bounds.get(params.duration)
+    if params.grid is None or bound is None:
+        raise QueryError(
+            "a DP Cox fit needs cells fixed by the request: the set of occupied times "
+            "would itself be data",
+            rule="coxph.dp_time_grid",
+            node=node,
+            fix=f"pass time_points=[...], or grid=<width> with bounds={{{params.duration!r}: "
+            "(0, longest follow-up)}} (or schema bounds for the duration)",
+            column=params.duration,
+        )
+    cells = math.ceil(bound[1] / params.grid)
+    if not 0 < cells <= MAX_TIME_POINTS:
+        raise QueryError(
+            f"grid {params.grid:g} up to {bound[1]:g} makes {cells} cells, not 1 to "
+            f"{MAX_TIME_POINTS}",
+            rule="coxph.dp_time_grid",
+            node=node,
+            fix="use a wider grid or time_points",
+            column=params.duration,
+        )
+    return params.grid * np.arange(1, cells + 1, dtype=float)
 
 
 # ---- releases ------------------------------------------------------------
@@ -319,68 +556,109 @@ class _CoxRelease(Release):
     levels: tuple[str, ...]
     """The strata: every combination of the agreed levels ("" when unstratified)."""
     rows_dropped: Count
-    """Rows left out for a missing value."""
+    """Rows left out for a missing value (with dp: noisy, in the setup reply; 0 in steps)."""
     rows_outside_strata: Count
-    """Complete rows whose strata value is none of the agreed levels."""
+    """Complete rows whose strata value is none of the agreed levels (as ``rows_dropped``)."""
 
 
 class CoxSetupRelease(_CoxRelease):
-    """The setup reply: rows, covariate sums and cross-products, and events per grid time.
-
-    The event cells are the node's event counts per (stratum, grid time): the
-    server pools them into the event times every Newton step evaluates at.
-    """
+    """The exact setup reply: rows, events, covariate sums and cross-products."""
 
     n: Count
-    """Rows used."""
+    events: Count
     sum_x: ModelStatistics
-    """Column sums of the design, p (with ``xtx``, the pooled centre and spread)."""
+    """Column sums of the design, p (with ``xtx``, the pooled spread)."""
     xtx: ModelStatistics
     """X'X, p x p."""
     event_x: ModelStatistics
     """Sum of the design over the node's events, p (the partial likelihood's linear part)."""
-    event_stratum: AgreedIndices
-    """Per event cell: its stratum's index into ``levels``."""
-    event_time: EventTimes
-    """Per event cell: its time on the agreed grid (exact, where the node's policy allows)."""
-    event_count: Counts
-    """Per event cell: the events there."""
+    center: AgreedValues
+    """The public centre of each design column (midpoint of its bounds; 0 without)."""
+    half_width: AgreedValues
+    """Half the public range of each design column (0 without bounds)."""
 
 
-class CoxRiskSetRelease(_CoxRelease):
-    """A Newton step's reply: at the given coefficients, risk-set sums per pooled event time.
+class NoisyCoxSetupRelease(_CoxRelease):
+    """The DP setup reply: the first Newton step's sums at beta = 0, and the information.
 
-    Per stratum and event time (concatenated over strata) the sums over the
-    node's rows still at risk of ``w = exp(x'beta)``, ``w x`` and ``w x x'``;
-    per tied time the same sums over the node's events then (Efron's ties).
+    Cell ``i`` is stratum ``cell_stratum[i]`` at grid point ``cell_time[i]``;
+    every stratum has every agreed point, so the cells say nothing of the data.
+    The design is clamped to its public bounds and scaled to [-1, 1] first.
     """
 
-    s0: ModelStatistics
-    s1: ModelStatistics
-    s2: ModelStatistics
-    t0: ModelStatistics
-    t1: ModelStatistics
-    t2: ModelStatistics
+    n: Count
+    cell_stratum: AgreedIndices
+    cell_time: AgreedValues
+    events: Counts
+    """Noisy events per cell (discrete Gaussian; negatives set to zero)."""
+    event_x: ModelStatistics
+    """Noisy sum of the design over all events, p: one total, not per cell (less noise)."""
+    a0: ModelStatistics
+    """Noisy rows ending in each cell (``a0`` of a step at beta = 0)."""
+    a1: ModelStatistics
+    """Noisy sum of the design over the rows ending in each cell, cells x p."""
+    moments: ModelStatistics
+    """Noisy sum of x and of x x' over all rows, p + p x p: the Newton steps' information."""
+    center: AgreedValues
+    half_width: AgreedValues
+
+
+class CoxCellSumsRelease(_CoxRelease):
+    """An exact Newton step's reply: at the given coefficients, sums per occupied grid cell.
+
+    Cell ``i`` is stratum ``cell_stratum[i]`` at time ``cell_time[i]`` (a grid
+    point; an exact time only where the node's policy allows it). Over the
+    node's rows ending there: ``a0`` = sum of ``w = exp(x'beta)``, ``a1`` of
+    ``w x``, ``a2`` of ``w x x'``; ``e0``-``e2`` the same over its events there.
+    """
+
+    cell_stratum: AgreedIndices
+    cell_time: EventTimes
+    events: Counts
+    a0: ModelStatistics
+    a1: ModelStatistics
+    a2: ModelStatistics
+    e0: ModelStatistics
+    e1: ModelStatistics
+    e2: ModelStatistics
+
+
+class NoisyCoxCellSumsRelease(_CoxRelease):
+    """A DP Newton step's reply: noisy ``a0`` and ``a1`` in every agreed cell.
+
+    Cells are those of the setup reply, in its order. Covariates are clamped to
+    their public bounds and divided by their half-ranges ``h`` before anything
+    is summed, so one row moves ``(a0, a1)`` by at most
+    ``exp(sum |beta_j| h_j) * sqrt(1 + p)``.
+    """
+
+    a0: ModelStatistics
+    a1: ModelStatistics
 
 
 class CoxConcordanceRelease(_CoxRelease):
-    """The concordance reply: the node's rows counted per (grid time, risk-score bin) cell.
+    """The concordance reply: the node's rows counted per (cell, event or not, risk bin).
 
-    A cell is ``time index * bins + bin``, both agreed by the request (the
-    pooled event times, the risk-score edges); empty cells are not sent.
+    A count's position is ``cell * bins + bin`` into the node's cells
+    (``cell_stratum``, ``cell_time``); the risk-score edges are the request's.
+    Empty positions are not sent.
     """
 
+    cell_stratum: AgreedIndices
+    cell_time: EventTimes
     death_cell: AgreedIndices
     death_count: Counts
-    """Events per death cell (event time, bin)."""
-    risk_cell: AgreedIndices
-    risk_count: Counts
-    """Rows per risk cell (comparable with the deaths at the first k event times, bin)."""
+    """Rows with an event, per (cell, bin)."""
+    censored_cell: AgreedIndices
+    censored_count: Counts
+    """Rows censored, per (cell, bin)."""
 
 
 COX_RELEASES: tuple[type[Release], ...] = (
     CoxSetupRelease,
-    CoxRiskSetRelease,
+    NoisyCoxSetupRelease,
+    CoxCellSumsRelease,
+    NoisyCoxCellSumsRelease,
     CoxConcordanceRelease,
 )
 
@@ -390,7 +668,12 @@ COX_RELEASES: tuple[type[Release], ...] = (
 
 @dataclass(frozen=True)
 class CoxRows:
-    """A node's complete rows inside the agreed strata: grid times, events, covariates."""
+    """A node's complete rows inside the agreed strata: grid times, events, covariates.
+
+    ``x`` is centred at the public centre; under dp it is first clamped to the
+    public range and divided by its half-width, so ``|x_j| <= 1`` and one row's
+    sums have the same bound whatever units the covariates are in.
+    """
 
     time: FloatArray
     event: BoolArray
@@ -398,6 +681,7 @@ class CoxRows:
     stratum: IntArray
     names: list[str]
     levels: list[str]
+    scale: PublicScale
     rows_dropped: int
     rows_outside_strata: int
 
@@ -411,13 +695,19 @@ def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
     levels, stratum = _strata(params, local, rows.frame)
     inside = stratum >= 0
     x, names = design.x[inside, 1:], design.names[1:]
-    check_model_saturation(
-        len(names),
-        int(inside.sum()),
-        local.policy,
-        node,
-        "use fewer covariates, a wider where= filter, or fewer missing values",
-    )
+    if params.dp is None:
+        # A DP release skips rules that depend on exact counts: the refusal would leak them.
+        check_model_saturation(
+            len(names),
+            int(inside.sum()),
+            local.policy,
+            node,
+            "use fewer covariates, a wider where= filter, or fewer missing values",
+        )
+    scale = PublicScale.of(params, local.schema, node)
+    x = x - scale.center
+    if params.dp is not None:
+        x = np.clip(x, -scale.half_width, scale.half_width) / scale.half_width
     return CoxRows(
         time=rows.time[inside],
         event=rows.event[inside],
@@ -425,6 +715,7 @@ def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
         stratum=stratum[inside],
         names=names,
         levels=levels,
+        scale=scale,
         rows_dropped=rows.rows_dropped,
         rows_outside_strata=int((~inside).sum()),
     )
@@ -465,105 +756,210 @@ def _strata(
     return names, np.where(outside, -1, index)
 
 
-def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> CoxSetupRelease:
-    rows = cox_rows(params, local)
-    keys = np.stack([rows.stratum[rows.event].astype(float), rows.time[rows.event]], axis=1)
-    cells, counts = np.unique(keys, axis=0, return_counts=True)
-    return CoxSetupRelease(
-        names=tuple(rows.names),
-        levels=tuple(rows.levels),
-        rows_dropped=rows.rows_dropped,
-        rows_outside_strata=rows.rows_outside_strata,
-        n=int(rows.time.size),
-        sum_x=rows.x.sum(axis=0),
-        xtx=rows.x.T @ rows.x,
-        event_x=rows.x[rows.event].sum(axis=0),
-        event_stratum=cells[:, 0].astype(np.int64),
-        event_time=cells[:, 1].astype(np.float64),
-        event_count=counts.astype(np.int64),
+@dataclass(frozen=True)
+class _Cells:
+    """The cells a node sums over, and each row's cell."""
+
+    stratum: IntArray
+    time: FloatArray
+    of_row: IntArray
+    event: BoolArray
+    """Event flags, with events after the last agreed point censored there (dp)."""
+
+
+def _occupied_cells(rows: CoxRows) -> _Cells:
+    """Exact releases: the (stratum, grid time) cells where some row ends."""
+    keys = np.stack([rows.stratum.astype(float), rows.time], axis=1)
+    cells, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return _Cells(
+        cells[:, 0].astype(np.int64), cells[:, 1], inverse.reshape(-1).astype(np.int64), rows.event
     )
 
 
-def coxph_node(params: CoxPHParams, local: LocalDataset) -> CoxRiskSetRelease:
-    if params.beta is None or params.center is None or params.event_times is None:
-        raise _protocol_error(local.node_name, "coefficients and event times")
-    if params.tied_times is None:
-        raise _protocol_error(local.node_name, "tied event times")
+def _agreed_cells(params: CoxPHParams, local: LocalDataset, rows: CoxRows) -> _Cells:
+    """DP releases: every agreed point in every stratum; follow-up ends at the last point."""
+    points = dp_time_points(params, local.schema, local.node_name)
+    position = np.searchsorted(points, rows.time, side="left")
+    beyond = position >= points.size
+    strata = len(rows.levels)
+    return _Cells(
+        np.repeat(np.arange(strata, dtype=np.int64), points.size),
+        np.tile(points, strata),
+        rows.stratum * points.size + np.minimum(position, points.size - 1),
+        rows.event & ~beyond,
+    )
+
+
+def _checked_beta(params: CoxPHParams, rows: CoxRows, node: str) -> FloatArray:
+    """The server's coefficients, refused unless they are p finite values inside the box."""
+    if params.beta is None:
+        raise _protocol_error(node, "coefficients")
+    beta = np.asarray(params.beta, dtype=float)
+    outside = (
+        outside_box(beta, rows.scale.box(), rows.names)
+        if beta.size == len(rows.names)
+        else list(rows.names)
+    )
+    if outside:
+        raise NodeRefusal(
+            f"the coefficients of {', '.join(outside)} are missing or outside the box this "
+            f"node evaluates (a log hazard ratio of at most {MAX_LOG_HAZARD_RATIO:g} across "
+            "a covariate's public range, or per unit without one)",
+            rule="coxph.coefficients",
+            node=node,
+            fix="rescale the covariates or declare their bounds; a coordinator that sends "
+            "such coefficients is not following the protocol",
+            terms=outside,
+        )
+    return beta
+
+
+def _dp_release(params: CoxPHParams, *, setup: bool) -> ZCDPRelease:
+    if params.dp is None:
+        raise AssertionError("only DP requests make a DP release")
+    return ZCDPRelease(budget=params.dp_rho(setup=setup), delta=params.dp.delta)
+
+
+def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> Release:
     rows = cox_rows(params, local)
-    x = rows.x - np.asarray(params.center)
-    with np.errstate(over="ignore"):
-        w = np.exp(x @ np.asarray(params.beta))
-    risk: list[tuple[FloatArray, FloatArray, FloatArray]] = []
-    ties: list[tuple[FloatArray, FloatArray, FloatArray]] = []
-    for s, times in enumerate(params.event_times):
-        mine = rows.stratum == s
-        t, e, xs, ws = rows.time[mine], rows.event[mine], x[mine], w[mine]
-        grid_times = np.asarray(times, dtype=float)
-        # A row is at risk at every event time up to its own; sum it in at the last one.
-        last = np.searchsorted(grid_times, t, side="right") - 1
-        at = last >= 0
-        s0, s1, s2 = _bucket_sums(last[at], ws[at], xs[at], grid_times.size)
-        risk.append((_from_end(s0), _from_end(s1), _from_end(s2)))
-        tied = np.asarray(params.tied_times[s], dtype=float)
-        position = np.searchsorted(tied, t, side="left")
-        hit = e & (position < tied.size)
-        hit[hit] = tied[position[hit]] == t[hit]
-        ties.append(_bucket_sums(position[hit], ws[hit], xs[hit], tied.size))
-
-    def joined(parts: list[tuple[FloatArray, FloatArray, FloatArray]], i: int) -> FloatArray:
-        return np.concatenate([part[i] for part in parts])
-
-    return CoxRiskSetRelease(
+    if params.dp is None:
+        return CoxSetupRelease(
+            names=tuple(rows.names),
+            levels=tuple(rows.levels),
+            center=rows.scale.center,
+            half_width=rows.scale.half_width,
+            rows_dropped=rows.rows_dropped,
+            rows_outside_strata=rows.rows_outside_strata,
+            n=int(rows.time.size),
+            events=int(rows.event.sum()),
+            sum_x=rows.x.sum(axis=0),
+            xtx=rows.x.T @ rows.x,
+            event_x=rows.x[rows.event].sum(axis=0),
+        )
+    cells = _agreed_cells(params, local, rows)
+    size, e = cells.time.size, cells.event
+    release = _dp_release(params, setup=True)
+    share = {part: fraction * release.budget for part, fraction in SETUP_SHARES.items()}
+    # One row moves one cell's events, and one of n and the rows-left-out counts, by one.
+    events = release.counts("events", np.bincount(cells.of_row[e], minlength=size), share["events"])
+    counts = release.counts(
+        "rows", [rows.time.size, rows.rows_dropped, rows.rows_outside_strata], share["rows"]
+    )
+    p = len(rows.names)
+    # |x_j| <= 1 after scaling: one row moves the events' sum by sqrt(p), one cell's
+    # (count, sum of x) by sqrt(1 + p), and (sum x, sum x x') by sqrt(p + p^2).
+    event_x = release.floats("event_x", rows.x[e].sum(axis=0), share["event_x"], math.sqrt(p))
+    a0, a1, _ = _bucket_sums(cells.of_row, np.ones(rows.time.size), rows.x, size)
+    risk = release.floats(
+        "risk", np.concatenate([a0[:, None], a1], axis=1), share["risk"], math.sqrt(1.0 + p)
+    )
+    moments = release.floats(
+        "moments",
+        np.concatenate([rows.x.sum(axis=0), (rows.x.T @ rows.x).ravel()]),
+        share["moments"],
+        math.sqrt(p + p * p),
+    )
+    counts = np.maximum(counts, 0)
+    return NoisyCoxSetupRelease(
         names=tuple(rows.names),
         levels=tuple(rows.levels),
-        rows_dropped=rows.rows_dropped,
-        rows_outside_strata=rows.rows_outside_strata,
-        s0=joined(risk, 0),
-        s1=joined(risk, 1),
-        s2=joined(risk, 2),
-        t0=joined(ties, 0),
-        t1=joined(ties, 1),
-        t2=joined(ties, 2),
+        center=rows.scale.center,
+        half_width=rows.scale.half_width,
+        rows_dropped=int(counts[1]),
+        rows_outside_strata=int(counts[2]),
+        n=int(counts[0]),
+        cell_stratum=cells.stratum,
+        cell_time=cells.time,
+        events=np.maximum(events, 0),
+        event_x=event_x,
+        a0=risk[:, 0],
+        a1=risk[:, 1:],
+        moments=moments,
+        privacy=dict(release.record()),
+    )
+
+
+def coxph_node(params: CoxPHParams, local: LocalDataset) -> Release:
+    rows = cox_rows(params, local)
+    beta = _checked_beta(params, rows, local.node_name)
+    if params.dp is None:
+        w = np.exp(rows.x @ beta)
+        cells = _occupied_cells(rows)
+        size, e = cells.time.size, cells.event
+        a0, a1, a2 = _bucket_sums(cells.of_row, w, rows.x, size)
+        e0, e1, e2 = _bucket_sums(cells.of_row[e], w[e], rows.x[e], size)
+        return CoxCellSumsRelease(
+            names=tuple(rows.names),
+            levels=tuple(rows.levels),
+            rows_dropped=rows.rows_dropped,
+            rows_outside_strata=rows.rows_outside_strata,
+            cell_stratum=cells.stratum,
+            cell_time=cells.time,
+            events=np.bincount(cells.of_row[e], minlength=size),
+            a0=a0,
+            a1=a1,
+            a2=a2,
+            e0=e0,
+            e1=e1,
+            e2=e2,
+        )
+    cells = _agreed_cells(params, local, rows)
+    size = cells.time.size
+    # x is in half-widths here: the same coefficients, scaled alike, give the same w.
+    scaled = beta * rows.scale.half_width
+    w = np.exp(rows.x @ scaled)
+    a0, a1, _ = _bucket_sums(cells.of_row, w, rows.x, size)
+    # The sensitivity holds for every row, whatever the data: x is clamped, beta is public.
+    most_w = math.exp(float(np.abs(scaled).sum()))
+    release = _dp_release(params, setup=False)
+    noisy = release.floats(
+        "risk",
+        np.concatenate([a0[:, None], a1], axis=1),
+        release.budget,
+        most_w * math.sqrt(1.0 + len(rows.names)),
+    )
+    return NoisyCoxCellSumsRelease(
+        names=tuple(rows.names),
+        levels=tuple(rows.levels),
+        rows_dropped=0,
+        rows_outside_strata=0,
+        a0=noisy[:, 0],
+        a1=noisy[:, 1:],
+        privacy=dict(release.record()),
     )
 
 
 def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> CoxConcordanceRelease:
-    if params.beta is None or params.center is None or params.event_times is None:
-        raise _protocol_error(local.node_name, "coefficients and event times")
+    if params.dp is not None:
+        raise QueryError(
+            "concordance has no DP mechanism here: its pair counts are exact",
+            rule="coxph.dp_concordance",
+            node=local.node_name,
+            fix="a DP Cox fit leaves concordance out; submit through Session.coxph",
+        )
     if params.risk_edges is None:
         raise _protocol_error(local.node_name, "risk-score bins")
     rows = cox_rows(params, local)
-    bins = len(params.risk_edges) + 1
-    score = (rows.x - np.asarray(params.center)) @ np.asarray(params.beta)
-    bin_of = np.searchsorted(np.asarray(params.risk_edges), score, side="right")
-    death_cells, risk_cells = [], []
-    death_offset = risk_offset = 0
-    for s, times in enumerate(params.event_times):
-        mine = rows.stratum == s
-        t, e, b = rows.time[mine], rows.event[mine], bin_of[mine]
-        grid_times = np.asarray(times, dtype=float)
-        earlier = np.searchsorted(grid_times, t, side="left")
-        at_event_time = earlier < grid_times.size
-        at_event_time[at_event_time] = grid_times[earlier[at_event_time]] == t[at_event_time]
-        # Comparable with the deaths at the first k event times: those strictly before
-        # the row's own time, and also those at it when the row was censored then.
-        k = earlier + (~e & at_event_time)
-        death_cells.append((death_offset + earlier[e]) * bins + b[e])
-        # Rows comparable with no event (k = 0) would add nothing: they are not released.
-        risk_cells.append((risk_offset + k[k > 0]) * bins + b[k > 0])
-        death_offset += grid_times.size
-        risk_offset += grid_times.size + 1
-    deaths, death_counts = np.unique(np.concatenate(death_cells), return_counts=True)
-    risks, risk_counts = np.unique(np.concatenate(risk_cells), return_counts=True)
+    beta = _checked_beta(params, rows, local.node_name)
+    edges = np.asarray(params.risk_edges, dtype=float)
+    if edges.size != params.concordance_bins - 1 or not np.all(np.diff(edges) > 0):
+        raise _protocol_error(local.node_name, f"{params.concordance_bins - 1} increasing edges")
+    cells = _occupied_cells(rows)
+    bins = edges.size + 1
+    position = cells.of_row * bins + np.searchsorted(edges, rows.x @ beta, side="right")
+    deaths, death_counts = np.unique(position[cells.event], return_counts=True)
+    censored, censored_counts = np.unique(position[~cells.event], return_counts=True)
     return CoxConcordanceRelease(
         names=tuple(rows.names),
         levels=tuple(rows.levels),
         rows_dropped=rows.rows_dropped,
         rows_outside_strata=rows.rows_outside_strata,
+        cell_stratum=cells.stratum,
+        cell_time=cells.time,
         death_cell=deaths.astype(np.int64),
         death_count=death_counts.astype(np.int64),
-        risk_cell=risks.astype(np.int64),
-        risk_count=risk_counts.astype(np.int64),
+        censored_cell=censored.astype(np.int64),
+        censored_count=censored_counts.astype(np.int64),
     )
 
 
@@ -585,12 +981,6 @@ def _bucket_sums(
 def _bincount(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
     """Sums of ``weights`` per index in ``range(size)``."""
     return np.bincount(index, weights=weights, minlength=size).astype(np.float64, copy=False)
-
-
-def _from_end(values: FloatArray) -> FloatArray:
-    """Sums over this bucket and all later ones (the risk set at each event time)."""
-    out: FloatArray = np.cumsum(values[::-1], axis=0)[::-1]
-    return out
 
 
 def _protocol_error(node: str, missing: str) -> TaskFailed:
@@ -634,6 +1024,29 @@ def _total(arrays: Iterable[FloatArray]) -> FloatArray:
     return total
 
 
+def _noise_sd(parts: Parts[CR], quantity: str) -> float:
+    """The noise deviation of a total of the nodes' values: their variances add."""
+    return math.sqrt(sum(float((p.privacy or {})[f"scale.{quantity}"]) ** 2 for _, p in parts))
+
+
+def _same_scale(parts: Sequence[tuple[str, CoxSetupRelease | NoisyCoxSetupRelease]]) -> PublicScale:
+    """The nodes' public centres and ranges, which must agree for their sums to add."""
+    first = parts[0][1]
+    for node, part in parts:
+        if not (
+            np.array_equal(part.center, first.center)
+            and np.array_equal(part.half_width, first.half_width)
+        ):
+            raise QueryError(
+                "nodes declare different bounds for the covariates, so they centre them "
+                "differently and their sums do not add",
+                rule="coxph.bounds_disagree",
+                node=node,
+                fix="pass bounds={column: (lo, hi)} for every numeric covariate in the request",
+            )
+    return PublicScale(np.asarray(first.center), np.asarray(first.half_width))
+
+
 @dataclass(frozen=True)
 class _Evaluation:
     loglik: float
@@ -642,44 +1055,67 @@ class _Evaluation:
 
 
 @dataclass(frozen=True)
-class _EventTimes:
-    times: list[FloatArray]
-    counts: IntArray
-    tied: list[FloatArray]
-    tied_index: IntArray
+class _RiskSets:
+    """Pooled sums at the event cells: the risk set's (s) and the tied events' (t)."""
+
+    s0: FloatArray
+    s1: FloatArray
+    s2: FloatArray
+    t0: FloatArray
+    t1: FloatArray
+    t2: FloatArray
+    d: IntArray
 
 
-def _event_times(setup: Parts[CoxSetupRelease], n_strata: int) -> _EventTimes:
-    stratum = np.concatenate([part.event_stratum for _, part in setup])
-    time = np.concatenate([part.event_time for _, part in setup])
-    count = np.concatenate([part.event_count for _, part in setup])
-    times, counts, tied, tied_index = [], [], [], []
-    offset = 0
-    for s in range(n_strata):
+def _pooled_cells(cells: Sequence[tuple[IntArray, FloatArray]]) -> tuple[IntArray, list[IntArray]]:
+    """The union of the nodes' cells, by stratum then time, and each node's index into it."""
+    keys = np.concatenate([np.stack([s.astype(float), t], axis=1).reshape(-1, 2) for s, t in cells])
+    union, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    ends = np.cumsum([s.size for s, _ in cells])[:-1]
+    return union[:, 0].astype(np.int64), list(np.split(inverse, ends))
+
+
+def _from_end(values: FloatArray, stratum: IntArray) -> FloatArray:
+    """Per stratum, sums over each cell and all later ones: the risk set at each cell.
+
+    Cells are sorted by stratum, then time.
+    """
+    out = np.empty_like(values)
+    for s in np.unique(stratum):
         mine = stratum == s
-        unique, inverse = np.unique(time[mine], return_inverse=True)
-        d = np.bincount(inverse, weights=count[mine], minlength=unique.size).astype(np.int64)
-        times.append(unique)
-        counts.append(d)
-        tied.append(unique[d > 1])
-        tied_index.append(offset + np.flatnonzero(d > 1))
-        offset += unique.size
-    return _EventTimes(
-        times, np.concatenate(counts), tied, np.concatenate(tied_index).astype(np.int64)
+        out[mine] = np.cumsum(values[mine][::-1], axis=0)[::-1]
+    return out
+
+
+def _exact_risk_sets(parts: Parts[CoxCellSumsRelease]) -> _RiskSets:
+    stratum, index = _pooled_cells([(p.cell_stratum, p.cell_time) for _, p in parts])
+
+    def pooled(field: str) -> FloatArray:
+        arrays = [np.asarray(getattr(p, field), dtype=float) for _, p in parts]
+        total = np.zeros((stratum.size, *arrays[0].shape[1:]))
+        for where, values in zip(index, arrays, strict=True):
+            total[where] += values  # a node's cells are distinct
+        return total
+
+    d = pooled("events").astype(np.int64)
+    event = d > 0
+    s0, s1, s2 = (_from_end(pooled(f), stratum)[event] for f in ("a0", "a1", "a2"))
+    t0, t1, t2 = (pooled(f)[event] for f in ("e0", "e1", "e2"))
+    return _RiskSets(s0, s1, s2, t0, t1, t2, d[event])
+
+
+def _efron(risk: _RiskSets, beta: FloatArray, event_x: FloatArray) -> _Evaluation:
+    """Efron's log partial likelihood, gradient and Hessian (Breslow's when t = 0)."""
+    s0, s1, s2, t0, t1, t2, d = (
+        risk.s0,
+        risk.s1,
+        risk.s2,
+        risk.t0,
+        risk.t1,
+        risk.t2,
+        risk.d,
     )
-
-
-def _efron(
-    replies: Parts[CoxRiskSetRelease], beta: FloatArray, events: _EventTimes, event_x: FloatArray
-) -> _Evaluation:
-    """Efron's log partial likelihood, gradient and Hessian from pooled risk-set sums."""
-    sums = [part for _, part in replies]
-    s0, s1, s2 = _total(p.s0 for p in sums), _total(p.s1 for p in sums), _total(p.s2 for p in sums)
-    t0, t1, t2 = (np.zeros_like(a) for a in (s0, s1, s2))
-    t0[events.tied_index] = _total(p.t0 for p in sums)
-    t1[events.tied_index] = _total(p.t1 for p in sums)
-    t2[events.tied_index] = _total(p.t2 for p in sums)
-    d = events.counts
     time_of = np.repeat(np.arange(d.size), d)
     first = np.concatenate([[0], np.cumsum(d)[:-1]])
     # Efron: the l-th of d tied deaths sees the risk set minus l/d of the tied rows.
@@ -718,6 +1154,17 @@ def _newton_step(information: FloatArray, gradient: FloatArray) -> FloatArray | 
     return step
 
 
+def _collinear(terms: list[str], everyone: str) -> QueryError:
+    return QueryError(
+        f"the covariates {', '.join(terms)} are constant or collinear in the risk "
+        "sets, so their effects cannot be told apart",
+        rule="coxph.collinear",
+        node=everyone,
+        fix="remove one of these terms (or a redundant level) from the formula",
+        terms=terms,
+    )
+
+
 def _null_space_terms(information: FloatArray, names: list[str]) -> list[str]:
     """The covariates in the (near) null space of a singular information matrix."""
     scale = np.sqrt(np.clip(np.diag(information), 0.0, None))
@@ -731,40 +1178,38 @@ def _null_space_terms(information: FloatArray, names: list[str]) -> list[str]:
 
 def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
     nodes = wait_for_nodes(grid, params)
+    if params.dp is not None:
+        return _serve_dp(grid, params, nodes)
     setup = _round(grid, "coxph_setup", params, nodes, "setup", CoxSetupRelease)
     setup_nodes = [node for node, _ in setup]
     everyone, names = ", ".join(setup_nodes), list(setup[0][1].names)
     levels = list(setup[0][1].levels)
+    box = _same_scale(setup).box()
     n = sum(part.n for _, part in setup)
-    events = _event_times(setup, len(levels))
-    total_events = int(events.counts.sum())
+    total_events = sum(part.events for _, part in setup)
     if total_events == 0:
-        raise QueryError(
-            "no events in the rows used, so there is no partial likelihood",
-            rule="coxph.no_events",
-            node=everyone,
-            fix="check the event column, the where= filter and missing values",
-            column=params.event,
-        )
+        raise _no_events(params, everyone)
     mean = _total(part.sum_x for _, part in setup) / n
     covariance = _total(part.xtx for _, part in setup) / n - np.outer(mean, mean)
     sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-    state = params.model_copy(
-        update={
-            "center": tuple(float(v) for v in mean),
-            "event_times": tuple(tuple(float(t) for t in ts) for ts in events.times),
-            "tied_times": tuple(tuple(float(t) for t in ts) for ts in events.tied),
-        }
-    )
-    event_x = _total(part.event_x for _, part in setup) - total_events * mean
+    # Columns constant or collinear over all rows are so in every risk set; the design
+    # is not centred at the pooled means, so Newton would not see an exactly zero
+    # information and would run off instead.
+    flat = sd <= 1e-9 * (np.abs(mean) + 1.0)
+    if np.any(flat):
+        raise _collinear([name for name, f in zip(names, flat, strict=True) if f], everyone)
+    correlation = covariance / np.outer(sd, sd)
+    if np.linalg.eigvalsh(correlation)[0] < 1e-10:
+        raise _collinear(_null_space_terms(covariance, names), everyone)
+    event_x = _total(part.event_x for _, part in setup)
     round_trips = 1
 
     def evaluate(beta: FloatArray, label: str) -> _Evaluation:
         nonlocal round_trips
         round_trips += 1
-        at = state.model_copy(update={"beta": tuple(float(b) for b in beta)})
-        risk_sets = _round(grid, "coxph", at, nodes, label, CoxRiskSetRelease)
-        return _efron(risk_sets, beta, events, event_x)
+        at = params.model_copy(update={"beta": tuple(float(b) for b in beta)})
+        cells = _round(grid, "coxph", at, nodes, label, CoxCellSumsRelease)
+        return _efron(_exact_risk_sets(cells), beta, event_x)
 
     beta = np.zeros(len(names))
     current = evaluate(beta, "evaluate-0")
@@ -776,6 +1221,10 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         # Newton converges quadratically near the optimum: once the decrement is below
         # tol, one more full step takes the error to rounding level, and the fit ends.
         converged = float(current.gradient @ step) / 2.0 < params.tol
+        outside = outside_box(beta + step, box, names)
+        if outside:
+            # The nodes would refuse these coefficients; a real fit never gets there.
+            raise _separation(outside, everyone)
         for halving in range(1 if converged else MAX_HALVINGS):
             candidate = beta + step / 2.0**halving
             trial = evaluate(candidate, f"step-{iterations}-{halving}")
@@ -797,14 +1246,7 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
     if step is None:
         terms = _null_space_terms(-current.hessian, names)
         if iterations == 0:
-            raise QueryError(
-                f"the covariates {', '.join(terms)} are constant or collinear in the risk "
-                "sets, so their effects cannot be told apart",
-                rule="coxph.collinear",
-                node=everyone,
-                fix="remove one of these terms (or a redundant level) from the formula",
-                terms=terms,
-            )
+            raise _collinear(terms, everyone)
         raise _separation(terms, everyone)
     diverging = [
         names[j] for j in np.argsort(-np.abs(step) * sd) if abs(step[j]) * sd[j] > DIVERGING_STEP
@@ -824,25 +1266,23 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
     covariance_beta = np.linalg.inv(-current.hessian)
     concordance = bound = pairs = None
     if params.concordance:
+        # The scores' centre and spread over the pooled rows place the bins.
+        shift = float(mean @ beta)
         lp_sd = math.sqrt(max(float(beta @ covariance @ beta), 0.0))
         edges = [
-            lp_sd * NormalDist().inv_cdf(i / params.concordance_bins)
+            shift + lp_sd * NormalDist().inv_cdf(i / params.concordance_bins)
             for i in range(1, params.concordance_bins)
         ]
-        at = state.model_copy(
+        at = params.model_copy(
             update={"beta": tuple(float(b) for b in beta), "risk_edges": tuple(edges)}
         )
         round_trips += 1
         concordance, bound, pairs = _concordance(
             _round(grid, "coxph_concordance", at, nodes, "concordance", CoxConcordanceRelease),
-            [ts.size for ts in events.times],
             params.concordance_bins,
         )
     return CoxPHResult(
-        dataset=params.dataset,
-        duration=params.duration,
-        event=params.event,
-        formula=params.covariates.text.removeprefix("~ "),
+        **_as_requested(params, levels),
         names=names,
         coef=beta.tolist(),
         cov=covariance_beta.tolist(),
@@ -850,13 +1290,6 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         log_likelihood_null=loglik_null,
         n=n,
         events=total_events,
-        strata=list(params.strata),
-        strata_levels=levels if params.strata else [],
-        time_grid=params.time_grid,
-        grid=params.grid,
-        time_points=list(params.time_points) if params.time_points is not None else None,
-        exact_times=params.exact_times,
-        alpha=params.alpha,
         concordance=concordance,
         concordance_bound=bound,
         comparable_pairs=pairs,
@@ -867,6 +1300,218 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
         rows_used={node: part.n for node, part in setup},
         rows_dropped={node: part.rows_dropped for node, part in setup},
         rows_outside_strata=sum(part.rows_outside_strata for _, part in setup),
+    )
+
+
+def _serve_dp(grid: Grid, params: CoxPHParams, nodes: Sequence[int]) -> CoxPHResult:
+    """Breslow's Newton steps on noisy per-cell sums, the first from the setup's at beta = 0.
+
+    Every step uses the same information, the events times the covariates'
+    pooled covariance (exact for one risk set at beta = 0): per-cell sums of
+    ``x x'`` would need noise in every cell, and the steps still go to where
+    the noisy score is zero. No step is halved: halving would need more
+    evaluations, each a charged release, and compares noisy likelihoods.
+    """
+    if params.dp is None:
+        raise AssertionError("only DP requests reach the DP fit")
+    setup = _round(grid, "coxph_setup", params, nodes, "setup", NoisyCoxSetupRelease)
+    setup_nodes = [node for node, _ in setup]
+    everyone, names = ", ".join(setup_nodes), list(setup[0][1].names)
+    first = setup[0][1]
+    levels, stratum = list(first.levels), np.asarray(first.cell_stratum)
+    scale = _same_scale(setup)
+    # The nodes' sums are in half-widths of each covariate: so is the fit, until the end.
+    half, box = scale.half_width, scale.box() * scale.half_width
+    d = _total(part.events.astype(float) for _, part in setup)
+    if not d.any():
+        raise _no_events(params, everyone)
+    event_x = _total(part.event_x for _, part in setup)
+    sd_events, sd_x = _noise_sd(setup, "events"), _noise_sd(setup, "event_x")
+    rho = {node: float((part.privacy or {})["rho"]) for node, part in setup}
+    p = len(names)
+    n = sum(part.n for _, part in setup)
+    if n <= p + 1:
+        raise QueryError(
+            f"about {n} rows over all nodes (a noisy count) for {p} coefficients",
+            rule="coxph.too_few_rows",
+            node=everyone,
+            fix="use fewer covariates, a wider where= filter, or more nodes",
+        )
+    information = float(d.sum()) * _pooled_covariance(
+        _total(part.moments for _, part in setup), n, p, _noise_sd(setup, "moments")
+    )
+    # The risk sets' noise grows towards the first cell: each adds the later cells' noise.
+    cells_from_end = _from_end(np.ones(stratum.size), stratum)
+    a0 = _total(part.a0 for _, part in setup)
+    a1 = _total(part.a1 for _, part in setup)
+    sd_w = _noise_sd(setup, "risk")
+    beta = np.zeros(p)
+    current = _breslow_dp(a0, a1, d, stratum, sd_w * np.sqrt(cells_from_end), beta, event_x)
+    loglik_null = current.loglik
+    for iteration in range(1, params.max_iter):
+        step = np.linalg.solve(information, current.gradient)
+        # Noise can overshoot a step; the nodes evaluate only inside the box.
+        beta = np.clip(beta + step, -box, box)
+        at = params.model_copy(update={"beta": tuple(float(b) for b in beta / half)})
+        sums = _round(grid, "coxph", at, nodes, f"step-{iteration}", NoisyCoxCellSumsRelease)
+        for node, part in sums:
+            rho[node] = rho.get(node, 0.0) + float((part.privacy or {})["rho"])
+        a0 = _total(part.a0 for _, part in sums)
+        a1 = _total(part.a1 for _, part in sums)
+        sd_w = _noise_sd(sums, "risk")
+        current = _breslow_dp(a0, a1, d, stratum, sd_w * np.sqrt(cells_from_end), beta, event_x)
+    step = np.linalg.solve(information, current.gradient)
+    final = np.clip(beta + step, -box, box)
+    taken = final - beta
+    # The partial likelihood is not evaluated at the last iterate (that would cost a
+    # release): its quadratic expansion from the last evaluation stands in for it.
+    loglik = current.loglik + float(taken @ current.gradient - taken @ information @ taken / 2.0)
+    inverse = np.linalg.inv(information)
+    noise = _noise_variance(current, d, stratum, sd_w, sd_events, sd_x)
+    covariance_beta = (inverse + inverse @ noise @ inverse) / np.outer(half, half)
+    delta = params.dp.delta
+    privacy = DPReport(
+        mechanism=str((first.privacy or {})["mechanism"]),
+        epsilon={node: PrivacyLoss.from_rho(r).epsilon(delta) for node, r in rho.items()},
+        delta=delta,
+        noise_std={
+            "events": sd_events,
+            "event_x": sd_x,
+            "rows": _noise_sd(setup, "rows"),
+            "moments": _noise_sd(setup, "moments"),
+            "risk": sd_w,
+        },
+    )
+    return CoxPHResult(
+        **_as_requested(params, levels),
+        names=names,
+        coef=(final / half).tolist(),
+        cov=covariance_beta.tolist(),
+        log_likelihood=loglik,
+        log_likelihood_null=loglik_null,
+        n=n,
+        events=int(d.sum()),
+        concordance=None,
+        concordance_bound=None,
+        comparable_pairs=None,
+        iterations=params.max_iter,
+        converged=False,
+        round_trips=params.max_iter,
+        nodes=setup_nodes,
+        rows_used={node: part.n for node, part in setup},
+        rows_dropped={node: part.rows_dropped for node, part in setup},
+        rows_outside_strata=sum(part.rows_outside_strata for _, part in setup),
+        ties="breslow",
+        privacy=privacy,
+    )
+
+
+def _as_requested(params: CoxPHParams, levels: list[str]) -> dict[str, Any]:
+    """The result's fields that restate the request (a DP and an exact fit share them)."""
+    return {
+        "dataset": params.dataset,
+        "duration": params.duration,
+        "event": params.event,
+        "formula": params.covariates.text.removeprefix("~ "),
+        "strata": list(params.strata),
+        "strata_levels": levels if params.strata else [],
+        "time_grid": params.time_grid,
+        "grid": params.grid,
+        "time_points": list(params.time_points) if params.time_points is not None else None,
+        "exact_times": params.exact_times,
+        "alpha": params.alpha,
+    }
+
+
+def _pooled_covariance(moments: FloatArray, n: int, p: int, noise: float) -> FloatArray:
+    """The covariates' covariance from noisy (sum x, sum x x'), made positive definite.
+
+    Noise can leave it indefinite. Each entry of sum x x' / n carries noise of
+    sd ``noise / n``; eigenvalues are floored there, as ``glm`` floors its noisy
+    cross-products: enough to invert, and no more, since a higher floor shrinks
+    the steps of covariates whose spread is small against their bounds.
+    Post-processing only.
+    """
+    mean, second = moments[:p] / n, moments[p:].reshape(p, p) / n
+    covariance = (second + second.T) / 2.0 - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(covariance)
+    floored: FloatArray = (vectors * np.maximum(values, noise / n)) @ vectors.T
+    return floored
+
+
+@dataclass(frozen=True)
+class _NoisyEvaluation:
+    """Breslow's log partial likelihood and score on noisy sums, with what made them."""
+
+    loglik: float
+    gradient: FloatArray
+    s0: FloatArray
+    """Each cell's risk set: its noisy sum of w, floored at its noise sd."""
+    mean: FloatArray
+    """Each cell's risk-set mean of x, clipped to [-1, 1] (where every row's x lies)."""
+
+
+def _breslow_dp(
+    a0: FloatArray,
+    a1: FloatArray,
+    d: FloatArray,
+    stratum: IntArray,
+    risk_sd: FloatArray,
+    beta: FloatArray,
+    event_x: FloatArray,
+) -> _NoisyEvaluation:
+    """The partial likelihood's score at ``beta`` from the cells' noisy sums (post-processing).
+
+    A risk set late in follow-up can be small against its noise: its sum is
+    floored at the noise sd and its mean kept inside the box every row's x is
+    in, so its cell moves the score by at most its events, never to infinity.
+    """
+    s0 = np.maximum(_from_end(a0, stratum), risk_sd)
+    mean = np.clip(_from_end(a1, stratum) / s0[:, None], -1.0, 1.0)
+    loglik = float(beta @ event_x - d @ np.log(s0))
+    gradient: FloatArray = event_x - d @ mean
+    return _NoisyEvaluation(loglik, gradient, s0, mean)
+
+
+def _noise_variance(
+    at: _NoisyEvaluation,
+    d: FloatArray,
+    stratum: IntArray,
+    sd_w: float,
+    sd_events: float,
+    sd_x: float,
+) -> FloatArray:
+    """The score's variance from the noise, to first order; the estimate's is I^-1 V I^-1.
+
+    The score is sum(x over events) - sum_k d_k m_k with m_k = S1_k / S0_k, S
+    the sums from cell k to the end: noise in cell j's sums reaches every
+    k <= j, weighted by c_k = d_k / S0_k (and by c_k m_k through S0); noise in
+    d_k by m_k.
+    """
+    c = d / at.s0
+    by_cell = np.zeros_like(c)
+    through_s0 = np.zeros_like(at.mean)
+    for s in np.unique(stratum):
+        mine = stratum == s
+        by_cell[mine] = np.cumsum(c[mine])
+        through_s0[mine] = np.cumsum(c[mine, None] * at.mean[mine], axis=0)
+    p = at.mean.shape[1]
+    variance: FloatArray = (
+        sd_x**2 * np.eye(p)
+        + sd_events**2 * at.mean.T @ at.mean
+        + sd_w**2 * float(by_cell @ by_cell) * np.eye(p)
+        + sd_w**2 * through_s0.T @ through_s0
+    )
+    return variance
+
+
+def _no_events(params: CoxPHParams, everyone: str) -> QueryError:
+    return QueryError(
+        "no events in the rows used, so there is no partial likelihood",
+        rule="coxph.no_events",
+        node=everyone,
+        fix="check the event column, the where= filter and missing values",
+        column=params.event,
     )
 
 
@@ -884,29 +1529,31 @@ def _separation(terms: list[str], everyone: str) -> TaskFailed:
 
 
 def _concordance(
-    replies: Parts[CoxConcordanceRelease], sizes: list[int], bins: int
+    parts: Parts[CoxConcordanceRelease], bins: int
 ) -> tuple[float | None, float | None, int]:
-    """Harrell's C from (time, risk bin) counts; same-bin pairs count 1/2, bounding the error."""
-    total_times = sum(sizes)
-    deaths = np.zeros(total_times * bins)
-    risks = np.zeros((total_times + len(sizes)) * bins)
-    for _, part in replies:
-        deaths += np.bincount(part.death_cell, weights=part.death_count, minlength=deaths.size)
-        risks += np.bincount(part.risk_cell, weights=part.risk_count, minlength=risks.size)
-    deaths_by = deaths.reshape(total_times, bins)
-    risks_by = risks.reshape(total_times + len(sizes), bins)
-    pairs = correct = same = 0.0
-    death_offset = risk_offset = 0
-    for m in sizes:
-        dead = deaths_by[death_offset : death_offset + m]
-        # Comparable with the deaths at event time i: rows with k >= i + 1.
-        comparable = _from_end(risks_by[risk_offset : risk_offset + m + 1])[1:]
-        lower = np.cumsum(comparable, axis=1) - comparable
-        pairs += float(np.sum(dead * comparable.sum(axis=1, keepdims=True)))
-        correct += float(np.sum(dead * lower))
-        same += float(np.sum(dead * comparable))
-        death_offset += m
-        risk_offset += m + 1
+    """Harrell's C from (cell, risk bin) counts; same-bin pairs count 1/2, bounding the error.
+
+    A death is comparable with every row ending in a later cell of its stratum,
+    and with the rows censored in its own cell.
+    """
+    stratum, index = _pooled_cells([(p.cell_stratum, p.cell_time) for _, p in parts])
+    size = stratum.size * bins
+    deaths, censored = np.zeros(size), np.zeros(size)
+    for where, (_, part) in zip(index, parts, strict=True):
+        for total, position, count in (
+            (deaths, part.death_cell, part.death_count),
+            (censored, part.censored_cell, part.censored_count),
+        ):
+            pooled = where[position // bins] * bins + position % bins
+            total += np.bincount(pooled, weights=count, minlength=size)
+    dead_by = deaths.reshape(-1, bins)
+    censored_by = censored.reshape(-1, bins)
+    ending = dead_by + censored_by
+    comparable = _from_end(ending, stratum) - ending + censored_by
+    lower = np.cumsum(comparable, axis=1) - comparable
+    pairs = float(np.sum(dead_by * comparable.sum(axis=1, keepdims=True)))
+    correct = float(np.sum(dead_by * lower))
+    same = float(np.sum(dead_by * comparable))
     if pairs == 0:
         return None, None, 0
     return (correct + 0.5 * same) / pairs, 0.5 * same / pairs, int(pairs)
@@ -928,7 +1575,7 @@ TASK: TaskType[CoxPHParams, CoxPHResult] = TaskType(
         "coxph_concordance": coxph_concordance_node,
     },
     releases=COX_RELEASES,
-    summary="Cox proportional hazards (Efron ties) by federated Newton-Raphson",
+    summary="Cox proportional hazards (Efron ties; Breslow under dp) by federated Newton-Raphson",
     arguments=("duration", "event", "covariates"),
     table=coxph_table,
 )

@@ -11,6 +11,7 @@ the pooled one to floating-point precision.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,7 @@ from oncofed.tasks.base import (
     ColumnRole,
     DPReport,
     LocalDataset,
+    PublicBounds,
     TaskParams,
     TaskType,
     dp_report,
@@ -56,7 +58,7 @@ class DescribeParams(TaskParams):
         description="Agreed group labels; defaults to the categories the schema declares.",
     )
 
-    bounds: dict[str, tuple[float, float]] = Field(
+    bounds: PublicBounds = Field(
         default_factory=dict,
         description=(
             "Public (lo, hi) per column for a DP release, where the node schema declares none; "
@@ -214,7 +216,14 @@ def describe_node_dp(
     )
 
 
-def sum_bounds(params: DescribeParams, local: LocalDataset, column: str) -> tuple[float, float]:
+class Bounded(Protocol):
+    """A request that may state public bounds per column (describe's, correlation's)."""
+
+    @property
+    def bounds(self) -> Mapping[str, tuple[float, float]]: ...
+
+
+def sum_bounds(params: Bounded, local: LocalDataset, column: str) -> tuple[float, float]:
     """The public clamping range of a column: the schema's, else the request's."""
     bounds = local.schema.columns[column].bounds or params.bounds.get(column)
     if bounds is None:

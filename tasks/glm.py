@@ -24,6 +24,38 @@ its rows at the given coefficients, and the null deviance at the pooled mean;
 in rounds without coefficients also the unweighted X'X (for the design
 checks). No row leaves it, and it refuses while the model is close to
 saturated on its rows.
+
+Under differential privacy (``params.dp``) the request's epsilon is the loss
+of the whole fit at each node. Every numeric column is clamped to public
+bounds (the schema's, else the request's ``bounds``) before the formula's
+transforms, so each design column has a range known from the bounds alone
+(a transform without a finite range on them is refused, ``privacy.dp_term``);
+a node maps its augmented rows ``u = (1, columns[, y])`` into ``v`` in
+[-1, 1] by those ranges and releases sums over ``v`` with OpenDP Gaussian
+noise (``GLMMomentsRelease``, ``GLMNewtonRelease``):
+
+- gaussian: one round, the upper triangle of sum v v' (count, X'X, X'y,
+  y'y), L2 sensitivity sqrt(m (m + 1) / 2). The coordinator solves the noisy
+  normal equations (eigenvalues floored at the noise sd, post-processing).
+  Standard errors: scale (X'X)^-1 plus the noise's share, estimated by a
+  parametric bootstrap over the stated noise -- re-drawing each node's noise
+  and solving again -- because the solve (and its PD repair) is non-linear
+  in the noise, and the bootstrap needs no delta-method algebra per node.
+- binomial and poisson: ``max_iter`` (signed by the researcher, at most
+  ``DP_MAX_STEPS``) noisy Newton steps from zero. Each message costs
+  rho / max_iter (``release_loss``): a full fit costs the request's epsilon
+  at each node, and a coordinator that asks for more steps pays for each
+  from the permit's budget, which the node's ledger caps. Per row, the score
+  residual and weight are clamped to what the family bounds: |y - mu| <= 1,
+  w <= 1/4 (binomial); the mean capped at the response's upper bound Y,
+  |y - mu| <= Y, w <= Y (poisson: the MLE wherever no fitted mean exceeds Y).
+  The second half's iterates are averaged (each is the fit plus independent
+  noise once Newton has converged); the covariance is the sandwich
+  H^-1 + H^-1 Var(e) H^-1 / L. Deviance and log-likelihood are not released.
+
+The exact path's data-dependent refusals (saturation, weight concentration,
+a response outside the family's domain) are not applied under DP: each would
+reveal something about the rows, which the noise protects instead.
 """
 
 from __future__ import annotations
@@ -32,7 +64,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,20 +75,35 @@ from rich.text import Text
 
 from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
-from oncofed.privacy.release import Count, ModelStatistic, ModelStatistics, Release
+from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.privacy.dp import DPRequest, ZCDPRelease
+from oncofed.privacy.release import (
+    AgreedValues,
+    Count,
+    ModelStatistic,
+    ModelStatistics,
+    Moments,
+    Release,
+)
 from oncofed.privacy.saturation import check_model_saturation
 from oncofed.tasks.base import (
     ColumnRole,
+    DPReport,
     LocalDataset,
+    PublicBounds,
     TaskParams,
     TaskType,
     WrittenAs,
+    dp_report,
     released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
 from oncofed.tasks.formula import (
+    TRANSFORMS,
+    Factor,
     Formula,
+    agreed_levels,
     check_formula,
     design_matrix,
     parse_formula,
@@ -80,6 +127,16 @@ SINGULAR_RATIO = 1e-12
 DIVERGING_STEP = 1e-4
 NOISE_FLOOR = 64 * FLOAT_EPS
 WEIGHT_RULE = "privacy.weight_concentration"
+DP_MAX_STEPS = 20
+"""Most noisy Newton steps one DP fit may pay for: each costs rho / max_iter, and the
+first half of them only brings Newton to the optimum (it needs 4-6 from zero)."""
+DP_MAX_STEP = 2.0
+"""Largest change of any row's linear predictor one noisy Newton step may make."""
+COUNT_SHARE, GRADIENT_SHARE, HESSIAN_SHARE = 0.05, 0.70, 0.25
+"""How a DP Newton step's rho is split. The last step's gradient noise is what stays in
+the coefficients; the Hessian's only slows convergence; the count only sizes df."""
+BOOTSTRAP_DRAWS = 400
+"""Re-draws of the stated noise behind the gaussian DP fit's standard errors."""
 
 
 # ---- families --------------------------------------------------------------
@@ -242,6 +299,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (Gaussian(), Binomial(), Poiss
 
 
 class GLMParams(TaskParams):
+    DP = True
     SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"coefficients", "response_mean"})
     formula: Annotated[Formula, WrittenAs('"status ~ age + C(sex) + np.log(wt.loss)"')] = Field(
         description="Model formula with a response: outcome ~ predictors."
@@ -263,6 +321,13 @@ class GLMParams(TaskParams):
     response_mean: float | None = Field(
         default=None, description="Iteration state: pooled mean of the response."
     )
+    bounds: PublicBounds = Field(
+        default_factory=dict,
+        description=(
+            "Public (lo, hi) per numeric formula column for a DP fit, where the node schema "
+            "declares none; values are clamped to them. Never derive them from the data."
+        ),
+    )
 
     @field_validator("formula", mode="before")
     @classmethod
@@ -278,6 +343,26 @@ class GLMParams(TaskParams):
         if self.formula.response is None:
             raise ValueError("a GLM formula needs a response: 'outcome ~ predictors'")
         return self
+
+    @model_validator(mode="after")
+    def _dp_steps_paid_for(self) -> GLMParams:
+        if self.dp is not None and self.family != "gaussian" and self.max_iter > DP_MAX_STEPS:
+            raise ValueError(
+                f"under dp, max_iter is the number of noisy Newton steps, each costing "
+                f"epsilon / max_iter at every node, and the second half's iterates are "
+                f"averaged: ask for at most {DP_MAX_STEPS} (10 to 12 is usually right)"
+            )
+        return self
+
+    def dp_rounds(self) -> int:
+        """Messages one DP fit sends each node; the request's rho is split evenly over them."""
+        return 1 if self.family == "gaussian" else self.max_iter
+
+    def release_loss(self) -> PrivacyLoss | None:
+        # dp states the loss of the whole fit; each message pays its share.
+        if self.dp is None:
+            return None
+        return PrivacyLoss.from_rho(self.dp.rho / self.dp_rounds())
 
     def required_columns(self) -> dict[str, ColumnRole]:
         roles = super().required_columns()
@@ -301,13 +386,15 @@ class GLMResult(WaldCoefficients):
     formula: str
     family: FamilyName
     link: str
-    deviance: float
-    null_deviance: float
-    pearson_chi2: float
+    deviance: float | None
+    """None for a DP binomial or poisson fit, whose nodes release no deviance (nor the
+    statistics below that derive from it)."""
+    null_deviance: float | None
+    pearson_chi2: float | None
     scale: float
-    llf: float
-    aic: float
-    bic: float
+    llf: float | None
+    aic: float | None
+    bic: float | None
     df_model: int
     df_resid: int
     nobs: int
@@ -316,7 +403,14 @@ class GLMResult(WaldCoefficients):
     round_trips: int
     nodes: list[str]
     rows_used: dict[str, int]
+    """Rows per node (under DP: the noisy counts, rounded)."""
     rows_dropped: dict[str, int]
+    """Rows with a missing value per node; empty under DP, where it is not released."""
+    privacy: DPReport | None = Field(
+        default=None,
+        description="The DP mechanism, loss and noise, when dp= was asked for; the "
+        "standard errors then include the noise.",
+    )
 
     @property
     def tvalues(self) -> pd.Series:
@@ -348,25 +442,27 @@ class GLMResult(WaldCoefficients):
 
     def summary(self, alpha: float = 0.05) -> str:
         """A text table laid out like statsmodels' ``GLMResults.summary()``."""
+        dp = self.privacy is not None
+        method = ("DP moments" if self.family == "gaussian" else "DP Newton") if dp else "IRLS"
         left = [
             ("Dep. Variable:", self.formula.split("~")[0].strip()),
             ("Model:", "GLM (federated)"),
             ("Model Family:", self.family.capitalize()),
             ("Link Function:", self.link),
-            ("Method:", "IRLS"),
+            ("Method:", method),
             ("No. Iterations:", str(self.iterations)),
             ("Nodes:", str(len(self.nodes))),
-            ("Rows dropped:", str(sum(self.rows_dropped.values()))),
+            ("Rows dropped:", "n/a (DP)" if dp else str(sum(self.rows_dropped.values()))),
         ]
         right = [
-            ("No. Observations:", str(self.nobs)),
+            ("No. Observations:", f"{self.nobs}{' (noisy)' if dp else ''}"),
             ("Df Residuals:", str(self.df_resid)),
             ("Df Model:", str(self.df_model)),
             ("Scale:", f"{self.scale:#.5g}"),
-            ("Log-Likelihood:", f"{self.llf:#.5g}"),
-            ("Deviance:", f"{self.deviance:#.5g}"),
-            ("Pearson chi2:", f"{self.pearson_chi2:#.3g}"),
-            ("AIC:", f"{self.aic:#.5g}"),
+            ("Log-Likelihood:", _optional(self.llf, "#.5g")),
+            ("Deviance:", _optional(self.deviance, "#.5g")),
+            ("Pearson chi2:", _optional(self.pearson_chi2, "#.3g")),
+            ("AIC:", _optional(self.aic, "#.5g")),
         ]
         width = 78
         lines = [
@@ -386,7 +482,18 @@ class GLMResult(WaldCoefficients):
         lines.append("=" * rule_width)
         lines.append(f"Formula: {self.formula}    dataset: {self.dataset}")
         lines.append(f"Nodes: {', '.join(self.nodes)}; {self.round_trips} round trips")
+        if self.privacy is not None:
+            spent = max(self.privacy.epsilon.values(), default=0.0)
+            lines.append(
+                f"Differentially private ({self.privacy.mechanism}): epsilon {spent:.3g} at "
+                f"delta {self.privacy.delta:g} at each node; std errors include the noise"
+                + ("" if self.converged else "; the last step was larger than its noise")
+            )
         return "\n".join(lines)
+
+
+def _optional(value: float | None, spec: str) -> str:
+    return "n/a (DP)" if value is None else format(value, spec)
 
 
 def _number(number: float, digits: int = 4) -> str:
@@ -445,7 +552,47 @@ class GLMStartRelease(GLMStepRelease):
     """X'X, p x p, for the design checks."""
 
 
-GLM_RELEASES: tuple[type[Release], ...] = (GLMDesignRelease, GLMStartRelease, GLMStepRelease)
+class _GLMUnitBox(Release):
+    """What every DP GLM reply holds: its design columns and the box its numbers live in.
+
+    A node releases sums over its rows of ``v = (u - centre) / half_width``, the
+    augmented row ``u = (1, design columns but the intercept[, response])``
+    mapped into [-1, 1] by the public bounds, so that one row moves them by a
+    bounded amount. ``centre`` and ``half_width`` come from those bounds (the
+    schema's or the request's), never from the data; the server maps the sums
+    back with them.
+    """
+
+    names: tuple[str, ...]
+    centre: AgreedValues
+    half_width: AgreedValues
+
+
+class GLMMomentsRelease(_GLMUnitBox):
+    """A DP gaussian reply: noisy cross-products of the unit rows (count, X'X, X'y, y'y)."""
+
+    moments: Moments
+    """The upper triangle, row by row, of sum v v' (its first entry is the row count)."""
+
+
+class GLMNewtonRelease(_GLMUnitBox):
+    """A DP binomial or poisson reply at the server's coefficients: one noisy Newton step."""
+
+    n: Count
+    """Noisy count of complete rows."""
+    gradient: ModelStatistics
+    """sum v (y - mu), the score in unit coordinates."""
+    hessian: ModelStatistics
+    """The upper triangle, row by row, of sum w v v' (the Fisher information)."""
+
+
+GLM_RELEASES: tuple[type[Release], ...] = (
+    GLMDesignRelease,
+    GLMStartRelease,
+    GLMStepRelease,
+    GLMMomentsRelease,
+    GLMNewtonRelease,
+)
 
 
 def glm_release(params: GLMParams) -> type[GLMDesignRelease] | type[GLMStepRelease]:
@@ -460,7 +607,11 @@ def glm_release(params: GLMParams) -> type[GLMDesignRelease] | type[GLMStepRelea
 # ---- node side -----------------------------------------------------------
 
 
-def glm_node(params: GLMParams, local: LocalDataset) -> GLMDesignRelease | GLMStepRelease:
+def glm_node(
+    params: GLMParams, local: LocalDataset
+) -> GLMDesignRelease | GLMStepRelease | GLMMomentsRelease | GLMNewtonRelease:
+    if params.dp is not None:
+        return glm_node_dp(params, local, params.dp)
     node = local.node_name
     family = FAMILIES[params.family]
     design = design_matrix(params.formula, selected_rows(params, local), local.schema, node)
@@ -544,6 +695,220 @@ def _node_mu(
         return None, None
     mu = family.starting_mu(y, params.response_mean or 0.0)
     return mu, family.link(mu)
+
+
+def glm_node_dp(
+    params: GLMParams, local: LocalDataset, request: DPRequest
+) -> GLMMomentsRelease | GLMNewtonRelease:
+    """One noisy release over this node's complete rows, each row's share bounded.
+
+    Numeric columns are clamped to their public bounds before the formula's
+    transforms, so every design column lies in a range computed from the bounds
+    alone; the unit rows are clamped to [-1, 1] again, which is what enforces
+    the sensitivities stated below. The data-dependent refusals of the exact
+    path (saturation, weight concentration, a response outside the family's
+    domain) are not applied: each would reveal something about the rows, and
+    the noise is what protects them.
+    """
+    node = local.node_name
+    family = FAMILIES[params.family]
+    response = params.formula.response
+    if response is None:
+        raise AssertionError("GLMParams requires a response")
+    frame = selected_rows(params, local).copy()
+    clamped = {f.column for f in params.formula.factors() if not f.categorical}
+    if family.name == "binomial":
+        clamped.discard(response.column)  # its range is the family's: 0 to 1
+    for column in sorted(clamped):
+        lo, hi = _column_bounds(params, local, column)
+        values = frame[column].to_numpy(dtype=float, na_value=np.nan)
+        frame[column] = np.clip(values, lo, hi)
+    design = design_matrix(params.formula, frame, local.schema, node)
+    if design.y is None:
+        raise AssertionError("GLMParams requires a response")
+    ranges = _design_ranges(params, local)
+    if len(ranges) != len(design.names):
+        raise AssertionError("design ranges and design columns disagree")
+    y_range = _response_range(params, local, family, response)
+    y = np.clip(design.y, *y_range)
+    x = design.x
+    skip = 1 if params.formula.intercept else 0
+    box = [(1.0, 1.0), *ranges[skip:]]
+    columns = [np.ones(len(x)), *x[:, skip:].T]
+    if family.name == "gaussian":
+        box.append(y_range)
+        columns.append(y)
+    centre = np.array([(lo + hi) / 2.0 for lo, hi in box])
+    half = np.array([(hi - lo) / 2.0 for lo, hi in box])
+    centre[0], half[0] = 0.0, 1.0  # the constant stays 1
+    if np.any(half <= 0.0):
+        raise AssertionError("a non-constant design column has an empty range")
+    unit = np.clip((np.column_stack(columns) - centre) / half, -1.0, 1.0)
+    m = unit.shape[1]
+    upper = np.triu_indices(m)
+    # One row's v v' has m^2 entries of size at most 1: its upper triangle's L2 norm.
+    matrix_sensitivity = math.sqrt(m * (m + 1) / 2.0)
+    release = ZCDPRelease(budget=request.rho / params.dp_rounds(), delta=request.delta)
+    names = tuple(design.names)
+    if family.name == "gaussian":
+        moments = release.floats(
+            "moments", (unit.T @ unit)[upper], release.budget, matrix_sensitivity
+        )
+        return GLMMomentsRelease(
+            names=names,
+            centre=centre,
+            half_width=half,
+            moments=moments,
+            privacy=dict(release.record()),
+        )
+    beta = _dp_coefficients(params, x.shape[1], node)
+    residual, weight, bound = _bounded_residuals(family, x @ beta, y, y_range[1])
+    part = release.budget
+    count = release.counts("count", [len(x)], COUNT_SHARE * part)
+    gradient = release.floats(
+        "gradient", unit.T @ residual, GRADIENT_SHARE * part, math.sqrt(m) * bound
+    )
+    hessian = release.floats(
+        "hessian",
+        ((unit * weight[:, None]).T @ unit)[upper],
+        HESSIAN_SHARE * part,
+        (bound if family.name == "poisson" else 0.25) * matrix_sensitivity,
+    )
+    return GLMNewtonRelease(
+        names=names,
+        centre=centre,
+        half_width=half,
+        n=int(count[0]),
+        gradient=gradient,
+        hessian=hessian,
+        privacy=dict(release.record()),
+    )
+
+
+def _bounded_residuals(
+    family: Family, eta: FloatArray, y: FloatArray, y_max: float
+) -> tuple[FloatArray, FloatArray, float]:
+    """Per-row score residual y - mu and weight, clamped to the bound they are released at.
+
+    binomial: y and mu are in [0, 1], so |y - mu| <= 1 and mu (1 - mu) <= 1/4.
+    poisson: the mean is capped at the response's public upper bound Y, so
+    |y - mu| <= Y and mu <= Y. The fit is then the Poisson MLE wherever no
+    fitted mean exceeds the largest count the bounds allow, and an M-estimator
+    that stops trusting the model beyond it otherwise.
+    """
+    if family.name == "binomial":
+        mu = family.inverse(eta)
+        return np.clip(y - mu, -1.0, 1.0), np.clip(mu * (1.0 - mu), 0.0, 0.25), 1.0
+    mu = np.exp(np.minimum(eta, math.log(y_max)))
+    return np.clip(y - mu, -y_max, y_max), np.clip(mu, 0.0, y_max), y_max
+
+
+def _dp_coefficients(params: GLMParams, p: int, node: str) -> FloatArray:
+    """The coefficients a DP Newton step is evaluated at (zero for the first)."""
+    if params.coefficients is None:
+        return np.zeros(p)
+    beta = np.asarray(params.coefficients, dtype=float)
+    if beta.size != p or not np.all(np.isfinite(beta)):
+        raise QueryError(
+            f"{beta.size} coefficients were sent for {p} design columns, or some are not finite",
+            rule="glm.state",
+            node=node,
+            fix="submit GLMs through the session's glm(); do not send iteration state",
+        )
+    return beta
+
+
+def _column_bounds(params: GLMParams, local: LocalDataset, column: str) -> tuple[float, float]:
+    """The public clamping range of a numeric column: the schema's, else the request's."""
+    spec = local.schema.columns[column]
+    bounds = spec.bounds or params.bounds.get(column)
+    if bounds is None and spec.type == "boolean":
+        return 0.0, 1.0  # the type itself bounds it
+    if bounds is None:
+        raise QueryError(
+            f"a DP model on {column!r} needs public bounds to clamp its values to",
+            rule="privacy.bounds_required",
+            node=local.node_name,
+            fix=f"pass bounds={{{column!r}: (lo, hi)}} from domain knowledge, or ask the node "
+            "operator to declare bounds for the column in the node schema",
+            column=column,
+        )
+    return float(bounds[0]), float(bounds[1])
+
+
+def _factor_range(params: GLMParams, local: LocalDataset, factor: Factor) -> tuple[float, float]:
+    """The range of one factor's values on clamped rows: an indicator's, or the bounds
+    through the (increasing) transform."""
+    if factor.categorical:
+        return 0.0, 1.0
+    lo, hi = _column_bounds(params, local, factor.column)
+    if factor.transform is None:
+        return lo, hi
+    with np.errstate(all="ignore"):
+        low, high = TRANSFORMS[factor.transform](np.array([lo, hi]))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise QueryError(
+            f"{factor.label} has no finite range on the bounds ({lo:g}, {hi:g}) of "
+            f"{factor.column!r}, so a DP release cannot bound what one row adds",
+            rule="privacy.dp_term",
+            node=local.node_name,
+            fix=f"give {factor.column!r} bounds inside the domain of np.{factor.transform} "
+            "(e.g. lo > 0 for np.log, hi < 700 for np.exp), or drop the transform",
+            column=factor.column,
+        )
+    return float(low), float(high)
+
+
+def _design_ranges(params: GLMParams, local: LocalDataset) -> list[tuple[float, float]]:
+    """The range of every design column, in design_matrix's order, from public bounds only.
+
+    A term's columns are products of its factors' values, and a product of
+    values in intervals lies between the products of the intervals' ends.
+    """
+    formula, node = params.formula, local.node_name
+    ranges = [(1.0, 1.0)] if formula.intercept else []
+    # design_matrix gives the first categorical main effect every level when there is
+    # no intercept; the others drop their first level.
+    full_rank = None
+    if not formula.intercept:
+        full_rank = next(
+            (
+                t.factors[0]
+                for t in formula.terms
+                if len(t.factors) == 1 and t.factors[0].categorical
+            ),
+            None,
+        )
+    for term in formula.terms:
+        low, high, width = 1.0, 1.0, 1
+        for factor in term.factors:
+            f_lo, f_hi = _factor_range(params, local, factor)
+            corners = (low * f_lo, low * f_hi, high * f_lo, high * f_hi)
+            low, high = min(corners), max(corners)
+            if factor.categorical:
+                levels = len(agreed_levels(factor, local.schema, node))
+                width *= levels if factor == full_rank and len(term.factors) == 1 else levels - 1
+        ranges += [(low, high)] * width
+    return ranges
+
+
+def _response_range(
+    params: GLMParams, local: LocalDataset, family: Family, response: Factor
+) -> tuple[float, float]:
+    if family.name == "binomial":
+        return 0.0, 1.0
+    lo, hi = _factor_range(params, local, response)
+    if family.name == "poisson":
+        if hi <= 0.0:
+            raise QueryError(
+                f"the poisson response {response.label} needs a positive upper bound",
+                rule="privacy.bounds_required",
+                node=local.node_name,
+                fix=f"give {response.column!r} bounds (0, largest plausible count)",
+                column=response.column,
+            )
+        return max(lo, 0.0), hi
+    return lo, hi
 
 
 # ---- server side -----------------------------------------------------------
@@ -645,6 +1010,8 @@ def _optional_total(values: Sequence[FloatArray]) -> float | None:
 
 
 def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
+    if params.dp is not None:
+        return _serve_dp(grid, params)
     family = FAMILIES[params.family]
     nodes = wait_for_nodes(grid, params)
     first = _round(grid, params, nodes, "start")
@@ -853,6 +1220,312 @@ def _result(
         nodes=first.nodes,
         rows_used=final.rows_used,
         rows_dropped=final.rows_dropped,
+    )
+
+
+# ---- server side under DP -----------------------------------------------------
+
+
+UnitBox = TypeVar("UnitBox", "GLMMomentsRelease", "GLMNewtonRelease")
+
+
+@dataclass(frozen=True)
+class _DPRound(Generic[UnitBox]):
+    """One DP round: each node's release, the nodes' report and each node's rho."""
+
+    parts: list[tuple[str, UnitBox]]
+    report: DPReport
+    rho: dict[str, float]
+
+
+def _dp_round(
+    grid: Grid,
+    params: GLMParams,
+    nodes: Sequence[int],
+    label: str,
+    kind: type[UnitBox],
+) -> _DPRound[UnitBox]:
+    replies = broadcast(grid, "glm", params, nodes, group_id=f"glm/{label}")
+    parts = released(replies, kind)
+    names: list[str] | None = None
+    for node, part in parts:
+        names = same_design(names, list(part.names), node, "glm")
+    report = dp_report(replies)
+    if report is None or any(part.privacy is None for _, part in parts):
+        raise TaskFailed(
+            "a node answered a DP request without a privacy statement",
+            rule="glm.protocol",
+            fix="upgrade every node to the same oncofed version",
+        )
+    rho = {node: float(part.privacy["rho"]) for node, part in parts if part.privacy}
+    return _DPRound(parts=parts, report=report, rho=rho)
+
+
+def _to_raw(part: _GLMUnitBox) -> FloatArray:
+    """T with u = T v: a node's unit coordinates back to the raw augmented row."""
+    transform = np.diag(part.half_width)
+    transform[:, 0] += part.centre
+    return transform
+
+
+def _symmetric(upper: FloatArray, m: int) -> FloatArray:
+    matrix = np.zeros((m, m))
+    matrix[np.triu_indices(m)] = upper
+    return matrix + np.triu(matrix, 1).T
+
+
+def _noise_std(part: Release, quantity: str) -> float:
+    if part.privacy is None:
+        raise AssertionError("_dp_round checked every part's privacy statement")
+    return float(part.privacy[f"scale.{quantity}"])
+
+
+def _positive_definite(matrix: FloatArray, to_unit: FloatArray, noise: float) -> FloatArray:
+    """``matrix`` with every eigenvalue raised to at least the noise of one entry.
+
+    Noise can leave a cross-product matrix indefinite. In unit coordinates, where
+    each entry carries noise of sd ``noise``, eigenvalues are floored at that sd:
+    enough to invert, and no more, since a higher floor (e.g. the noise's
+    spectral norm, 2 sd sqrt(m)) shrinks the coefficients of columns whose
+    spread is small against their bounds. Post-processing only.
+    """
+    back = np.linalg.inv(to_unit)
+    unit = back @ matrix @ back.T
+    values, vectors = np.linalg.eigh((unit + unit.T) / 2.0)
+    floor = noise
+    repaired: FloatArray = to_unit @ ((vectors * np.maximum(values, floor)) @ vectors.T) @ to_unit.T
+    return repaired
+
+
+def _design_index(params: GLMParams, p: int) -> npt.NDArray[np.intp]:
+    """Where the design columns sit in the augmented row (1, columns but the intercept, ...)."""
+    start = 0 if params.formula.intercept else 1
+    return np.arange(start, start + p)
+
+
+def _serve_dp(grid: Grid, params: GLMParams) -> GLMResult:
+    nodes = wait_for_nodes(grid, params)
+    if params.family == "gaussian":
+        return _gaussian_dp(params, _dp_round(grid, params, nodes, "dp", GLMMomentsRelease))
+    return _newton_dp(grid, params, nodes)
+
+
+def _gaussian_dp(params: GLMParams, round_: _DPRound[GLMMomentsRelease]) -> GLMResult:
+    """Least squares on the nodes' noisy cross-products; standard errors by bootstrap.
+
+    The normal equations are solved once; the noise's share of the
+    coefficients' variance is found by re-drawing each node's noise at its
+    stated scale around the released sums and solving again (a parametric
+    bootstrap of the post-processing, PD repair included), and is added to the
+    sampling variance scale * (X'X)^-1.
+    """
+    parts = [part for _, part in round_.parts]
+    names = list(parts[0].names)
+    p, m = len(names), len(parts[0].centre)
+    index = _design_index(params, p)
+    to_raw = [_to_raw(part) for part in parts]
+    released_moments = [_symmetric(part.moments, m) for part in parts]
+    stds = [_noise_std(part, "moments") for part in parts]
+    noise = math.sqrt(sum(sd * sd for sd in stds))
+    everyone = ", ".join(node for node, _ in round_.parts)
+
+    def solve(moments: Sequence[FloatArray]) -> tuple[FloatArray, FloatArray, float, float]:
+        total = sum((t @ mm @ t.T for t, mm in zip(to_raw, moments, strict=True)), np.zeros((m, m)))
+        xtx = _positive_definite(
+            total[np.ix_(index, index)], to_raw[0][np.ix_(index, index)], noise
+        )
+        xty = total[index, -1]
+        beta = _solve(xtx, xty, names, FAMILIES["gaussian"], everyone)
+        rss = float(total[-1, -1] - 2.0 * beta @ xty + beta @ xtx @ beta)
+        # Noise can make the residual sum negative; the noise in y'y is its resolution.
+        floor = noise * float(to_raw[0][-1, -1]) ** 2
+        return beta, xtx, max(rss, floor), float(total[0, 0])
+
+    beta, xtx, rss, n_noisy = solve(released_moments)
+    n = round(n_noisy)
+    if n <= p + 1:
+        raise QueryError(
+            f"about {max(n, 0)} complete rows over all nodes for {p} coefficients",
+            rule="glm.too_few_rows",
+            node=everyone,
+            fix="use fewer terms, a wider where= filter, or columns with fewer missing values",
+        )
+    upper = np.triu_indices(m)
+    # A fixed seed: the bootstrap re-uses public numbers only, and a result should not
+    # change when it is recomputed from the same releases.
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        redrawn = [
+            mm + _symmetric(rng.normal(0.0, sd, len(upper[0])), m)
+            for mm, sd in zip(released_moments, stds, strict=True)
+        ]
+        draws.append(solve(redrawn)[0])
+    scale = rss / (n - p)
+    d = np.sqrt(np.diag(xtx))
+    sampling = np.linalg.inv(xtx / np.outer(d, d)) / np.outer(d, d) * scale
+    cov = sampling + np.cov(np.array(draws), rowvar=False)
+    sum_y = sum(
+        float((t @ mm @ t.T)[0, -1]) for t, mm in zip(to_raw, released_moments, strict=True)
+    )
+    yty = sum(float((t @ mm @ t.T)[-1, -1]) for t, mm in zip(to_raw, released_moments, strict=True))
+    null_deviance = max(yty - sum_y * sum_y / n, rss)
+    llf = -n / 2.0 * (math.log(rss / n) + 1.0 + math.log(2.0 * math.pi))
+    rows = {node: round(float(part.moments[0])) for node, part in round_.parts}
+    return _dp_result(
+        params,
+        names,
+        beta,
+        cov,
+        round_,
+        rows,
+        n,
+        scale,
+        1,
+        True,
+        deviance=rss,
+        null_deviance=null_deviance,
+        llf=llf,
+    )
+
+
+def _newton_dp(grid: Grid, params: GLMParams, nodes: Sequence[int]) -> GLMResult:
+    """max_iter noisy Newton steps from zero, the second half's iterates averaged.
+
+    Once at the optimum, a step gives beta_hat + H^-1 e_k, with e_k that step's
+    fresh gradient noise: the iterates of the second half are independent noisy
+    copies of the fit, and their mean has 1/L of one step's noise variance -- as
+    much as a single release of their L steps' budget would have. The first half
+    brings Newton from zero to the optimum (it needs 4-6 steps). The covariance
+    is the sandwich H^-1 + H^-1 Var(e) H^-1 / L, with H and Var(e) averaged over
+    those steps; the Hessian's own noise only changes a step's length, a
+    second-order effect at the optimum.
+    """
+    family = FAMILIES[params.family]
+    beta: FloatArray | None = None
+    spent: dict[str, float] = {}
+    counts: dict[str, list[int]] = {}
+    last: _DPRound[GLMNewtonRelease] | None = None
+    kept: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = []
+    """(iterate, information, gradient noise covariance, step) of the averaged steps."""
+    names: list[str] = []
+    for iteration in range(1, params.max_iter + 1):
+        state = params.model_copy(
+            update={"coefficients": None if beta is None else tuple(float(b) for b in beta)}
+        )
+        last = _dp_round(grid, state, nodes, f"dp-step-{iteration}", GLMNewtonRelease)
+        for node, rho in last.rho.items():
+            spent[node] = spent.get(node, 0.0) + rho
+        parts = [part for _, part in last.parts]
+        for node, part in last.parts:
+            counts.setdefault(node, []).append(part.n)
+        names = list(parts[0].names)
+        p, m = len(names), len(parts[0].centre)
+        index = _design_index(params, p)
+        to_raw = [_to_raw(part) for part in parts]
+        hessian = sum(
+            (t @ _symmetric(part.hessian, m) @ t.T for t, part in zip(to_raw, parts, strict=True)),
+            np.zeros((m, m)),
+        )
+        gradient = sum(
+            (t @ part.gradient for t, part in zip(to_raw, parts, strict=True)), np.zeros(m)
+        )
+        noise = math.sqrt(sum(_noise_std(part, "hessian") ** 2 for part in parts))
+        information = _positive_definite(
+            hessian[np.ix_(index, index)], to_raw[0][np.ix_(index, index)], noise
+        )
+        gradient_cov = sum(
+            (
+                _noise_std(part, "gradient") ** 2 * (t @ t.T)
+                for t, part in zip(to_raw, parts, strict=True)
+            ),
+            np.zeros((m, m)),
+        )[np.ix_(index, index)]
+        step = _solve(information, gradient[index], names, family, ", ".join(spent))
+        # A noisy Hessian can be nearly singular in some direction and send the
+        # iterate where every weight vanishes; a step moving any row's linear
+        # predictor by more than DP_MAX_STEP is shortened to it.
+        reach = float(np.sum(np.abs(to_raw[0][np.ix_(index, index)].T @ step)))
+        step = step * min(1.0, DP_MAX_STEP / reach) if reach > 0 else step
+        beta = step if beta is None else np.add(beta, step, dtype=np.float64)
+        if iteration > params.max_iter // 2:
+            kept.append((beta, information, gradient_cov, step))
+    if last is None:
+        raise AssertionError("max_iter >= 1")
+    iterates, informations, noises, steps = (np.array(v) for v in zip(*kept, strict=True))
+    inverse: FloatArray = np.linalg.inv(informations.mean(axis=0)).astype(np.float64)
+    one_step: FloatArray = inverse @ noises.mean(axis=0) @ inverse
+    # Converged as far as the noise can tell: the last step no larger than its noise.
+    converged = bool(np.all(np.abs(steps[-1]) <= 4.0 * np.sqrt(np.diag(one_step))))
+    rows = {node: round(float(np.mean(c))) for node, c in counts.items()}
+    n = round(sum(float(np.mean(c)) for c in counts.values()))
+    return _dp_result(
+        params,
+        names,
+        iterates.mean(axis=0),
+        inverse + one_step / len(kept),
+        _DPRound(parts=last.parts, report=last.report, rho=spent),
+        rows,
+        n,
+        1.0,
+        params.max_iter,
+        converged,
+        deviance=None,
+        null_deviance=None,
+        llf=None,
+    )
+
+
+def _composed(rho: dict[str, float], delta: float) -> dict[str, float]:
+    """Each node's loss over every round of the fit (zCDP rhos add)."""
+    return {node: PrivacyLoss.from_rho(r).epsilon(delta) for node, r in sorted(rho.items())}
+
+
+def _dp_result(
+    params: GLMParams,
+    names: list[str],
+    beta: FloatArray,
+    cov: FloatArray,
+    round_: _DPRound[GLMMomentsRelease] | _DPRound[GLMNewtonRelease],
+    rows: dict[str, int],
+    n: int,
+    scale: float,
+    iterations: int,
+    converged: bool,
+    *,
+    deviance: float | None,
+    null_deviance: float | None,
+    llf: float | None,
+) -> GLMResult:
+    p = len(beta)
+    family = FAMILIES[params.family]
+    return GLMResult(
+        dataset=params.dataset,
+        formula=params.formula.text,
+        family=family.name,
+        link=family.link_name,
+        names=names,
+        coef=[float(b) for b in beta],
+        cov=[[float(v) for v in row] for row in cov],
+        deviance=deviance,
+        null_deviance=null_deviance,
+        pearson_chi2=deviance,
+        scale=scale,
+        llf=llf,
+        aic=None if llf is None else -2.0 * llf + 2.0 * p,
+        bic=None if llf is None else -2.0 * llf + p * math.log(n),
+        df_model=p - 1,
+        df_resid=n - p,
+        nobs=n,
+        iterations=iterations,
+        converged=converged,
+        round_trips=iterations,
+        nodes=[node for node, _ in round_.parts],
+        rows_used=rows,
+        rows_dropped={},
+        privacy=round_.report.model_copy(
+            update={"epsilon": _composed(round_.rho, round_.report.delta)}
+        ),
     )
 
 

@@ -1,7 +1,8 @@
 """Kaplan-Meier survival curves, overall or per agreed group, on the agreed time grid.
 
 Each node releases, per agreed group and grid time, its number of events and
-of censorings (``survival.event_table_node``). The number at risk at a time is
+of censorings (``survival.event_table_node``; with ``dp=``, noisy counts at
+every agreed time point). The number at risk at a time is
 each group's pooled total minus the rows removed before it, so the server has
 the pooled event table and computes lifelines' estimator from it: the product
 limit, Greenwood's variance and the exponential ("log(-log)") confidence band
@@ -22,9 +23,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from oncofed.kernel.errors import QueryError
-from oncofed.privacy.dp import release_for
-from oncofed.tasks.base import DPReport, LocalDataset, TaskType
+from oncofed.tasks.base import DPReport, TaskType
 from oncofed.tasks.plotting import pyplot
 from oncofed.tasks.survival import (
     EventTable,
@@ -33,9 +32,7 @@ from oncofed.tasks.survival import (
     GroupedSurvivalParams,
     NoisyEventTableRelease,
     event_table_node,
-    group_index,
     pooled_event_tables,
-    survival_rows,
 )
 from oncofed.tasks.tables import footer, number
 
@@ -211,55 +208,6 @@ def first_time_at_or_below(time: FloatArray, curve: FloatArray, q: float) -> flo
     return float(time[below[0]]) if below.size else None
 
 
-def kaplan_meier_node(
-    params: KaplanMeierParams, local: LocalDataset
-) -> EventTableRelease | NoisyEventTableRelease:
-    """The event table; with ``dp=``, noisy counts at every agreed time point.
-
-    A DP release cannot list only the times where something happened (that
-    list is itself data), so it needs explicit ``time_points``: every group
-    and point gets an event and a censoring count. Each row is counted once
-    -- in one cell, or as dropped, or outside the groups -- so the whole
-    vector has sensitivity one. Negative noisy counts are set to zero, which
-    is post-processing and costs no privacy.
-    """
-    if params.dp is None:
-        return event_table_node(params, local)
-    if params.time_points is None:
-        raise QueryError(
-            "a DP Kaplan-Meier release needs explicit time_points: the grid's occupied "
-            "times would themselves reveal data",
-            rule="privacy.time_points_required",
-            node=local.node_name,
-            fix="pass time_points=[30, 60, ...] covering the follow-up",
-        )
-    rows = survival_rows(params, local, [params.by] if params.by else [])
-    groups, index = group_index(params, local, rows.frame)
-    points = np.asarray(params.time_points, dtype=np.float64)
-    inside = index >= 0
-    cell = index[inside] * points.size + np.searchsorted(points, rows.time[inside])
-    size = len(groups) * points.size
-    events = np.bincount(cell, weights=rows.event[inside], minlength=size).astype(np.int64)
-    censored = np.bincount(cell, minlength=size).astype(np.int64) - events
-    release = release_for(params.dp)
-    noisy = release.counts(
-        "count",
-        [*events, *censored, rows.rows_dropped, int((~inside).sum())],
-        release.budget,
-    )
-    noisy = np.maximum(noisy, 0)
-    return NoisyEventTableRelease(
-        groups=groups,
-        group=np.repeat(np.arange(len(groups)), points.size),
-        time=np.tile(points, len(groups)),
-        events=noisy[:size],
-        censored=noisy[size : 2 * size],
-        rows_dropped=int(noisy[-2]),
-        rows_outside_categories=int(noisy[-1]),
-        privacy=dict(release.record()),
-    )
-
-
 def kaplan_meier_serve(grid: Grid, params: KaplanMeierParams) -> KaplanMeierResult:
     pooled = pooled_event_tables(grid, params, "kaplan_meier")
     return KaplanMeierResult(
@@ -327,7 +275,7 @@ TASK: TaskType[KaplanMeierParams, KaplanMeierResult] = TaskType(
     params=KaplanMeierParams,
     result=KaplanMeierResult,
     serve=kaplan_meier_serve,
-    node_handlers={"kaplan_meier": kaplan_meier_node},
+    node_handlers={"kaplan_meier": event_table_node},
     releases=(EventTableRelease, NoisyEventTableRelease),
     summary="Kaplan-Meier survival curves with confidence bands, overall or by group",
     arguments=("duration", "event"),

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 
 from oncofed.kernel.errors import NodeRefusal, QueryError
+from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.privacy.release import (
     AgreedIndices,
     AgreedValues,
@@ -289,7 +290,7 @@ class EventTableRelease(Release):
 
 
 class NoisyEventTableRelease(Release):
-    """A DP reply (Kaplan-Meier with ``dp=``): noisy counts in every agreed cell.
+    """A DP reply (Kaplan-Meier and log-rank with ``dp=``): noisy counts in every agreed cell.
 
     Every agreed group at every agreed time point has a cell, occupied or not
     (``group`` and ``time`` list them all, groups outer), so the cells say
@@ -306,12 +307,17 @@ class NoisyEventTableRelease(Release):
     rows_outside_categories: Count
 
 
-def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> EventTableRelease:
+def event_table_node(
+    params: GroupedSurvivalParams, local: LocalDataset
+) -> EventTableRelease | NoisyEventTableRelease:
     """Per agreed group and grid time: events and censorings (counts only).
 
     The number at risk is not released separately: it is each group's total
     minus the rows removed at earlier times, which the server sums over nodes.
+    Kaplan-Meier and the log-rank test both run this handler.
     """
+    if params.dp is not None:
+        return noisy_event_table_node(params, local, params.dp)
     rows = survival_rows(params, local, [params.by] if params.by else [])
     groups, index = group_index(params, local, rows.frame)
     inside = index >= 0
@@ -328,6 +334,53 @@ def event_table_node(params: GroupedSurvivalParams, local: LocalDataset) -> Even
         censored=np.asarray(censored, dtype=np.int64),
         rows_dropped=rows.rows_dropped,
         rows_outside_categories=int((~inside).sum()),
+    )
+
+
+def noisy_event_table_node(
+    params: GroupedSurvivalParams, local: LocalDataset, request: DPRequest
+) -> NoisyEventTableRelease:
+    """The event table with discrete Gaussian noise, at every agreed time point.
+
+    A DP release cannot list only the times where something happened (that
+    list is itself data), so it needs explicit ``time_points``: every group
+    and point gets an event and a censoring count. Each row is counted once
+    -- in one cell, or as dropped, or outside the groups -- so the whole
+    vector has sensitivity one. Negative noisy counts are set to zero, which
+    is post-processing and costs no privacy.
+    """
+    if params.time_points is None:
+        raise QueryError(
+            "a DP survival release needs explicit time_points: the grid's occupied "
+            "times would themselves reveal data",
+            rule="privacy.time_points_required",
+            node=local.node_name,
+            fix="pass time_points=[30, 60, ...] covering the follow-up",
+        )
+    rows = survival_rows(params, local, [params.by] if params.by else [])
+    groups, index = group_index(params, local, rows.frame)
+    points = np.asarray(params.time_points, dtype=np.float64)
+    inside = index >= 0
+    cell = index[inside] * points.size + np.searchsorted(points, rows.time[inside])
+    size = len(groups) * points.size
+    events = np.bincount(cell, weights=rows.event[inside], minlength=size).astype(np.int64)
+    censored = np.bincount(cell, minlength=size).astype(np.int64) - events
+    release = release_for(request)
+    noisy = release.counts(
+        "count",
+        [*events, *censored, rows.rows_dropped, int((~inside).sum())],
+        release.budget,
+    )
+    noisy = np.maximum(noisy, 0)
+    return NoisyEventTableRelease(
+        groups=groups,
+        group=np.repeat(np.arange(len(groups)), points.size),
+        time=np.tile(points, len(groups)),
+        events=noisy[:size],
+        censored=noisy[size : 2 * size],
+        rows_dropped=int(noisy[-2]),
+        rows_outside_categories=int(noisy[-1]),
+        privacy=dict(release.record()),
     )
 
 
@@ -434,6 +487,7 @@ __all__ = [
     "check_time_grid",
     "event_table_node",
     "group_index",
+    "noisy_event_table_node",
     "on_grid",
     "pooled_event_tables",
     "survival_rows",

@@ -34,8 +34,12 @@ def gbsg2() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def lung_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
-    """A coordinator and 4 node processes holding the lung data, split by centre."""
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as net:
+    """A coordinator and 4 node processes holding the lung data, split by centre.
+
+    Exact answers (the nodes allow them, the permits grant them), so results can be
+    compared with the pooled analysis; tests/privacy runs the default, DP-only network.
+    """
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", release="exact") as net:
         yield net
 
 
@@ -46,7 +50,9 @@ def lung_open_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
     The default policy refuses cells of 1-4 rows; tests/privacy shows that, and
     these tests check the mathematics where small cells are unavoidable.
     """
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", policy=PERMISSIVE) as net:
+    with Sandbox.from_frame(
+        lung, split_by="centre", dataset="lung", policy=PERMISSIVE, release="exact"
+    ) as net:
         yield net
 
 

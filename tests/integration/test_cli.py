@@ -38,6 +38,10 @@ def test_demo_runs_and_shows_federated_next_to_pooled(tmp_path: Path) -> None:
         assert header in run.stdout
     worst = float(run.stdout.split("largest relative difference ")[1].split()[0])
     assert worst < 1e-9
+    # The same statistics under DP, as nodes answer by default, with the noise's scale.
+    assert "describe under differential privacy" in run.stdout
+    assert "DP release: epsilon 1 at each node" in run.stdout
+    assert "noise sd" in run.stdout
     plot = tmp_path / "oncofed-demo-kaplan-meier.png"
     assert plot.stat().st_size > 10_000  # the Kaplan-Meier figure by sex
 

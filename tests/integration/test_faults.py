@@ -20,7 +20,7 @@ COLUMNS = ["age", "meal.cal", "wt.loss"]
 
 @pytest.fixture
 def net(lung: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as sandbox:
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", release="exact") as sandbox:
         yield sandbox
 
 

@@ -227,7 +227,7 @@ def test_cli_prints_the_summary_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -
 
 @pytest.fixture(scope="module")
 def gbsg2_net(gbsg2: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2") as net:
+    with Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2", release="exact") as net:
         yield net
 
 
@@ -265,7 +265,7 @@ def test_perfect_separation_is_a_typed_failure_naming_the_term() -> None:
         }
     )
     with (
-        Sandbox.from_frame(frame, split_by="centre", dataset="sep") as net,
+        Sandbox.from_frame(frame, split_by="centre", dataset="sep", release="exact") as net,
         net.session(progress=False) as session,
         pytest.raises(TaskFailed) as caught,
     ):

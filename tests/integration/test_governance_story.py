@@ -34,7 +34,7 @@ PERMIT = "lung-outcomes-2026"
 
 @pytest.fixture(scope="module")
 def net(lung: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as sandbox:
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", release="exact") as sandbox:
         sandbox.enrol("mallory", "researcher")
         yield sandbox
 
@@ -80,7 +80,9 @@ def _application(net: Sandbox, description: str) -> dict[str, object]:
         "persons": [card],
         "purposes": ["e-scientific-research"],
         "description": description,
-        "datasets": [{"dataset": "lung", "variables": ["age", "sex", "time", "status"]}],
+        "datasets": [
+            {"dataset": "lung", "variables": ["age", "sex", "time", "status"], "release": "exact"}
+        ],
         "task_types": ["describe", "kaplan_meier"],
         "access": "anonymised",
         "period_start": str(today - datetime.timedelta(days=1)),
@@ -229,7 +231,9 @@ def test_the_node_audit_trail_exports_a_permits_record_and_names_an_edited_row(
 @pytest.fixture(scope="module")
 def manual_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
     three = lung[lung["centre"] != "centre-D"]
-    with Sandbox.from_frame(three, split_by="centre", dataset="lung", approval="manual") as net:
+    with Sandbox.from_frame(
+        three, split_by="centre", dataset="lung", approval="manual", release="exact"
+    ) as net:
         yield net
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from oncofed.client.sandbox import Sandbox
 
 frame = pd.read_csv(sys.argv[1])
-with Sandbox.from_frame(frame, split_by="centre", dataset="lung") as net:
+with Sandbox.from_frame(frame, split_by="centre", dataset="lung", release="exact") as net:
     with net.session(progress=False) as session:
         result = session.run("row_count", where="age >= 60", label="adults")
     command = [sys.executable, "-m", "oncofed", "query", "row-count", "--where", "age >= 60",

@@ -52,7 +52,7 @@ REPLY_SECONDS = 60.0
 @pytest.fixture(scope="module")
 def net(lung: pd.DataFrame) -> Iterator[Sandbox]:
     install_process_identity()
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung") as sandbox:
+    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", release="exact") as sandbox:
         sandbox.enrol("mallory", "researcher")
         sandbox.grant("study-1")
         yield sandbox

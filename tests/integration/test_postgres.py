@@ -14,7 +14,7 @@ def test_describe_with_a_postgres_coordinator(postgres_url: str, lung: pd.DataFr
     columns = ["age", "wt.loss"]
     with (
         Sandbox.from_frame(
-            lung, split_by="centre", dataset="lung", database_url=postgres_url
+            lung, split_by="centre", dataset="lung", database_url=postgres_url, release="exact"
         ) as net,
         net.session(progress=False) as session,
     ):

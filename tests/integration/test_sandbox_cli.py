@@ -30,6 +30,8 @@ def test_sandbox_command_serves_until_interrupted(tmp_path: Path, lung: pd.DataF
             "centre",
             "--dataset",
             "lung",
+            "--release",
+            "exact",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -38,12 +40,14 @@ def test_sandbox_command_serves_until_interrupted(tmp_path: Path, lung: pd.DataF
     try:
         assert process.stdout is not None
         address = credentials = ""
+        printed: list[str] = []
         deadline = time.monotonic() + 120
         while not (address and credentials):
             line = process.stdout.readline()
             assert line or process.poll() is None, process.stderr.read() if process.stderr else ""
             match = re.search(r"coordinator at (127\.0\.0\.1:\d+)", line)
             address = match.group(1) if match else address
+            printed.append(line)
             match = re.search(r"credentials='([^']+)'", line)
             credentials = match.group(1) if match else credentials
             assert time.monotonic() < deadline
@@ -52,6 +56,7 @@ def test_sandbox_command_serves_until_interrupted(tmp_path: Path, lung: pd.DataF
         ) as session:
             result = session.describe(["age"], min_nodes=4)
         assert result.to_frame().loc["age", "count"] == len(lung)
+        assert "release exact" in " ".join(" ".join(printed).split())  # however rich wrapped it
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=60)

@@ -13,11 +13,15 @@ from oncofed.kernel.flower import server_app
 from oncofed.kernel.schema import infer_schema
 from oncofed.node.app import build_client_app
 from oncofed.node.data import FrameCatalogue
+from oncofed.privacy.policy import EVERY_DATASET, DatasetPrivacy, NodePolicy
 from oncofed.tasks.base import TaskParams, TaskType
 from oncofed.tasks.describe import TASK, DescribeParams, DescribeResult
 from tests.oracle import assert_describe_matches
 
 pytest.importorskip("ray", reason="Flower's simulation runtime needs oncofed[simulation]")
+
+EXACT = NodePolicy(dp={EVERY_DATASET: DatasetPrivacy(allow_exact=True)})
+"""Simulated centres whose operators allow exact answers (there are no permits here)."""
 
 
 def simulate(task: TaskType[Any, Any], params: TaskParams, catalogues: list[FrameCatalogue]) -> str:
@@ -53,7 +57,8 @@ def test_describe_runs_unchanged_under_run_simulation(lung: pd.DataFrame) -> Non
     schema = infer_schema(lung)
     centres = sorted(lung["centre"].unique())
     catalogues = [
-        FrameCatalogue(name, {"lung": (schema, lung[lung["centre"] == name])}) for name in centres
+        FrameCatalogue(name, {"lung": (schema, lung[lung["centre"] == name])}, EXACT)
+        for name in centres
     ]
     params = DescribeParams(dataset="lung", columns=tuple(columns), min_nodes=len(centres))
     result = DescribeResult.model_validate_json(simulate(TASK, params, catalogues))
@@ -87,7 +92,8 @@ def test_training_runs_unchanged_for_50_simulated_centres() -> None:
     fresh = patients(2000)
     schema = infer_schema(frame)
     catalogues = [
-        FrameCatalogue(name, {"sim": (schema, rows)}) for name, rows in frame.groupby("centre")
+        FrameCatalogue(name, {"sim": (schema, rows)}, EXACT)
+        for name, rows in frame.groupby("centre")
     ]
     params = TrainParams(
         dataset="sim",

@@ -75,13 +75,17 @@ def lung_cohorts(lung: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def lung_exact(lung_cohorts: pd.DataFrame) -> Iterator[Sandbox]:
     """4 lung centres whose policy allows exact event times."""
-    with Sandbox.from_frame(lung_cohorts, split_by="centre", dataset="lung", policy=EXACT) as net:
+    with Sandbox.from_frame(
+        lung_cohorts, split_by="centre", dataset="lung", policy=EXACT, release="exact"
+    ) as net:
         yield net
 
 
 @pytest.fixture(scope="module")
 def gbsg2_exact(gbsg2: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2", policy=EXACT) as net:
+    with Sandbox.from_frame(
+        gbsg2, split_by="centre", dataset="gbsg2", policy=EXACT, release="exact"
+    ) as net:
         yield net
 
 

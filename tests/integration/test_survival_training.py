@@ -40,7 +40,9 @@ def trial() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def net(trial: tuple[pd.DataFrame, pd.DataFrame]) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(trial[0], split_by="centre", dataset="gbsg2") as sandbox:
+    with Sandbox.from_frame(
+        trial[0], split_by="centre", dataset="gbsg2", release="exact"
+    ) as sandbox:
         yield sandbox
 
 

@@ -31,7 +31,7 @@ REL = 1e-9
 
 @pytest.fixture(scope="module")
 def gbsg2_net(gbsg2: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2") as net:
+    with Sandbox.from_frame(gbsg2, split_by="centre", dataset="gbsg2", release="exact") as net:
         yield net
 
 

@@ -85,7 +85,12 @@ def net(tumours: tuple[pd.DataFrame, pd.DataFrame]) -> Iterator[Sandbox]:
     privacy = DatasetPrivacy(epsilon=3.0, delta=1e-5, max_epsilon_per_release=3.0)
     policy = NodePolicy(dp={"tumours": privacy})
     with Sandbox.from_frame(
-        train, split_by="centre", dataset="tumours", policy=policy, schema=declared(train)
+        train,
+        split_by="centre",
+        dataset="tumours",
+        policy=policy,
+        schema=declared(train),
+        release="exact",
     ) as sandbox:
         yield sandbox
 
@@ -183,8 +188,8 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
 def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     """Killed after training, before its charge: the round goes on without it if it may."""
     train, _ = tumours
-    # This centre releases the dataset only under DP: training scales by the declared bounds.
-    privacy = DatasetPrivacy(dp_required=True, epsilon=6.0, delta=1e-5, max_epsilon_per_release=3.0)
+    # Every release under DP (the default): training scales by the declared bounds.
+    privacy = DatasetPrivacy(epsilon=6.0, delta=1e-5, max_epsilon_per_release=3.0)
     policy = NodePolicy(dp={"tumours": privacy})
     victim = "centre-2"
     dp = {"epsilon": 3.0, "delta": 1e-5}

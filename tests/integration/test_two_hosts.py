@@ -24,7 +24,7 @@ from oncofed.client.sandbox import node_config_toml
 from oncofed.governance.keys import Identity
 from oncofed.governance.permits import DatasetGrant, Permit, Purpose, utcnow
 from oncofed.kernel.schema import ColumnSpec, DatasetSchema
-from oncofed.privacy.policy import NodePolicy
+from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from tests.pki import make_network
 
 COORDINATOR_IP, NODE_IP = "10.231.7.1", "10.231.7.2"
@@ -122,7 +122,7 @@ def test_a_node_on_another_host_reaches_the_coordinator_only_at_its_certified_ad
                 data,
                 schema,
                 1.0,
-                NodePolicy(min_nodes=1),
+                NodePolicy(min_nodes=1, dp={"lung": DatasetPrivacy(allow_exact=True)}),
                 credentials=tmp_path / "centre-x",
                 trusted_bodies={"hdab": body.card.signing_key},
             )
@@ -145,7 +145,7 @@ def test_a_node_on_another_host_reaches_the_coordinator_only_at_its_certified_ad
             holder="test",
             purposes=(Purpose.STATISTICS,),
             persons=(Identity.load(tmp_path / "ada").card,),
-            datasets=(DatasetGrant(dataset="lung"),),
+            datasets=(DatasetGrant(dataset="lung", release="exact"),),
             task_types=("describe",),
             valid_from=now - datetime.timedelta(hours=1),
             valid_until=now + datetime.timedelta(hours=1),

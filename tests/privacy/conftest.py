@@ -1,8 +1,11 @@
-"""Networks for the attack suite: the same data under a strict, an open and a DP policy.
+"""Networks for the attack suite: the same data under the defaults, exact answers, and none.
 
-Each attack runs against the default (strict) policy or a DP-required one,
-and once against ``OPEN`` -- every defence off -- to show that the attack
-really recovers the planted target there.
+``default_net`` is what a centre gets without configuring anything: every
+release carries DP noise. ``dp_net`` is the same with a smaller budget the
+budget attacks can exhaust. ``strict_net`` allows exact answers (permit and
+policy) under the default disclosure rules. ``open_net`` allows exact
+answers with every defence off: each attack runs there once to show that it
+really recovers the planted target.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pandas as pd
 import pytest
 
 from oncofed.client.sandbox import Sandbox
+from oncofed.governance.permits import ReleaseMode
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from tests.oracle import PERMISSIVE
 
@@ -27,10 +31,11 @@ OPEN = PERMISSIVE.model_copy(
         "max_model_saturation": 1.0,
     }
 )
-DP_REQUIRED = NodePolicy(
+STRICT_COHORTS = {"elderly": "age >= 70"}
+
+DP_POLICY = NodePolicy(
     dp={
         "lung": DatasetPrivacy(
-            dp_required=True,
             epsilon=2.0,
             delta=1e-6,
             max_epsilon_per_release=1.0,
@@ -49,22 +54,38 @@ def lung_with_target(lung: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, planted], ignore_index=True)
 
 
-def _network(frame: pd.DataFrame, policy: NodePolicy) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(frame, split_by="centre", dataset="lung", policy=policy) as net:
+def _network(
+    frame: pd.DataFrame,
+    policy: NodePolicy | None,
+    release: ReleaseMode = "dp",
+    cohorts: dict[str, str] | None = None,
+) -> Iterator[Sandbox]:
+    with Sandbox.from_frame(
+        frame, split_by="centre", dataset="lung", policy=policy, release=release, cohorts=cohorts
+    ) as net:
         yield net
 
 
 @pytest.fixture(scope="session")
+def default_net(lung_with_target: pd.DataFrame) -> Iterator[Sandbox]:
+    """Every setting at its default, the nodes' policy and the permits' release mode."""
+    yield from _network(lung_with_target, None)
+
+
+@pytest.fixture(scope="session")
 def strict_net(lung_with_target: pd.DataFrame) -> Iterator[Sandbox]:
-    """The default policy every node gets without configuring anything."""
-    yield from _network(lung_with_target, NodePolicy())
+    """Exact answers granted and allowed, under the default disclosure rules.
+
+    The permits name one cohort; exact requests may filter on nothing else.
+    """
+    yield from _network(lung_with_target, NodePolicy(), "exact", STRICT_COHORTS)
 
 
 @pytest.fixture(scope="session")
 def open_net(lung_with_target: pd.DataFrame) -> Iterator[Sandbox]:
-    yield from _network(lung_with_target, OPEN)
+    yield from _network(lung_with_target, OPEN, "exact")
 
 
 @pytest.fixture(scope="session")
 def dp_net(lung_with_target: pd.DataFrame) -> Iterator[Sandbox]:
-    yield from _network(lung_with_target, DP_REQUIRED)
+    yield from _network(lung_with_target, DP_POLICY)

@@ -22,7 +22,7 @@ from oncofed.kernel.errors import OncofedError
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.policy import NodePolicy
-from tests.privacy.conftest import DP_REQUIRED, OPEN, TARGET
+from tests.privacy.conftest import DP_POLICY, OPEN, TARGET
 
 pytestmark = pytest.mark.slow
 
@@ -53,18 +53,42 @@ def _budget(net: Sandbox, node: str, by: str = "permit") -> list[dict[str, Any]]
 # ---- 1. differencing --------------------------------------------------------
 
 
+def _difference(net: Sandbox, permit: str, where: str | None, other: str) -> float:
+    """A describe sum on one filter minus the same on another."""
+    with net.session(dataset="lung", progress=False, permit=permit) as s:
+        first = s.describe(["wt.loss"], where=where).to_frame().loc["wt.loss", "sum"]
+        second = s.describe(["wt.loss"], where=other).to_frame().loc["wt.loss", "sum"]
+    return float(first - second)
+
+
 def test_differencing_by_where_is_refused_by_the_complement_rule(
     strict_net: Sandbox, open_net: Sandbox
 ) -> None:
-    def attack(net: Sandbox) -> float:
-        with net.session(dataset="lung", progress=False) as s:
-            whole = s.describe(["wt.loss"]).to_frame().loc["wt.loss", "sum"]
-            rest = s.describe(["wt.loss"], where="pid != 999").to_frame().loc["wt.loss", "sum"]
-        return float(whole - rest)
+    def attack(net: Sandbox, permit: str) -> float:
+        return _difference(net, permit, None, "pid != 999")
 
-    assert attack(open_net) == pytest.approx(TARGET["wt.loss"])
-    error = _refused(lambda: attack(strict_net), "privacy.min_complement_size")
+    assert attack(open_net, "differencing") == pytest.approx(TARGET["wt.loss"])
+    # Where the permit lets exact requests filter freely, the complement rule holds ...
+    strict_net.grant("free-filters", any_filter=True)
+    error = _refused(lambda: attack(strict_net, "free-filters"), "privacy.min_complement_size")
     assert error.node == "centre-A"  # only the target's node leaves out a single row
+    # ... and by default the permit allows no filter it does not name.
+    early = _refused(lambda: attack(strict_net, "differencing"), "permit.cohort")
+    assert early.node == "" and "elderly: 'age >= 70'" in early.fix
+
+
+def test_a_tracker_passes_disclosure_control_but_not_the_permits_cohorts(
+    strict_net: Sandbox,
+) -> None:
+    """Denning's tracker: two overlapping filters that each keep and leave out many rows
+    at every node, and differ by the target alone."""
+
+    def attack(permit: str) -> float:
+        return _difference(strict_net, permit, "age < 60 or pid == 999", "age < 60")
+
+    strict_net.grant("tracker", any_filter=True)
+    assert attack("tracker") == pytest.approx(TARGET["wt.loss"])  # disclosure control passed
+    _refused(lambda: attack("cohorts-only"), "permit.cohort")
 
 
 def test_differencing_under_dp_is_charged_and_drowned_in_noise(dp_net: Sandbox) -> None:
@@ -94,7 +118,7 @@ def _reconstruction_attack(
     rng = np.random.default_rng(7)
     rows, sums = [], []
     refusal = None
-    dp = DP if net.policy.privacy_for("lung").dp_required else None
+    dp = DP if net.release == "dp" else None
     with net.session(dataset="lung", progress=False, permit=permit) as s:
         for _ in range(len(centre_pids) + 10):
             chosen = rng.random(len(centre_pids)) < 0.5
@@ -130,11 +154,11 @@ def test_linear_reconstruction_runs_out_of_budget_before_it_succeeds(
     assert error > 0.5  # no better than guessing each 0/1 status
 
 
-def test_glm_scores_on_a_dp_dataset_are_refused(dp_net: Sandbox) -> None:
-    """IRLS or Newton steps with coefficients a coordinator picks have no DP mechanism here."""
+def test_exact_model_steps_on_a_dp_dataset_are_refused(dp_net: Sandbox) -> None:
+    """Exact IRLS or Newton steps at coefficients a coordinator picks never leave a DP node."""
     with dp_net.session(dataset="lung", progress=False) as s:
-        _refused(lambda: s.glm("status ~ age", "binomial"), "privacy.dp_required")
-        _refused(lambda: s.coxph("time", "status", "age", grid=30), "privacy.dp_required")
+        _refused(lambda: s.glm("status ~ age", "binomial"), "permit.release")
+        _refused(lambda: s.coxph("time", "status", "age", grid=30), "permit.release")
 
 
 # ---- 3. averaging repeated noisy answers ------------------------------------
@@ -151,7 +175,7 @@ def test_repeated_noisy_answers_are_each_charged_until_the_budget_ends(dp_net: S
                 assert exc.rule == "privacy.budget", exc.one_line()
                 break
             answers.append(tuple(result.counts))
-    cap = DP_REQUIRED.privacy_for("lung")
+    cap = DP_POLICY.privacy_for("lung")
     one = DPRequest(**DP).loss()
     spent = PrivacyLoss.zero()
     allowed = 0
@@ -183,7 +207,7 @@ def test_a_second_permit_brings_the_same_researcher_no_fresh_budget(
     budget: twice the loss reaches the same patients. With a cap per researcher over every
     permit, the second permit stops where the person's total does.
     """
-    per_permit = DP_REQUIRED.privacy_for("lung")
+    per_permit = DP_POLICY.privacy_for("lung")
     first, rule = _spend(dp_net, "lifetime-1")
     second, again = _spend(dp_net, "lifetime-2")
     assert (rule, again) == ("privacy.budget", "privacy.budget")
@@ -290,7 +314,11 @@ def test_a_single_site_federation_cannot_release(
     """A coordinator that runs a task on one node gets that node's own values -- unless refused."""
     centre = lung_with_target[lung_with_target["centre"] == "centre-A"]
     net = Sandbox.from_frame(
-        centre, split_by="centre", dataset="lung", policy=OPEN if policy == "open" else None
+        centre,
+        split_by="centre",
+        dataset="lung",
+        policy=OPEN if policy == "open" else None,
+        release="exact",
     )
     with net, net.session(dataset="lung", progress=False) as s:
         if policy == "open":
@@ -298,3 +326,50 @@ def test_a_single_site_federation_cannot_release(
             assert released == pytest.approx(centre["wt.loss"].mean())
         else:
             _refused(lambda: s.describe(["wt.loss"]), "privacy.min_nodes")
+
+
+# ---- every attack class against a node left at its defaults ------------------
+
+# The first exact query of each attack class an independent attack run tried
+# (issue 13): each recovered a patient's value against exact answers.
+ATTACK_QUERIES: dict[str, Any] = {
+    "tracker differencing": lambda s: s.describe(["wt.loss"], where="pid != 999 or age < 40"),
+    "counts outside the cell rule": lambda s: s.quantiles("age", lower=0, upper=100, q=[0.99]),
+    "refusal oracle": lambda s: s.histogram("age", [84, 86]),
+    # The target is the only man the filter keeps: his level's coefficient is his value.
+    "a one-patient factor level": lambda s: s.glm(
+        "wt.loss ~ C(sex, levels=['1', '2'])", where="sex == 2 or pid == 999"
+    ),
+    "a one-member survival group": lambda s: s.kaplan_meier(
+        "time", "status", by="pid", categories=["999"], grid=30
+    ),
+    "training on a rare level": lambda s: s.train(["age"], "status", rounds=1),
+    "coordinator-chosen Cox state": lambda s: s.coxph("time", "status", "age", grid=30),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACK_QUERIES))
+def test_every_attack_class_gets_no_exact_answer_from_a_default_node(
+    attack: str, default_net: Sandbox, open_net: Sandbox
+) -> None:
+    """At its defaults a node answers only with DP noise, whatever the permit says.
+
+    The query is answered by the open network (the attack's starting point);
+    under the default permit the coordinator refuses it before any node is
+    asked, so the refusal depends on no data; under a permit that grants exact
+    answers on any filter, every node still refuses it, as its operator has not
+    allowed them.
+    """
+    query = ATTACK_QUERIES[attack]
+    with open_net.session(
+        dataset="lung", progress=False, permit="open-" + attack.replace(" ", "-")
+    ) as s:
+        assert query(s) is not None
+    with default_net.session(dataset="lung", progress=False) as s:
+        early = _refused(lambda: query(s), "permit.release")
+    assert early.node == ""  # the coordinator's one permit check: no node was asked
+    exact = "exact-" + attack.replace(" ", "-")
+    default_net.grant(exact, release="exact", any_filter=True)
+    with default_net.session(dataset="lung", progress=False, permit=exact) as s:
+        refused = _refused(lambda: query(s), "privacy.dp_required")
+    assert set(refused.node.split(", ")) == set(default_net.node_names)

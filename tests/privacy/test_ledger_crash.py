@@ -16,7 +16,7 @@ from oncofed.kernel.flower import content_from_bytes
 from oncofed.node.mods import FAILPOINT
 from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.tasks.histogram import HistogramRelease
-from tests.privacy.conftest import DP_REQUIRED
+from tests.privacy.conftest import DP_POLICY
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_kill_between_charge_and_reply_neither_loses_nor_repeats_the_charge(
 ) -> None:
     victim = "centre-B"
     with Sandbox.from_frame(
-        lung_with_target, split_by="centre", dataset="lung", policy=DP_REQUIRED
+        lung_with_target, split_by="centre", dataset="lung", policy=DP_POLICY
     ) as net:
         net.stop_node(victim)
         net.start_node(victim, env={FAILPOINT: "after-ledger-charge"})
@@ -43,13 +43,13 @@ def test_kill_between_charge_and_reply_neither_loses_nor_repeats_the_charge(
 
             state = net.workdir / victim / "state"
             ledger = PrivacyLedger.at(state, victim)
-            (row,) = ledger.summary({"lung": DP_REQUIRED.privacy_for("lung")})
+            (row,) = ledger.summary({"lung": DP_POLICY.privacy_for("lung")})
             assert (row.holder, row.releases) == ("crash", 1)
 
             net.start_node(victim)  # no failpoint: the coordinator re-sends the message
             result = session.result(task_id)
 
-        (row,) = ledger.summary({"lung": DP_REQUIRED.privacy_for("lung")})
+        (row,) = ledger.summary({"lung": DP_POLICY.privacy_for("lung")})
         assert row.releases == 1, "the re-sent message must not be charged again"
         # What the coordinator received from the victim is the reply stored with the charge.
         with ledger._engine.connect() as connection:

@@ -26,7 +26,9 @@ EDGES = [30, 56, 64, 72, 90]
 
 @pytest.fixture(scope="module")
 def net(lung_with_target: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(lung_with_target, split_by="centre", dataset="lung") as sandbox:
+    with Sandbox.from_frame(
+        lung_with_target, split_by="centre", dataset="lung", release="exact"
+    ) as sandbox:
         yield sandbox
 
 

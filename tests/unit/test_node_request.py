@@ -41,6 +41,7 @@ from oncofed.node.governance_state import GovernanceState
 from oncofed.node.permits import PermitChecker
 from oncofed.node.request import NodeRequest, current_request
 from oncofed.privacy.ledger import PrivacyLedger
+from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.describe import DescribeParams
 
 RUN = 99
@@ -72,7 +73,7 @@ class Node:
             holder="Example Hospital",
             purposes=(Purpose.STATISTICS,),
             persons=(self.ada.card,),
-            datasets=(DatasetGrant(dataset="d"),),
+            datasets=(DatasetGrant(dataset="d", release="exact"),),
             task_types=("describe",),
             valid_from=now - datetime.timedelta(hours=1),
             valid_until=now + datetime.timedelta(days=1),
@@ -85,7 +86,9 @@ class Node:
             datasets,
             self.state,
         )
-        catalogue = Catalogue("n1", datasets, ledger=PrivacyLedger.at(work / "state", "n1"))
+        # Exact answers, as the permit grants and this node's policy allows.
+        policy = NodePolicy(dp={"d": DatasetPrivacy(allow_exact=True)})
+        catalogue = Catalogue("n1", datasets, policy, ledger=PrivacyLedger.at(work / "state", "n1"))
         self.audit = AuditTrail.open_sqlite(work / "state" / "audit.sqlite", self.body.signing)
         self.app = build_client_app(lambda _c: catalogue, self.audit, None, checker)
         self.signed = self.sign(SIGNED)

@@ -26,7 +26,7 @@ BODY = Identity.generate("hdab", "hdab")
 ADA = Identity.generate("ada", "researcher")
 MALLORY = Identity.generate("mallory", "researcher")
 NOW = utcnow()
-DESCRIBE = TaskKind("describe", returns_models=False)
+DESCRIBE = TaskKind("describe", returns_models=False, has_dp=True)
 
 
 def _permit(**changes: Any) -> Permit:
@@ -36,7 +36,9 @@ def _permit(**changes: Any) -> Permit:
         "holder": "Example Hospital",
         "purposes": (Purpose.STATISTICS,),
         "persons": (ADA.card,),
-        "datasets": (DatasetGrant(dataset="lung", variables=("age", "sex"), epsilon=2.0),),
+        "datasets": (
+            DatasetGrant(dataset="lung", variables=("age", "sex"), epsilon=2.0, release="exact"),
+        ),
         "task_types": ("describe", "spatial_scan"),
         "valid_from": NOW - datetime.timedelta(days=1),
         "valid_until": NOW + datetime.timedelta(days=30),
@@ -107,6 +109,8 @@ def test_a_covered_task_gets_its_grant() -> None:
         ("study is not the permit", "task.permit"),
         ("dataset not granted", "permit.dataset"),
         ("variable not granted", "permit.variables"),
+        ("exact answer under a DP-only permit", "permit.release"),
+        ("exact answer on a filter the permit does not name", "permit.cohort"),
     ],
 )
 def test_each_rule_refuses_with_its_name_and_the_node(case: str, rule: str) -> None:
@@ -129,10 +133,12 @@ def test_each_rule_refuses_with_its_name_and_the_node(case: str, rule: str) -> N
         ),
         "person not named": lambda: _check(signer=MALLORY),
         "signed for another permit": lambda: _check(task_permit="p2"),
-        "task type not allowed": lambda: _check(kind=TaskKind("glm", returns_models=False)),
+        "task type not allowed": lambda: _check(
+            kind=TaskKind("glm", returns_models=False, has_dp=False)
+        ),
         "models may not leave": lambda: _check(
             permit=_permit(task_types=("describe",)),
-            kind=TaskKind("describe", returns_models=True),
+            kind=TaskKind("describe", returns_models=True, has_dp=True),
         ),
         "parameters altered": lambda: _check(
             request=_params(columns=["age", "sex"]), signed_request=_params()
@@ -140,6 +146,10 @@ def test_each_rule_refuses_with_its_name_and_the_node(case: str, rule: str) -> N
         "study is not the permit": lambda: _check(request=_params(study="other")),
         "dataset not granted": lambda: _check(request=_params(dataset="gbsg2")),
         "variable not granted": lambda: _check(request=_params(columns=["ph.karno"])),
+        "exact answer under a DP-only permit": lambda: _check(permit=_dp_only()),
+        "exact answer on a filter the permit does not name": lambda: _check(
+            request=_params(where="age < 60 or sex == 1")
+        ),
     }
     with pytest.raises(PermitRefused) as caught:
         attempts[case]()
@@ -150,3 +160,56 @@ def test_each_rule_refuses_with_its_name_and_the_node(case: str, rule: str) -> N
 def test_a_permit_naming_a_type_this_party_lacks_still_covers_the_types_it_has() -> None:
     # "spatial_scan" is not installed anywhere; the permit parses and covers describe.
     assert _check(permit=_permit()).permit.task_types == ("describe", "spatial_scan")
+
+
+def _dp_only() -> Permit:
+    return _permit(datasets=(DatasetGrant(dataset="lung", variables=("age", "sex")),))
+
+
+def test_a_dp_only_permit_covers_requests_that_ask_for_dp() -> None:
+    grant = _check(permit=_dp_only(), request=_params(dp={"epsilon": 0.5}))
+    assert grant.dataset.release == "dp"
+
+
+def test_the_fix_for_an_exact_request_depends_on_whether_the_task_has_dp() -> None:
+    with pytest.raises(PermitRefused) as describe:
+        _check(permit=_dp_only())
+    assert 'dp={"epsilon": 0.5}' in describe.value.fix and "--dp epsilon=0.5" in describe.value.fix
+    logrank_like = TaskKind("describe", returns_models=False, has_dp=False)
+    with pytest.raises(PermitRefused) as other:
+        _check(permit=_dp_only(), kind=logrank_like)
+    assert "release = exact" in other.value.fix
+
+
+def test_permits_signed_before_release_modes_existed_still_verify() -> None:
+    """A DP grant leaves the field out of the signed payload: old signatures hold."""
+    permit = _dp_only()
+    payload = permit.model_dump(mode="json")
+    assert all("release" not in grant for grant in payload["datasets"])
+    signed = permit.sign(BODY.signing)
+    assert signed.verified({"hdab": BODY.card.verifying_key()}) == permit
+    exact = _permit()
+    assert exact.model_dump(mode="json")["datasets"][0]["release"] == "exact"
+
+
+def _with_cohorts(cohorts: dict[str, str] | None) -> Permit:
+    grant = DatasetGrant(dataset="lung", variables=("age", "sex"), release="exact", cohorts=cohorts)
+    return _permit(datasets=(grant,))
+
+
+def test_exact_requests_filter_only_on_the_permits_cohorts() -> None:
+    """A tracker needs two free filters; the body names the subsets exact answers may use."""
+    permit = _with_cohorts({"elderly": "age >= 70", "women": "sex == 2"})
+    # The same filter however it is written; no filter at all.
+    assert _check(permit=permit, request=_params(where="age>=70"))
+    assert _check(permit=permit, request=_params())
+    with pytest.raises(PermitRefused) as caught:
+        _check(permit=permit, request=_params(where="age >= 70 or sex == 1"))
+    assert caught.value.rule == "permit.cohort"
+    assert "elderly: 'age >= 70'; women: 'sex == 2'" in caught.value.fix
+    # Under DP the filter is free: the noise and the budget cover it.
+    dp = _params(where="age >= 70 or sex == 1", dp={"epsilon": 0.5})
+    assert _check(permit=_with_cohorts({}), request=dp)
+    # A body that lets exact requests filter freely says so explicitly (null).
+    assert _check(permit=_with_cohorts(None), request=_params(where="age < 60 or sex == 1"))
+    assert "cohorts" not in _permit().model_dump(mode="json")["datasets"][0]

@@ -28,6 +28,7 @@ from oncofed.kernel.schema import infer_schema
 from oncofed.node.app import build_client_app
 from oncofed.node.data import FrameCatalogue
 from oncofed.privacy.gate import check_release
+from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.privacy.release import (
     AgreedValues,
     Count,
@@ -156,3 +157,43 @@ def test_a_handler_that_builds_its_own_reply_sends_nothing(
     assert reply.has_error()
     error = reply_error(reply)
     assert error.rule == "release.undeclared" and "61" not in error.one_line()
+
+
+def _noiseless_task() -> TaskType[Any, Any]:
+    """describe, but its handler ignores dp= and releases the exact moments."""
+
+    def exact(params: DescribeParams, local: LocalDataset) -> Any:
+        return describe.describe_node(params.model_copy(update={"dp": None}), local)
+
+    return TaskType(
+        name="describe",
+        params=DescribeParams,
+        result=describe.DescribeResult,
+        serve=describe.describe_serve,
+        node_handlers={"describe": exact},
+        releases=describe.TASK.releases,
+    )
+
+
+@pytest.mark.parametrize("allow_exact", [False, True])
+def test_a_reply_without_dp_noise_never_leaves_where_noise_was_due(
+    monkeypatch: pytest.MonkeyPatch, allow_exact: bool
+) -> None:
+    """Whatever a task's handler does, a DP request or a DP-only dataset gets noise or nothing.
+
+    Every installed task has a DP release; this one's handler forgets it.
+    """
+    install_process_identity()
+    frame = pd.DataFrame({"age": [61.0, 70.0, 55.0, 48.0] * 5})
+    policy = NodePolicy(min_nodes=1, dp={"d": DatasetPrivacy(allow_exact=allow_exact)})
+    catalogue = FrameCatalogue("centre-A", {"d": (infer_schema(frame), frame)}, policy)
+    monkeypatch.setitem(TASKS, "describe", _noiseless_task())
+    app = build_client_app(lambda _c: catalogue)
+    params = DescribeParams(
+        dataset="d", columns=("age",), dp={"epsilon": 0.5}, bounds={"age": (0.0, 100.0)}
+    ).model_dump_json()
+    reply = app(
+        Message(params_content(params, participants=3), 1, "query.describe"), node_context(1, 1, {})
+    )
+    assert reply.has_error()
+    assert reply_error(reply).rule == "privacy.dp_unsupported"

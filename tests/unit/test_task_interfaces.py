@@ -85,8 +85,13 @@ def test_query_help_lists_every_task_and_dp_and_masking_where_offered() -> None:
         shown = runner.invoke(command(), ["query", name, "--help"], env={"COLUMNS": "200"})
         assert shown.exit_code == 0, shown.output
         assert "--dp " in shown.output and "--secure-aggregation" in shown.output
-    glm = runner.invoke(command(), ["query", "glm", "--help"], env={"COLUMNS": "200"})
-    assert "--dp " not in glm.output  # no DP release: not offered
+    for name, task in TASKS.items():
+        shown = runner.invoke(
+            command(), ["query", name.replace("_", "-"), "--help"], env={"COLUMNS": "200"}
+        )
+        # Offered exactly where the task has a DP release: nodes answer only with noise
+        # unless a permit grants exact answers.
+        assert ("--dp " in shown.output) == task.params.DP, name
 
 
 def test_a_session_validates_before_anything_is_signed_or_sent(tmp_path: Any) -> None:
