@@ -171,7 +171,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
         datasets = catalogue_for(context)
         node, ledger = datasets.node_name, datasets.ledger
         request = current_request()
-        params, action, message_id = request.params, request.action, request.message_id
+        params, action, message_id = request.params, request.action, request.release_key
         stored = ledger.stored_reply(message_id)
         if stored is not None:
             return Message(content_from_bytes(stored), reply_to=message)

@@ -10,6 +10,7 @@ The audit mod, outside the request mod, learns the request the same way.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -47,6 +48,13 @@ class NodeRequest:
     def researcher(self) -> str:
         """Who asked, as the permit check verified it ("" without permits: a simulation)."""
         return self.grant.task.researcher if self.grant is not None else ""
+
+    @property
+    def release_key(self) -> str:
+        """What the ledger files this message's release under: the message and what it
+        asks, so another task sent under the same message id never gets this reply back."""
+        asked = hashlib.sha256(f"{self.action}\n{self.params_json}".encode()).hexdigest()
+        return f"{self.message_id}:{asked[:32]}"
 
     @property
     def exact_granted(self) -> bool:

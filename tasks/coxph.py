@@ -83,6 +83,7 @@ from scipy.stats import chi2
 from oncofed.kernel.errors import NodeRefusal, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import ZCDPRelease
 from oncofed.privacy.release import (
     AgreedIndices,
@@ -138,6 +139,7 @@ while large coefficients make exp(x'beta) pick out the extreme row of each cell.
 DP_MAX_ITER = 20
 """Most noisy Newton steps one DP fit may pay for (each later step costs a share of the budget)."""
 DP_DEFAULT_STEPS = 1
+EXACT_MAX_ITER = 50
 """Under dp, one Newton step from beta = 0 unless the researcher asks for more: its sums are
 the setup's, at the smallest sensitivity, while a later step at beta costs exp(sum |beta_j| h_j)
 times the noise (see ``NoisyCoxCellSumsRelease``), which swamps its gain unless epsilon is
@@ -160,13 +162,14 @@ class CoxPHParams(SurvivalParams):
         default=None, description="Agreed levels per strata column (else the schema's)."
     )
     alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - confidence level.")
-    max_iter: int = Field(
-        default=50,
+    max_iter: int | None = Field(
+        default=None,
         ge=1,
         le=1000,
         description=(
-            f"Newton step cap; with dp the number of noisy steps (default {DP_DEFAULT_STEPS}, "
-            f"at most {DP_MAX_ITER}), each after the first costing a share of the budget."
+            f"Newton step cap (default {EXACT_MAX_ITER}); with dp the number of noisy steps "
+            f"(default {DP_DEFAULT_STEPS}, at most {DP_MAX_ITER}), each after the first "
+            "costing a share of the budget."
         ),
     )
     tol: float = Field(default=1e-12, gt=0, lt=1, description="Stop at this Newton decrement.")
@@ -186,15 +189,6 @@ class CoxPHParams(SurvivalParams):
     beta: tuple[float, ...] | None = None
     risk_edges: tuple[float, ...] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _dp_steps(cls, data: object) -> object:
-        # The exact fit's step cap is a safeguard; under dp every step is paid for, so
-        # the default is the number of steps worth their noise.
-        if isinstance(data, dict) and data.get("dp") is not None and "max_iter" not in data:
-            return {**data, "max_iter": DP_DEFAULT_STEPS}
-        return data
-
     @field_validator("covariates", mode="before")
     @classmethod
     def _parse_covariates(cls, covariates: object) -> object:
@@ -208,6 +202,13 @@ class CoxPHParams(SurvivalParams):
     @classmethod
     def _one_stratum(cls, strata: object) -> object:
         return (strata,) if isinstance(strata, str) else strata
+
+    @property
+    def iterations(self) -> int:
+        """The step cap asked for, else the mode's default (a DP step is paid for)."""
+        if self.max_iter is not None:
+            return self.max_iter
+        return DP_DEFAULT_STEPS if self.dp is not None else EXACT_MAX_ITER
 
     @model_validator(mode="after")
     def _right_hand_side(self) -> CoxPHParams:
@@ -228,7 +229,7 @@ class CoxPHParams(SurvivalParams):
         unknown = set(self.strata_categories or {}) - set(self.strata)
         if unknown:
             raise ValueError(f"strata_categories for columns not in strata: {sorted(unknown)}")
-        if self.dp is not None and self.max_iter > DP_MAX_ITER:
+        if self.dp is not None and self.iterations > DP_MAX_ITER:
             raise ValueError(
                 f"with dp, max_iter may be at most {DP_MAX_ITER}: every step after the first "
                 f"costs a share of the fit's budget (the default, {DP_DEFAULT_STEPS}, is "
@@ -280,11 +281,11 @@ class CoxPHParams(SurvivalParams):
         """The rho of one DP message: the setup holds the first step's sums, at beta = 0."""
         if self.dp is None:
             raise AssertionError("only DP requests have a DP budget")
-        if self.max_iter == 1:
+        if self.iterations == 1:
             return self.dp.rho
         if setup:
             return DP_SETUP_SHARE * self.dp.rho
-        return (1.0 - DP_SETUP_SHARE) * self.dp.rho / (self.max_iter - 1)
+        return (1.0 - DP_SETUP_SHARE) * self.dp.rho / (self.iterations - 1)
 
 
 def covariate_formula(covariates: Sequence[str] | str) -> Formula:
@@ -690,11 +691,15 @@ def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
     node = local.node_name
     columns = sorted(params.covariates.columns()) + list(params.strata)
     rows = survival_rows(params, local, columns)
-    # Rows are complete in every formula column, so the design keeps them all, in order.
-    design = design_matrix(params.covariates, rows.frame, local.schema, node)
+    # Rows are complete in every formula column, so the design keeps them all, in order
+    # -- but for values a DP release leaves out rather than refuse.
+    design = design_matrix(
+        params.covariates, rows.frame, local.schema, node, drop_invalid=params.dp is not None
+    )
     levels, stratum = _strata(params, local, rows.frame)
-    inside = stratum >= 0
-    x, names = design.x[inside, 1:], design.names[1:]
+    in_strata = stratum >= 0
+    inside = in_strata & design.kept
+    x, names = design.x[in_strata[design.kept], 1:], design.names[1:]
     if params.dp is None:
         # A DP release skips rules that depend on exact counts: the refusal would leak them.
         check_model_saturation(
@@ -716,8 +721,8 @@ def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
         names=names,
         levels=levels,
         scale=scale,
-        rows_dropped=rows.rows_dropped,
-        rows_outside_strata=int((~inside).sum()),
+        rows_dropped=rows.rows_dropped + design.rows_dropped,
+        rows_outside_strata=int((~in_strata).sum()),
     )
 
 
@@ -886,6 +891,7 @@ def coxph_node(params: CoxPHParams, local: LocalDataset) -> Release:
         w = np.exp(rows.x @ beta)
         cells = _occupied_cells(rows)
         size, e = cells.time.size, cells.event
+        _check_cells(np.bincount(cells.of_row, minlength=size), local)
         a0, a1, a2 = _bucket_sums(cells.of_row, w, rows.x, size)
         e0, e1, e2 = _bucket_sums(cells.of_row[e], w[e], rows.x[e], size)
         return CoxCellSumsRelease(
@@ -949,6 +955,9 @@ def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> CoxConco
     position = cells.of_row * bins + np.searchsorted(edges, rows.x @ beta, side="right")
     deaths, death_counts = np.unique(position[cells.event], return_counts=True)
     censored, censored_counts = np.unique(position[~cells.event], return_counts=True)
+    # The bins are the coordinator's: narrow ones around one patient's score would show
+    # their time and covariates, so every (cell, bin) count meets the cell rule.
+    _check_cells(np.bincount(position, minlength=cells.time.size * bins), local)
     return CoxConcordanceRelease(
         names=tuple(rows.names),
         levels=tuple(rows.levels),
@@ -960,6 +969,18 @@ def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> CoxConco
         death_count=death_counts.astype(np.int64),
         censored_cell=censored.astype(np.int64),
         censored_count=censored_counts.astype(np.int64),
+    )
+
+
+def _check_cells(rows_per_cell: IntArray, local: LocalDataset) -> None:
+    """The cell rule on exact Cox releases: a cell's sums are its rows' covariates, so a
+    cell of one patient at this node (at coefficients 0, say) would be that patient's row."""
+    check_cells(
+        rows_per_cell,
+        local.policy,
+        local.node_name,
+        what="Cox cells (stratum, grid time and, for the concordance, risk-score bin)",
+        fix="use a coarser grid (grid= or time_points=) or concordance=False, or ask with dp=",
     )
 
 
@@ -1216,7 +1237,7 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
     loglik_null = current.loglik
     iterations, converged = 0, False
     step = _newton_step(-current.hessian, current.gradient)
-    while step is not None and not converged and iterations < params.max_iter:
+    while step is not None and not converged and iterations < params.iterations:
         iterations += 1
         # Newton converges quadratically near the optimum: once the decrement is below
         # tol, one more full step takes the error to rounding level, and the fit ends.
@@ -1256,7 +1277,7 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
     if not converged:
         remaining = float(current.gradient @ step) / 2.0
         raise TaskFailed(
-            f"Newton-Raphson did not converge in {params.max_iter} steps: the Newton "
+            f"Newton-Raphson did not converge in {params.iterations} steps: the Newton "
             f"decrement is still {remaining:.2g} (tol {params.tol:g})",
             rule="coxph.not_converged",
             node=everyone,
@@ -1348,7 +1369,7 @@ def _serve_dp(grid: Grid, params: CoxPHParams, nodes: Sequence[int]) -> CoxPHRes
     beta = np.zeros(p)
     current = _breslow_dp(a0, a1, d, stratum, sd_w * np.sqrt(cells_from_end), beta, event_x)
     loglik_null = current.loglik
-    for iteration in range(1, params.max_iter):
+    for iteration in range(1, params.iterations):
         step = np.linalg.solve(information, current.gradient)
         # Noise can overshoot a step; the nodes evaluate only inside the box.
         beta = np.clip(beta + step, -box, box)
@@ -1394,9 +1415,9 @@ def _serve_dp(grid: Grid, params: CoxPHParams, nodes: Sequence[int]) -> CoxPHRes
         concordance=None,
         concordance_bound=None,
         comparable_pairs=None,
-        iterations=params.max_iter,
+        iterations=params.iterations,
         converged=False,
-        round_trips=params.max_iter,
+        round_trips=params.iterations,
         nodes=setup_nodes,
         rows_used={node: part.n for node, part in setup},
         rows_dropped={node: part.rows_dropped for node, part in setup},

@@ -282,6 +282,8 @@ class Design:
     names: list[str]
     y: FloatArray | None
     rows_dropped: int
+    kept: npt.NDArray[np.bool_]
+    """Which rows of the frame the design holds, in order."""
 
 
 def same_design(agreed: list[str] | None, names: list[str], node: str, task: str) -> list[str]:
@@ -339,12 +341,25 @@ def check_formula(formula: Formula, schema: DatasetSchema, node: str) -> None:
 
 
 def design_matrix(
-    formula: Formula, frame: pd.DataFrame, schema: DatasetSchema, node: str
+    formula: Formula,
+    frame: pd.DataFrame,
+    schema: DatasetSchema,
+    node: str,
+    *,
+    drop_invalid: bool = False,
 ) -> Design:
-    """Intercept and term columns on the rows where every formula column is present."""
+    """Intercept and term columns on the rows where every formula column is present.
+
+    A value outside its factor's agreed levels, or where a transform has no finite
+    value, is refused -- or, with ``drop_invalid`` (DP releases), leaves its row out
+    like a missing value: a refusal that depends on one row would tell whether that
+    row exists, for free.
+    """
     check_formula(formula, schema, node)
     columns = sorted(formula.columns())
     complete = frame[columns].notna().all(axis=1).to_numpy()
+    if drop_invalid:
+        complete &= _valid_values(formula, frame, schema, node)
     data = frame.loc[complete]
     blocks: list[FloatArray] = []
     names: list[str] = []
@@ -379,7 +394,25 @@ def design_matrix(
     y = None
     if formula.response is not None:
         ((_, y),) = _factor_columns(formula.response, data, schema, node)
-    return Design(x=x, names=names, y=y, rows_dropped=int((~complete).sum()))
+    return Design(x=x, names=names, y=y, rows_dropped=int((~complete).sum()), kept=complete)
+
+
+def _valid_values(
+    formula: Formula, frame: pd.DataFrame, schema: DatasetSchema, node: str
+) -> npt.NDArray[np.bool_]:
+    """Rows whose factor values are agreed levels and whose transforms are finite."""
+    valid = np.ones(len(frame), dtype=bool)
+    for factor in formula.factors():
+        if factor.categorical:
+            levels = agreed_levels(factor, schema, node)
+            labels = category_labels(frame[factor.column], schema.columns[factor.column])
+            valid &= (labels.isna() | labels.isin(levels)).to_numpy(dtype=bool)
+        elif factor.transform is not None:
+            values = frame[factor.column].to_numpy(dtype=float, na_value=np.nan)
+            with np.errstate(all="ignore"):
+                transformed = TRANSFORMS[factor.transform](values)
+            valid &= np.isnan(values) | np.isfinite(transformed)
+    return valid
 
 
 def _factor_columns(

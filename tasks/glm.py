@@ -130,6 +130,8 @@ WEIGHT_RULE = "privacy.weight_concentration"
 DP_MAX_STEPS = 20
 """Most noisy Newton steps one DP fit may pay for: each costs rho / max_iter, and the
 first half of them only brings Newton to the optimum (it needs 4-6 from zero)."""
+DP_DEFAULT_STEPS = 10
+EXACT_MAX_ITER = 50
 DP_MAX_STEP = 2.0
 """Largest change of any row's linear predictor one noisy Newton step may make."""
 COUNT_SHARE, GRADIENT_SHARE, HESSIAN_SHARE = 0.05, 0.70, 0.25
@@ -308,7 +310,14 @@ class GLMParams(TaskParams):
         default="gaussian",
         description="gaussian (identity link), binomial (logit) or poisson (log).",
     )
-    max_iter: int = Field(default=50, ge=1, le=1000, description="Iteration cap.")
+    max_iter: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=f"Iteration cap (default {EXACT_MAX_ITER}); with dp, binomial and poisson "
+        f"take exactly this many noisy Newton steps (default {DP_DEFAULT_STEPS}, at most "
+        f"{DP_MAX_STEPS}).",
+    )
     tol: float = Field(
         default=1e-8, gt=0, lt=1, description="Stop when the deviance changes less (absolute)."
     )
@@ -346,7 +355,7 @@ class GLMParams(TaskParams):
 
     @model_validator(mode="after")
     def _dp_steps_paid_for(self) -> GLMParams:
-        if self.dp is not None and self.family != "gaussian" and self.max_iter > DP_MAX_STEPS:
+        if self.dp is not None and self.family != "gaussian" and self.iterations > DP_MAX_STEPS:
             raise ValueError(
                 f"under dp, max_iter is the number of noisy Newton steps, each costing "
                 f"epsilon / max_iter at every node, and the second half's iterates are "
@@ -354,9 +363,16 @@ class GLMParams(TaskParams):
             )
         return self
 
+    @property
+    def iterations(self) -> int:
+        """The iteration cap asked for, else the mode's default (a DP step is paid for)."""
+        if self.max_iter is not None:
+            return self.max_iter
+        return DP_DEFAULT_STEPS if self.dp is not None else EXACT_MAX_ITER
+
     def dp_rounds(self) -> int:
         """Messages one DP fit sends each node; the request's rho is split evenly over them."""
-        return 1 if self.family == "gaussian" else self.max_iter
+        return 1 if self.family == "gaussian" else self.iterations
 
     def release_loss(self) -> PrivacyLoss | None:
         # dp states the loss of the whole fit; each message pays its share.
@@ -723,7 +739,7 @@ def glm_node_dp(
         lo, hi = _column_bounds(params, local, column)
         values = frame[column].to_numpy(dtype=float, na_value=np.nan)
         frame[column] = np.clip(values, lo, hi)
-    design = design_matrix(params.formula, frame, local.schema, node)
+    design = design_matrix(params.formula, frame, local.schema, node, drop_invalid=True)
     if design.y is None:
         raise AssertionError("GLMParams requires a response")
     ranges = _design_ranges(params, local)
@@ -1032,7 +1048,7 @@ def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
     information = current.fit.xtwx
     converged = False
     iteration = 0
-    while iteration < params.max_iter and not converged:
+    while iteration < params.iterations and not converged:
         iteration += 1
         information = current.fit.xtwx
         previous_beta = beta
@@ -1409,7 +1425,7 @@ def _newton_dp(grid: Grid, params: GLMParams, nodes: Sequence[int]) -> GLMResult
     kept: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = []
     """(iterate, information, gradient noise covariance, step) of the averaged steps."""
     names: list[str] = []
-    for iteration in range(1, params.max_iter + 1):
+    for iteration in range(1, params.iterations + 1):
         state = params.model_copy(
             update={"coefficients": None if beta is None else tuple(float(b) for b in beta)}
         )
@@ -1448,7 +1464,7 @@ def _newton_dp(grid: Grid, params: GLMParams, nodes: Sequence[int]) -> GLMResult
         reach = float(np.sum(np.abs(to_raw[0][np.ix_(index, index)].T @ step)))
         step = step * min(1.0, DP_MAX_STEP / reach) if reach > 0 else step
         beta = step if beta is None else np.add(beta, step, dtype=np.float64)
-        if iteration > params.max_iter // 2:
+        if iteration > params.iterations // 2:
             kept.append((beta, information, gradient_cov, step))
     if last is None:
         raise AssertionError("max_iter >= 1")
@@ -1468,7 +1484,7 @@ def _newton_dp(grid: Grid, params: GLMParams, nodes: Sequence[int]) -> GLMResult
         rows,
         n,
         1.0,
-        params.max_iter,
+        params.iterations,
         converged,
         deviance=None,
         null_deviance=None,

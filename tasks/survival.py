@@ -179,6 +179,12 @@ def survival_rows(
     kept = frame.loc[complete]
     duration = kept[params.duration].to_numpy(dtype=float, na_value=np.nan)
     event = kept[params.event].to_numpy(dtype=float, na_value=np.nan)
+    if params.dp is not None:
+        # Under DP an invalid value leaves its row out like a missing one: a refusal
+        # would tell, for free, whether any selected row holds one.
+        valid = np.isfinite(duration) & (duration >= 0) & ((event == 0) | (event == 1))
+        complete[np.flatnonzero(complete)[~valid]] = False
+        kept, duration, event = kept.loc[valid], duration[valid], event[valid]
     if not np.all(np.isfinite(duration) & (duration >= 0)):
         raise QueryError(
             f"duration column {params.duration!r} has negative or infinite values",

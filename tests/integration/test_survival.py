@@ -26,11 +26,13 @@ from lifelines.statistics import logrank_test, multivariate_logrank_test
 from lifelines.utils import concordance_index, median_survival_times
 
 from oncofed.client.sandbox import Sandbox
-from oncofed.kernel.errors import ExitCode, NodeRefusal, QueryError, TaskFailed
+from oncofed.kernel.errors import ExitCode, NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.privacy.policy import NodePolicy
 from oncofed.tasks.kaplan_meier import KaplanMeierResult
 
-EXACT = NodePolicy(exact_event_times=True)
+EXACT = NodePolicy(exact_event_times=True, min_cell_count=1)
+"""Exact event times and cells of one patient: these networks check the mathematics (a
+node's exact Cox cells at exact times hold single patients, which the default refuses)."""
 TIGHT = {"precision": 1e-14, "r_precision": 1e-15, "max_steps": 200}
 LUNG_COX = ["age", "sex", "ph.ecog", "ph.karno", "wt.loss"]
 GBSG_COX = ["age", "tsize", "pnodes", "progrec", "estrec"]
@@ -376,6 +378,25 @@ def test_empty_group_and_no_events_are_refused(lung_exact: Sandbox) -> None:
     assert no_cox_events.value.rule == "coxph.no_events"
 
 
+def test_exact_cox_cells_meet_the_cell_rule(lung_net: Sandbox) -> None:
+    """A cell's covariate sums are its rows' covariates: at the default cell rule a fit on a
+    fine grid is refused, with the fix; under DP it is not (noise protects the cells)."""
+    with lung_net.session(progress=False) as session, pytest.raises(OncofedError) as refused:
+        session.coxph("time", "status", ["age"], grid=30, concordance=False)
+    assert refused.value.rule == "privacy.min_cell_count"
+    assert "coarser grid" in str(refused.value)
+    with lung_net.session(progress=False, permit="dp-cox") as session:
+        noisy = session.coxph(
+            "time",
+            "status",
+            ["age"],
+            time_points=[90.0 * k for k in range(1, 13)],
+            bounds={"age": (18.0, 100.0)},
+            dp={"epsilon": 1.0},
+        )
+    assert noisy.privacy is not None and noisy.concordance is None
+
+
 def test_non_convergence_separation_and_collinearity_are_clear_errors(
     lung_exact: Sandbox,
 ) -> None:
@@ -407,7 +428,9 @@ def _cli(net: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_query_commands_print_tables_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:
+def test_query_commands_print_tables_and_csv(
+    lung_net: Sandbox, lung_exact: Sandbox, lung: pd.DataFrame
+) -> None:
     common = ("-c", lung_net.address, "--dataset", "lung", "--grid", "30")
     km = _cli(
         lung_net,
@@ -430,8 +453,18 @@ def test_query_commands_print_tables_and_csv(lung_net: Sandbox, lung: pd.DataFra
     lr = _cli(lung_net, "query", "logrank", "time", "status", "sex", "--categories", "1,2", *common)
     assert lr.returncode == ExitCode.OK, lr.stderr
     assert "chi-square" in lr.stdout and "on 1 df" in lr.stdout
+    # Cells of single patients: the network whose policy allows them (see EXACT).
     cox = _cli(
-        lung_net, "query", "coxph", "time", "status", "age", "C(sex, levels=[1, 2])", *common
+        lung_exact,
+        "query",
+        "coxph",
+        "time",
+        "status",
+        "age",
+        "C(sex, levels=[1, 2])",
+        *common[2:],
+        "-c",
+        lung_exact.address,
     )
     assert cox.returncode == ExitCode.OK, cox.stderr
     assert "C(sex)[T.2]" in cox.stdout and "concordance" in cox.stdout

@@ -373,3 +373,53 @@ def test_every_attack_class_gets_no_exact_answer_from_a_default_node(
     with default_net.session(dataset="lung", progress=False, permit=exact) as s:
         refused = _refused(lambda: query(s), "privacy.dp_required")
     assert set(refused.node.split(", ")) == set(default_net.node_names)
+
+
+# ---- refusals that would answer a question for free ---------------------------------
+
+# Each asks about the target alone (the filter keeps him or no one) with a value the task
+# cannot use: an event column of 1s and 2s, a factor level nobody has. Refusing because a
+# selected row holds such a value tells whether the target exists, and refusals cost nothing.
+ORACLES: dict[str, Any] = {
+    "kaplan_meier": lambda s, where, dp: s.kaplan_meier(
+        "time", "sex", time_points=[200.0, 400.0, 800.0], where=where, dp=dp
+    ),
+    "glm": lambda s, where, dp: s.glm(
+        "wt.loss ~ age + C(sex, levels=['7', '8'])",
+        where=where,
+        dp=dp,
+        bounds={"wt.loss": (-50.0, 80.0), "age": (18.0, 100.0)},
+    ),
+    "coxph": lambda s, where, dp: s.coxph(
+        "time",
+        "sex",
+        ["age"],
+        time_points=[200.0, 400.0, 800.0],
+        where=where,
+        dp=dp,
+        bounds={"age": (18.0, 100.0)},
+    ),
+}
+
+
+def _outcome(call: Any) -> str:
+    try:
+        call()
+    except OncofedError as exc:
+        return exc.rule
+    return "answered"
+
+
+@pytest.mark.parametrize("task", sorted(ORACLES))
+def test_no_dp_refusal_depends_on_whether_a_patient_is_selected(
+    task: str, dp_net: Sandbox, open_net: Sandbox
+) -> None:
+    query = ORACLES[task]
+    with open_net.session(dataset="lung", progress=False, permit=f"oracle-open-{task}") as s:
+        exact = {w: _outcome(lambda w=w: query(s, w, None)) for w in ("pid == 999", "pid < 0")}
+    assert exact["pid == 999"] != exact["pid < 0"]  # the oracle, where answers are exact
+    with dp_net.session(dataset="lung", progress=False, permit=f"oracle-dp-{task}") as s:
+        noisy = {w: _outcome(lambda w=w: query(s, w, DP)) for w in ("pid == 999", "pid < 0")}
+    # Answered both times, or refused both times by the coordinator reading noisy totals
+    # (glm.too_few_rows: post-processing, which costs no privacy).
+    assert noisy["pid == 999"] == noisy["pid < 0"], noisy

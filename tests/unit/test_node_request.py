@@ -27,6 +27,7 @@ from oncofed.governance.keys import Identity
 from oncofed.governance.permits import DatasetGrant, Permit, Purpose, utcnow
 from oncofed.kernel.flower import (
     attach_authorisation,
+    content_to_bytes,
     install_process_identity,
     node_context,
     params_content,
@@ -279,3 +280,24 @@ def test_malformed_messages_are_refused_by_rule_and_audited(
     reply = node.send("m1", json.dumps(params), run=run)
     assert reply_error(reply).rule == rule
     assert len(list(node.audit.entries())) == before + 1
+
+
+def test_a_stored_release_comes_back_only_to_the_message_that_asked_for_it(
+    tmp_path: Path,
+) -> None:
+    """A re-sent message gets its stored release; another task under the same message id
+    does not (a coordinator chooses message ids: it would get a reply it never asked for,
+    e.g. the unmasked one of a secure-aggregation task)."""
+    node = Node(tmp_path)
+    first = {**SIGNED, "dp": {"epsilon": 0.5}, "bounds": {"age": [0.0, 120.0]}}
+    other = {**first, "bounds": {"age": [0.0, 150.0]}}
+    first_signed, other_signed = node.sign(first), node.sign(other)
+    released = node.send("m1", json.dumps(first), run=1, signed=first_signed)
+    again = node.send("m1", json.dumps(first), run=1, signed=first_signed)
+    assert not released.has_error(), reply_error(released).one_line()
+    assert content_to_bytes(again.content) == content_to_bytes(released.content)
+    answer = node.send("m1", json.dumps(other), run=2, signed=other_signed)
+    assert not answer.has_error(), reply_error(answer).one_line()
+    assert content_to_bytes(answer.content) != content_to_bytes(released.content)
+    scales = [dict(r.content.config_records["oncofed.privacy"]) for r in (released, answer)]
+    assert scales[0] != scales[1]  # wider bounds: its own release, with its own noise scale
