@@ -112,7 +112,9 @@ def main() -> None:
 
     local = {**request, "dataset": "bench", "rounds": args.rounds}
     params = TrainParams.model_validate(local)
-    dp = TrainParams.model_validate({**local, "dp": {"epsilon": 3.0, "delta": 1e-5}})
+    # DP-SGD's sampling rate comes from the request (a public figure), never the rows.
+    dp_request = {"epsilon": 3.0, "delta": 1e-5, "expected_rows": len(frame)}
+    dp = TrainParams.model_validate({**local, "dp": dp_request})
     plain_s = median_seconds(local_round(frame, params), args.repeat, warm_up=True)
     dp_s = median_seconds(local_round(frame, dp), args.repeat, warm_up=True)
 

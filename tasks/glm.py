@@ -76,6 +76,7 @@ from rich.text import Text
 from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import DPRequest, ZCDPRelease
 from oncofed.privacy.release import (
     AgreedValues,
@@ -113,6 +114,7 @@ from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.wald import WaldCoefficients
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 FamilyName = Literal["gaussian", "binomial", "poisson"]
 T = TypeVar("T")
 
@@ -644,6 +646,16 @@ def glm_node(
         node,
         "use fewer terms, a wider where= filter, or fewer missing values",
     )
+    # A level (or combination of levels) that few patients hold makes its coefficient
+    # their mean outcome: the cell rule of a table holds for it too.
+    check_cells(
+        level_counts(x, design.names),
+        local.policy,
+        node,
+        what="factor levels or level combinations of the model",
+        fix="merge rare levels, filter to a cohort where every level holds enough rows, "
+        "or ask with dp=",
+    )
     names, dropped, sum_y = tuple(design.names), int(design.rows_dropped), float(np.sum(y))
     mu, eta = _node_mu(params, family, x, y, node)
     if mu is None or eta is None:
@@ -690,6 +702,27 @@ def glm_node(
     if params.coefficients is not None:
         return step
     return GLMStartRelease(**step.model_dump(), xtx=x.T @ x)
+
+
+def level_counts(x: FloatArray, names: Sequence[str]) -> IntArray:
+    """Rows per factor level and per combination of levels in a design.
+
+    A treatment-coded factor's columns ``C(f)[T.level]`` count their levels; its
+    first level holds the rest of the rows. A 0/1 interaction column counts the
+    rows holding both levels.
+    """
+    counts: list[int] = []
+    coded: dict[str, int] = {}
+    for j, name in enumerate(names):
+        column = x[:, j]
+        if "[" not in name or not np.all((column == 0) | (column == 1)):
+            continue
+        counts.append(int(column.sum()))
+        if ":" not in name and "[T." in name:
+            factor = name.split("[T.")[0]
+            coded[factor] = coded.get(factor, 0) + counts[-1]
+    counts.extend(x.shape[0] - held for held in coded.values())
+    return np.asarray(counts, dtype=np.int64)
 
 
 def _node_mu(

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 
 from oncofed.kernel.errors import NodeRefusal, QueryError
+from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.privacy.release import (
     AgreedIndices,
@@ -327,6 +328,14 @@ def event_table_node(
     rows = survival_rows(params, local, [params.by] if params.by else [])
     groups, index = group_index(params, local, rows.frame)
     inside = index >= 0
+    # A group of a few patients is their own survival curve: a table's cell rule holds.
+    check_cells(
+        np.bincount(index[inside], minlength=len(groups)),
+        local.policy,
+        local.node_name,
+        what="groups",
+        fix="merge rare categories, or leave this node out, or ask with dp=",
+    )
     keys = np.stack([index[inside].astype(float), rows.time[inside]], axis=1)
     cells, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from oncofed.governance.keys import Role
+from oncofed.governance.keys import Identity, Role
+from oncofed.governance.permits import (
+    DatasetGrant,
+    OutputPolicy,
+    Permit,
+    Purpose,
+    ReleaseMode,
+    SignedPermit,
+    utcnow,
+)
 from oncofed.governance.pki import init_network, issue, request
 
 
@@ -63,3 +73,30 @@ def revoke_by_cli(ca: Path, who: str) -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
+
+
+def day_permit(
+    body: Identity,
+    researcher: Identity,
+    *,
+    permit_id: str,
+    dataset: str,
+    task_types: tuple[str, ...],
+    release: ReleaseMode = "dp",
+    models_may_leave: bool = False,
+) -> SignedPermit:
+    """A permit valid from an hour ago for a day, granting one researcher one dataset,
+    signed by ``body`` (what in-process node harnesses send with every message)."""
+    now = utcnow()
+    return Permit(
+        permit_id=permit_id,
+        issuer=body.card,
+        holder="Example Hospital",
+        purposes=(Purpose.STATISTICS,),
+        persons=(researcher.card,),
+        datasets=(DatasetGrant(dataset=dataset, release=release),),
+        task_types=task_types,
+        output=OutputPolicy(models_may_leave=models_may_leave),
+        valid_from=now - datetime.timedelta(hours=1),
+        valid_until=now + datetime.timedelta(days=1),
+    ).sign(body.signing)

@@ -17,7 +17,8 @@ import pandas as pd
 from oncofed.kernel.errors import QueryError
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.tasks.base import LocalDataset, selected_rows
-from oncofed.tasks.formula import Formula, design_matrix
+from oncofed.tasks.encoding import category_labels
+from oncofed.tasks.formula import Formula, agreed_levels, design_matrix
 from oncofed.tasks.training.params import Standardisation, TrainParams
 
 FloatArray = npt.NDArray[np.float64]
@@ -60,10 +61,24 @@ def encode(
 
 
 def node_rows(params: TrainParams, local: LocalDataset) -> Split:
-    """Complete rows, encoded with the federated statistics, split by the request's seed."""
+    """Complete rows, encoded with the federated statistics, split by the request's seed.
+
+    Under DP nothing here may refuse because of what a row holds: a refusal is
+    free (nothing is charged) and, with ``where=`` narrowed to one patient,
+    would answer a yes/no question about her exactly. So a row whose outcome is
+    not 0/1, or whose factor has a level outside the agreed ones, is left out
+    like a row with a missing value -- a per-row rule, so two datasets that
+    differ in one patient still differ in at most one training row, which is
+    what DP-SGD's guarantee is about. For the same reason there is no held-out
+    split under DP (held-out metrics are not released under DP anyway): which
+    rows a seeded permutation holds out depends on the row count, so one
+    patient more could move many others in or out of training.
+    """
     frame = selected_rows(params, local)
     targets = [t for t in (params.label, params.duration, params.event) if t is not None]
     frame = frame.loc[frame[targets].notna().all(axis=1)]
+    if params.dp is not None:
+        frame = _rows_dp_can_use(params, frame, local, targets[-1])
     design = encode(params.features, frame, local.schema, params.standardisation, local.node_name)
     rows = frame.loc[design.complete]
     y = rows[targets].to_numpy(dtype=np.float64)
@@ -86,11 +101,27 @@ def node_rows(params: TrainParams, local: LocalDataset) -> Split:
             column=params.duration,
         )
     y = y if params.duration is not None else y[:, 0]
+    x = design.x
+    if params.dp is not None:
+        return Split(design.columns, x, y, x[:0], y[:0])
     order = np.random.default_rng(params.seed).permutation(len(rows))
     held_out = round(params.test_fraction * len(rows))
     test, train = order[:held_out], order[held_out:]
-    x = design.x
     return Split(design.columns, x[train], y[train], x[test], y[test])
+
+
+def _rows_dp_can_use(
+    params: TrainParams, frame: pd.DataFrame, local: LocalDataset, outcome: str
+) -> pd.DataFrame:
+    """The rows DP-SGD trains on: each kept or left out by its own values alone."""
+    keep = frame[outcome].isin([0, 1]).to_numpy()
+    for factor in params.features.factors():
+        if factor.categorical:
+            levels = agreed_levels(factor, local.schema, local.node_name)
+            labels = category_labels(frame[factor.column], local.schema.columns[factor.column])
+            # Missing values stay: the complete-case rule in ``encode`` leaves them out.
+            keep &= (labels.isna() | labels.isin(levels)).to_numpy()
+    return frame.loc[keep]
 
 
 __all__ = ["Design", "Split", "encode", "node_rows"]

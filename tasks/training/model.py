@@ -33,7 +33,9 @@ FloatArray = npt.NDArray[np.float64]
 class RoundMetrics(BaseModel):
     round: int
     nodes: list[str]
-    train_loss: float
+    train_loss: float | None = Field(
+        default=None, description="Mean training loss; none under DP (nodes release none)."
+    )
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     eval_auc: float | None = None
@@ -133,11 +135,14 @@ class TrainedModel(BaseModel):
         return module
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per round: the nodes that trained, the training loss, held-out metrics."""
+        """One row per round: the nodes that trained, the training loss, held-out metrics.
+
+        The training loss is missing (NaN) under DP, where nodes release none.
+        """
         return pd.DataFrame(
             [
                 {"round": m.round, "nodes": len(m.nodes), "train loss": m.train_loss}
-                | m.evaluation()
+                | dict[str, float | None](m.evaluation())
                 for m in self.history
             ]
         ).set_index("round")

@@ -5,16 +5,20 @@ without the ``train`` extra still serves every statistics task.
 
 With ``dp=`` the node trains with Opacus's DP-SGD (Poisson sampling,
 per-example clipping, Gaussian noise). The noise multiplier is fixed for the
-whole run from the request's (epsilon, delta), the run's length and this
-node's sampling rate, so every round costs the same; the round's loss is
+whole run from the request's (epsilon, delta), the run's length and the
+sampling rate the request fixes (``batch_size / dp.expected_rows``), so every
+round costs the same at every node whatever its data; the round's loss is
 Opacus's RDP curve on ``RDP_ORDERS``, stated in the reply for the privacy
-mod to charge before the update leaves.
+mod to charge before the update leaves. Only the noisy weights leave: no row
+count and no loss (``records.NoisyModelUpdate``), and neither the sampling
+nor the noise is seeded from the request.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import secrets
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +29,13 @@ from oncofed.privacy.accounting import RDP_ORDERS, PrivacyLoss, loss_record
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.formula import agreed_levels
 from oncofed.tasks.training import architectures
-from oncofed.tasks.training.data import encode, node_rows
-from oncofed.tasks.training.params import TrainParams
+from oncofed.tasks.training.data import Split, encode, node_rows
+from oncofed.tasks.training.params import DPSGDRequest, TrainParams
 from oncofed.tasks.training.records import (
     ARRAYS,
     BinaryEvaluation,
     ModelUpdate,
+    NoisyModelUpdate,
     SurvivalEvaluation,
     TrainingDesign,
 )
@@ -54,7 +59,7 @@ def _state(arrays: ArrayRecord, params: TrainParams) -> dict[str, FloatArray]:
 
 
 def noise_multiplier(params: TrainParams, sample_rate: float, steps_per_round: int) -> float:
-    """Opacus's noise multiplier for the whole run at this node's sampling rate."""
+    """Opacus's noise multiplier for the whole run at the request's sampling rate."""
     from opacus.accountants.utils import get_noise_multiplier
 
     assert params.dp is not None
@@ -69,17 +74,23 @@ def noise_multiplier(params: TrainParams, sample_rate: float, steps_per_round: i
     )
 
 
-def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) -> ModelUpdate:
+def train_node(
+    params: TrainParams, local: LocalDataset, content: RecordDict
+) -> ModelUpdate | NoisyModelUpdate:
     """One round of local (DP-)SGD from the global weights, released as sums (``records.py``)."""
-    import torch
-    from opacus import PrivacyEngine
-    from opacus.accountants.analysis.rdp import compute_rdp
-
     split = node_rows(params, local)
     module = architectures.build(len(split.columns), params.layers)
     architectures.load(module, _state(content.array_records[ARRAYS], params))
+    if params.dp is not None:
+        return _train_dp(params, params.dp, module, split)
+    return _train_exact(params, module, split)
+
+
+def _train_exact(params: TrainParams, module: Any, split: Split) -> ModelUpdate:
+    """Plain minibatch SGD, reproducible from the request's seed; the sums FedAvg adds."""
+    import torch
+
     anchor = [p.detach().clone() for p in module.parameters()]
-    generator = torch.Generator().manual_seed(params.seed)
     survival = params.model in architectures.SURVIVAL
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(
@@ -87,34 +98,14 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
         ),
         batch_size=params.batch_size,
         shuffle=True,
-        generator=generator,
+        generator=torch.Generator().manual_seed(params.seed),
     )
     optimizer = torch.optim.SGD(module.parameters(), lr=params.learning_rate)
-    model = module
-    engine = None
-    rows = len(split.y_train)
-    sample_rate = min(1.0, params.batch_size / max(rows, 1))
-    steps_per_round = params.local_epochs * math.ceil(1 / sample_rate)
-    sigma = 0.0
-    if params.dp is not None:
-        sigma = noise_multiplier(params, sample_rate, steps_per_round)
-        # secure_mode needs torchcsprng, which no registry here offers for this torch.
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        model, optimizer, loader = engine.make_private(
-            module=module,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=params.dp.max_grad_norm,
-            poisson_sampling=True,
-        )
     total, batches = 0.0, 0
     for _ in range(params.local_epochs):
         for xb, yb in loader:
-            if len(yb) == 0:  # Poisson sampling can draw an empty batch
-                continue
             optimizer.zero_grad()
-            out = model(xb).squeeze(-1)
+            out = module(xb).squeeze(-1)
             if survival:
                 loss = architectures.cox_loss(out, yb[:, 0], yb[:, 1])
             else:
@@ -127,29 +118,115 @@ def train_node(params: TrainParams, local: LocalDataset, content: RecordDict) ->
             loss.backward()
             optimizer.step()
             total, batches = total + float(loss.detach()), batches + 1
-    privacy = None
-    if engine is not None and params.dp is not None:
-        steps = sum(count for _, _, count in engine.accountant.history)
-        orders = list(RDP_ORDERS)
-        rdp = compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
-        loss_curve = PrivacyLoss.from_rdp(RDP_ORDERS, [float(v) for v in np.atleast_1d(rdp)])
-        privacy = dict(
-            loss_record(
-                loss_curve,
-                "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
-                params.dp.delta,
-                noise_multiplier=sigma,
-                sample_rate=sample_rate,
-                steps=steps,
-            )
-        )
+    rows = len(split.y_train)
     state = architectures.state_arrays(module)
     return ModelUpdate(
         weights={key: value * rows for key, value in state.items()},
         rows=rows,
         loss=total / max(batches, 1) * rows,
-        privacy=privacy,
     )
+
+
+def _os_seeded_generator() -> Any:
+    """A torch generator seeded from the operating system's cryptographic source.
+
+    ``secure_mode`` of Opacus's PrivacyEngine would draw from torchcsprng, which
+    no registry here offers for this torch. This is the next best: the request
+    (its ``seed``) cannot steer it, and no two rounds share a seed. The generator
+    itself is still torch's Mersenne Twister, not a CSPRNG (docs/training.md).
+    """
+    import torch
+
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def _train_dp(params: TrainParams, dp: DPSGDRequest, module: Any, split: Split) -> NoisyModelUpdate:
+    """One round of DP-SGD whose every data-dependent output goes through the mechanism.
+
+    The sampling rate, the number of steps and the gradient's normaliser come
+    from the signed request (``DPSGDRequest``), never from this node's row
+    count, so the noise multiplier and the privacy record are the same for any
+    data. Each step draws every row with probability ``sample_rate`` (Poisson
+    sampling) and always takes its step: an empty draw adds noise alone, since
+    skipping it would let the weights tell whether anyone was drawn. Only the
+    weights leave (``NoisyModelUpdate``).
+    """
+    import torch
+    from opacus import GradSampleModule
+    from opacus.accountants.analysis.rdp import compute_rdp
+    from opacus.optimizers import DPOptimizer
+
+    rate = dp.sample_rate(params.batch_size)
+    steps = dp.steps_per_round(params.batch_size, params.local_epochs)
+    sigma = noise_multiplier(params, rate, steps)
+    anchor = [p.detach().clone() for p in module.parameters()]
+    model = GradSampleModule(module, loss_reduction="mean")
+    optimizer = DPOptimizer(
+        torch.optim.SGD(module.parameters(), lr=params.learning_rate),
+        noise_multiplier=sigma,
+        max_grad_norm=dp.max_grad_norm,
+        # Opacus would take len(dataset) * sample_rate: this node's row count.
+        expected_batch_size=dp.expected_batch(params.batch_size),
+        loss_reduction="mean",
+        generator=_os_seeded_generator(),
+        # Sums several Gaussian draws per coordinate against floating-point attacks
+        # (Opacus's fix for Mironov-style attacks); it needs no torchcsprng here.
+        secure_mode=True,
+    )
+    if params.strategy == "fedprox":
+        # The proximal term involves no patient, so it is outside the per-example
+        # gradients Opacus clips and noises (which overwrite p.grad): add it after.
+        def proximal(_: object) -> None:
+            for p, a in zip(module.parameters(), anchor, strict=True):
+                if p.grad is not None:
+                    p.grad += params.proximal_mu * (p.detach() - a)
+
+        optimizer.attach_step_hook(proximal)
+    sampler = _os_seeded_generator()
+    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    for _ in range(steps):
+        drawn = torch.rand(len(y), generator=sampler) < rate
+        xb, yb = x[drawn], y[drawn]
+        optimizer.zero_grad()
+        out = model(xb).squeeze(-1)
+        # An empty draw's sum of gradients is zero; a mean over no rows would be NaN.
+        loss = architectures.binary_loss(out, yb) if len(yb) else out.sum()
+        loss.backward()
+        _zero_non_finite(module)
+        optimizer.step()
+    orders = list(RDP_ORDERS)
+    rdp = compute_rdp(q=rate, noise_multiplier=sigma, steps=steps, orders=orders)
+    loss_curve = PrivacyLoss.from_rdp(RDP_ORDERS, [float(v) for v in np.atleast_1d(rdp)])
+    privacy = loss_record(
+        loss_curve,
+        "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
+        dp.delta,
+        noise_multiplier=sigma,
+        sample_rate=rate,
+        steps=steps,
+    )
+    state = architectures.state_arrays(module)
+    return NoisyModelUpdate(weights=state, nodes=np.ones(1), privacy=dict(privacy))
+
+
+def _zero_non_finite(module: Any) -> None:
+    """A patient whose gradient is not finite contributes zero instead.
+
+    Opacus's clipping turns an infinite gradient into NaN, and NaN weights are
+    refused by the release gate: a refusal that would say whether such a
+    patient was drawn. Zero is inside the clipping ball, so DP-SGD's bound holds.
+    """
+    import torch
+
+    samples = [p.grad_sample for p in module.parameters() if p.grad_sample is not None]
+    if not samples or len(samples[0]) == 0:
+        return
+    bad = torch.zeros(len(samples[0]), dtype=torch.bool)
+    for g in samples:
+        bad |= ~torch.isfinite(g.reshape(len(g), -1)).all(dim=1)
+    if bool(bad.any()):
+        for g in samples:
+            g[bad] = 0
 
 
 def design_node(params: TrainParams, local: LocalDataset) -> TrainingDesign:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -25,10 +26,55 @@ FloatArray = npt.NDArray[np.float64]
 MAX_WIDTH = 256
 
 
+MAX_EXPECTED_ROWS = 1_000_000
+"""Caps the steps a round takes (``expected_rows / batch_size`` per local epoch)."""
+EXPECTED_ROWS_NEEDED = (
+    "DP-SGD needs dp.expected_rows: the rows you expect at each node, a public figure such "
+    "as a published cohort size. It fixes the sampling rate (batch_size / expected_rows) and "
+    "the steps per epoch, which must not come from a node's true row count"
+)
+
+
 class DPSGDRequest(DPRequest):
-    """DP-SGD for the whole run: (epsilon, delta) is the total each node may spend on it."""
+    """DP-SGD for the whole run: (epsilon, delta) is the total each node may spend on it.
+
+    Everything the accounting depends on is in the signed request, never read
+    from the data: the Poisson sampling rate is ``batch_size / expected_rows``,
+    a round takes ``local_epochs * ceil(expected_rows / batch_size)`` steps, and
+    the noisy gradient sum is divided by the expected batch. The true number of
+    rows at a node only changes how many patients each step happens to draw.
+    """
 
     max_grad_norm: float = Field(default=1.0, gt=0, description="Per-example clipping norm.")
+    # Required for training (``TrainParams`` says so); optional here only so that a request
+    # DP-SGD cannot serve at all (cox_mlp) is refused for that reason first.
+    expected_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EXPECTED_ROWS,
+        description="Training rows the researcher expects at each node (a public figure such "
+        "as a published cohort size): sets the sampling rate batch_size / expected_rows and "
+        "the steps per local epoch. A node's true row count is never used under DP.",
+    )
+
+    @property
+    def rows(self) -> int:
+        """``expected_rows``, which a validated ``TrainParams`` always has."""
+        if self.expected_rows is None:
+            raise ValueError(EXPECTED_ROWS_NEEDED)
+        return self.expected_rows
+
+    def sample_rate(self, batch_size: int) -> float:
+        """Each row's chance of being drawn into a step's batch (Poisson sampling)."""
+        return min(1.0, batch_size / self.rows)
+
+    def steps_per_round(self, batch_size: int, local_epochs: int) -> int:
+        """Steps of one round: ``local_epochs`` expected passes over ``expected_rows``."""
+        return local_epochs * math.ceil(1 / self.sample_rate(batch_size))
+
+    def expected_batch(self, batch_size: int) -> int:
+        """The public normaliser of a step's noisy gradient sum (rows drawn in expectation)."""
+        return min(batch_size, self.rows)
 
 
 class Standardisation(BaseModel):
@@ -83,14 +129,22 @@ class TrainParams(TaskParams):
         default="describe",
         description="Numeric features: federated mean/sd (describe), or the schema's bounds.",
     )
-    seed: int = Field(default=0, ge=0, description="Split and initialisation, not DP noise.")
+    # The reference (docs/analyses/reference.md) is generated from these descriptions; under
+    # DP the seed steers neither the Poisson sampling nor the noise (docs/training.md).
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="Split and initialisation; under dp neither the sampling nor the noise, "
+        "which the node seeds from the operating system.",
+    )
     timeout: float = Field(
         default=600.0, gt=0, le=86_400, description="Seconds to wait for nodes and each round."
     )
     dp: DPSGDRequest | None = Field(  # type: ignore[assignment]
         default=None,
         description="DP-SGD at every node: the (epsilon, delta) the whole run may cost there, "
-        "and max_grad_norm, the per-example clipping norm.",
+        "max_grad_norm, the per-example clipping norm, and expected_rows, a public row count "
+        "that fixes the sampling rate (no row count or loss leaves a node under dp).",
     )
     standardisation: Standardisation | None = Field(
         default=None, description="Set by the server from a federated describe; not by users."
@@ -135,6 +189,8 @@ class TrainParams(TaskParams):
                 )
         elif self.label is None or self.duration is not None or self.event is not None:
             raise ValueError(f"{self.model} needs label=, not duration= or event=")
+        if self.dp is not None and self.dp.expected_rows is None:
+            raise ValueError(EXPECTED_ROWS_NEEDED)
         if self.model == "logistic" and self.hidden:
             raise ValueError("logistic has no hidden layers: use model='mlp'")
         used = {f.column for f in self.features.factors()}
@@ -180,7 +236,8 @@ class TrainParams(TaskParams):
         super().check_schema(schema, node)
         check_formula(self.features, schema, node)
 
-    # Weights times rows, rows and metric sums all add across nodes (see records.py).
+    # Weights times rows (exact) or weights and a node count of 1 (DP), rows and metric sums
+    # all add across nodes (see records.py).
     SECURE_SUM: ClassVar[bool] = True
 
     def reads_rows(self, action: str) -> bool:
@@ -193,6 +250,7 @@ class TrainParams(TaskParams):
 
 
 __all__ = [
+    "MAX_EXPECTED_ROWS",
     "DPSGDRequest",
     "Scaling",
     "Standardisation",

@@ -7,9 +7,15 @@ by number before it leaves:
 - ``TrainingDesign`` (``query.design``): the encoded columns, the agreed
   factor levels and the declared bounds of the numeric features -- text
   from the node's schema, no row read.
-- ``ModelUpdate`` (``train``): the node's weights *times its training rows*
-  (``Weights``), its rows (``Count``) and its mean training loss times its
-  rows (``ModelStatistic``).
+- ``ModelUpdate`` (``train``, exact runs): the node's weights *times its
+  training rows* (``Weights``), its rows (``Count``) and its mean training
+  loss times its rows (``ModelStatistic``).
+- ``NoisyModelUpdate`` (``train`` under DP): the node's DP-SGD weights and a
+  node count of 1 (``AgreedValues``), nothing else. Its row count, its loss
+  and weights scaled by its rows would all be exact functions of the rows
+  (with ``where=`` on one patient's quasi-identifiers, her membership and
+  values), outside the DP-SGD mechanism the privacy record accounts for; so
+  under DP FedAvg weighs nodes equally and the run reports no training loss.
 - ``BinaryEvaluation`` / ``SurvivalEvaluation`` (``evaluate``): held-out
   sums and counts that add up across nodes.
 
@@ -44,6 +50,7 @@ from oncofed.privacy.accounting import PRIVACY_RECORD
 from oncofed.privacy.release import (
     META,
     RELEASE_RECORD,
+    AgreedValues,
     Count,
     Counts,
     ModelStatistic,
@@ -99,6 +106,19 @@ class ModelUpdate(Release):
     """The round's mean batch loss, times ``rows``."""
 
 
+class NoisyModelUpdate(Release):
+    """One round of DP-SGD: the weights, which depend on the rows only through DP-SGD.
+
+    ``nodes`` is 1 (a masked total of several is their number): FedAvg's weight,
+    the same for every node, so the strategy's mean is unweighted under DP.
+    """
+
+    weights: Weights
+    """Each layer's weights after the round (not scaled by anything the data holds)."""
+    nodes: AgreedValues
+    """1, fixed by the protocol: what FedAvg weighs this update by."""
+
+
 class BinaryEvaluation(Release):
     """A classifier's held-out metrics as sums and counts."""
 
@@ -135,14 +155,17 @@ class SurvivalEvaluation(Release):
 RELEASES: tuple[type[Release], ...] = (
     TrainingDesign,
     ModelUpdate,
+    NoisyModelUpdate,
     BinaryEvaluation,
     SurvivalEvaluation,
 )
 """Everything the training task's node side may release."""
 
 Evaluation = BinaryEvaluation | SurvivalEvaluation
-_MODEL_RELEASES: dict[str, type[ModelUpdate | BinaryEvaluation | SurvivalEvaluation]] = {
-    cls.wire_name(): cls for cls in (ModelUpdate, BinaryEvaluation, SurvivalEvaluation)
+Update = ModelUpdate | NoisyModelUpdate
+_MODEL_RELEASES: dict[str, type[Update | Evaluation]] = {
+    cls.wire_name(): cls
+    for cls in (ModelUpdate, NoisyModelUpdate, BinaryEvaluation, SurvivalEvaluation)
 }
 
 
@@ -168,7 +191,9 @@ def for_strategy(content: RecordDict, privacy: Mapping[str, ConfigRecord]) -> Re
     """The reply a strategy expects, from one node's release or the masked total of several.
 
     ``train``: ``arrays`` (the weights, divided by the rows) and ``metrics``
-    with ``num-examples`` and the mean ``train-loss``; ``evaluate``:
+    with ``num-examples`` and the mean ``train-loss`` -- under DP the weights
+    divided by the number of nodes, ``num-examples`` that number and no
+    loss; ``evaluate``:
     ``metrics`` with the held-out sums. ``privacy`` is each node's own
     privacy record, by node name.
     """
@@ -191,6 +216,15 @@ def for_strategy(content: RecordDict, privacy: Mapping[str, ConfigRecord]) -> Re
             {key: Array(np.asarray(value) / rows) for key, value in release.weights.items()}
         )
         out[METRICS] = MetricRecord({EXAMPLES: release.rows, "train-loss": release.loss / rows})
+    elif isinstance(release, NoisyModelUpdate):
+        nodes = round(float(np.sum(release.nodes)))
+        out[ARRAYS] = ArrayRecord(
+            {
+                key: Array(np.asarray(value) / max(nodes, 1))
+                for key, value in release.weights.items()
+            }
+        )
+        out[METRICS] = MetricRecord({EXAMPLES: nodes})
     else:
         out[METRICS] = evaluation_metrics(release)
     out[META] = ConfigRecord({"node": node})
@@ -227,8 +261,10 @@ __all__ = [
     "BinaryEvaluation",
     "Evaluation",
     "ModelUpdate",
+    "NoisyModelUpdate",
     "SurvivalEvaluation",
     "TrainingDesign",
+    "Update",
     "charges",
     "evaluation_metrics",
     "for_strategy",

@@ -58,15 +58,19 @@ class _Rounds:
                 fix="restart the missing nodes, or lower min_nodes",
                 silent=silent,
             )
-        examples = [float(str(r.metric_records[METRICS]["num-examples"])) for r in replies]
-        losses = [float(str(r.metric_records[METRICS]["train-loss"])) for r in replies]
+        metrics = [r.metric_records[METRICS] for r in replies]
+        examples = [float(str(m["num-examples"])) for m in metrics]
+        # Under DP a node releases no loss (records.NoisyModelUpdate): none to show.
+        losses = [float(str(m["train-loss"])) for m in metrics if "train-loss" in m]
         for reply in replies:
             for name, record in charges(reply).items():
                 rdp = [float(v) for v in record["rdp"]]  # type: ignore[union-attr]
                 charged = PrivacyLoss(tuple(rdp))
                 earlier = self.losses.get(name)
                 self.losses[name] = charged if earlier is None else earlier + charged
-        mean_loss = float(np.average(losses, weights=examples))
+        mean_loss = (
+            float(np.average(losses, weights=examples)) if len(losses) == len(metrics) else None
+        )
         done = len(self.history) + 1
         self.history.append(RoundMetrics(round=done, nodes=names, train_loss=mean_loss))
         # Flower's strategies read fraction_evaluate when they configure the round's
@@ -74,7 +78,7 @@ class _Rounds:
         due = done % self.params.evaluate_every == 0 or done == self.params.rounds
         if self.strategy is not None:
             self.strategy.fraction_evaluate = 1.0 if due and self.params.dp is None else 0.0
-        return MetricRecord({"train-loss": mean_loss})
+        return MetricRecord({} if mean_loss is None else {"train-loss": mean_loss})
 
     def refused(self) -> None:
         """Raise the nodes' refusals so far, if there were any."""
@@ -95,11 +99,9 @@ class _Rounds:
         if server_round == 0 or not self.history:
             return
         last = self.history[-1]
-        parts = [
-            f"round {last.round}/{self.params.rounds}",
-            f"{len(last.nodes)} nodes",
-            f"loss {last.train_loss:.4g}",
-        ]
+        parts = [f"round {last.round}/{self.params.rounds}", f"{len(last.nodes)} nodes"]
+        if last.train_loss is not None:
+            parts.append(f"loss {last.train_loss:.4g}")
         parts += [f"{k} {v:.3f}" for k, v in last.evaluation().items()]
         if self.losses and self.params.dp is not None:
             spent = max(loss.epsilon(self.params.dp.delta) for loss in self.losses.values())

@@ -164,7 +164,8 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
             "malignant",
             rounds=8,
             learning_rate=0.2,
-            dp={"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0},
+            # expected_rows: a public figure near each centre's 96-131 rows, never a count.
+            dp={"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "expected_rows": 110},
             # Masked updates: each node's privacy record still says what it was charged.
             secure_aggregation=True,
         )
@@ -172,6 +173,10 @@ def test_dp_sgd_at_epsilon_3_is_accurate_and_charged(
     assert accuracy >= 0.90, accuracy
     assert set(model.epsilon) == set(net.node_names)
     assert all(2.0 < eps <= 3.0 for eps in model.epsilon.values()), model.epsilon
+    # The charge follows from the request alone, so every node's is the same.
+    assert len(set(model.epsilon.values())) == 1, model.epsilon
+    # Nodes release no loss under DP, so the run reports none.
+    assert all(r.train_loss is None for r in model.history)
     rows = _budget_rows(net, "centre-0")
     assert rows["dp-training"]["releases"] == 8
     assert rows["dp-training"]["spent_epsilon"] == pytest.approx(
@@ -192,7 +197,7 @@ def test_a_node_that_dies_mid_round(tumours: tuple[pd.DataFrame, pd.DataFrame]) 
     privacy = DatasetPrivacy(epsilon=6.0, delta=1e-5, max_epsilon_per_release=3.0)
     policy = NodePolicy(dp={"tumours": privacy})
     victim = "centre-2"
-    dp = {"epsilon": 3.0, "delta": 1e-5}
+    dp = {"epsilon": 3.0, "delta": 1e-5, "expected_rows": 110}
     with Sandbox.from_frame(
         train, split_by="centre", dataset="tumours", policy=policy, schema=declared(train)
     ) as net:

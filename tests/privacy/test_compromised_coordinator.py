@@ -32,7 +32,6 @@ only the parameters are the coordinator's. What the tests show:
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import json
 import math
@@ -45,11 +44,8 @@ import pandas as pd
 import pytest
 from flwr.app import Message
 
-from oncofed.client.access import revoke
-from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import Authorisation, SignedTask
-from oncofed.governance.keys import Identity
-from oncofed.governance.permits import DatasetGrant, Permit, Purpose, ReleaseMode, utcnow
+from oncofed.governance.permits import ReleaseMode
 from oncofed.kernel.flower import (
     attach_authorisation,
     install_process_identity,
@@ -59,14 +55,9 @@ from oncofed.kernel.flower import (
     stamp,
 )
 from oncofed.kernel.schema import ColumnSpec
-from oncofed.node.app import build_client_app
-from oncofed.node.config import DatasetConfig, GovernanceConfig
-from oncofed.node.data import Catalogue
-from oncofed.node.governance_state import GovernanceState
-from oncofed.node.permits import PermitChecker
+from oncofed.node.config import DatasetConfig
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
 from oncofed.privacy.dp import DPRequest
-from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.base import TaskParams
 from oncofed.tasks.coxph import (
@@ -76,6 +67,7 @@ from oncofed.tasks.coxph import (
     NoisyCoxCellSumsRelease,
 )
 from oncofed.tasks.glm import GLMParams
+from tests.node_harness import real_node
 from tests.oracle import PERMISSIVE
 
 pytestmark = pytest.mark.slow  # about 5 s: 31 node apps, each with its own keys and ledger
@@ -154,32 +146,18 @@ class Centre:
                 },
             )
         }
-        self.body = Identity.generate("hdab", "hdab")
-        self.ada = Identity.generate("ada", "researcher")
-        now = utcnow()
-        self.permit = Permit(
-            permit_id=PERMIT,
-            issuer=self.body.card,
-            holder="Example Hospital",
-            purposes=(Purpose.STATISTICS,),
-            persons=(self.ada.card,),
-            datasets=(DatasetGrant(dataset=DATASET, release=release),),
-            task_types=("coxph", "glm"),
-            valid_from=now - datetime.timedelta(hours=1),
-            valid_until=now + datetime.timedelta(days=1),
-        ).sign(self.body.signing)
-        self.revocations = (revoke(self.body, work),)
-        checker = PermitChecker(
+        node = real_node(
+            work,
             NODE,
-            GovernanceConfig(trusted_bodies={"hdab": self.body.card.signing_key}),
             datasets,
-            GovernanceState.at(work / "state"),
+            policy,
+            permit_id=PERMIT,
+            task_types=("coxph", "glm"),
+            release=release,
         )
+        self.body, self.ada, self.permit = node.body, node.researcher, node.permit
+        self.revocations, self.ledger, self.app = node.revocations, node.ledger, node.app
         self.policy = policy
-        self.ledger = PrivacyLedger.at(work / "state", NODE)
-        catalogue = Catalogue(NODE, datasets, policy, ledger=self.ledger)
-        audit = AuditTrail.open_sqlite(work / "state" / "audit.sqlite", self.body.signing)
-        self.app = build_client_app(lambda _c: catalogue, audit, None, checker)
         self._runs = itertools.count(100)
         self._messages = itertools.count()
 

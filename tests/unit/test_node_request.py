@@ -7,7 +7,6 @@ the messages of one signed ``describe`` task.
 
 from __future__ import annotations
 
-import datetime
 import json
 import threading
 from collections import Counter
@@ -20,11 +19,7 @@ import pandas as pd
 import pytest
 from flwr.app import Message
 
-from oncofed.client.access import revoke
-from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import Authorisation, SignedTask
-from oncofed.governance.keys import Identity
-from oncofed.governance.permits import DatasetGrant, Permit, Purpose, utcnow
 from oncofed.kernel.flower import (
     attach_authorisation,
     content_to_bytes,
@@ -35,15 +30,11 @@ from oncofed.kernel.flower import (
     stamp,
 )
 from oncofed.kernel.schema import ColumnSpec
-from oncofed.node.app import build_client_app
-from oncofed.node.config import DatasetConfig, GovernanceConfig
-from oncofed.node.data import Catalogue
-from oncofed.node.governance_state import GovernanceState
-from oncofed.node.permits import PermitChecker
+from oncofed.node.config import DatasetConfig
 from oncofed.node.request import NodeRequest, current_request
-from oncofed.privacy.ledger import PrivacyLedger
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks.describe import DescribeParams
+from tests.node_harness import real_node
 
 RUN = 99
 SIGNED = {"dataset": "d", "columns": ["age"], "study": "p1"}
@@ -63,35 +54,19 @@ class Node:
                 approval=approval,
             )
         }
-        self.body, self.ada = (
-            Identity.generate("hdab", "hdab"),
-            Identity.generate("ada", "researcher"),
-        )
-        now = utcnow()
-        self.permit = Permit(
-            permit_id="p1",
-            issuer=self.body.card,
-            holder="Example Hospital",
-            purposes=(Purpose.STATISTICS,),
-            persons=(self.ada.card,),
-            datasets=(DatasetGrant(dataset="d", release="exact"),),
-            task_types=("describe",),
-            valid_from=now - datetime.timedelta(hours=1),
-            valid_until=now + datetime.timedelta(days=1),
-        ).sign(self.body.signing)
-        self.revocations = (revoke(self.body, work),)
-        self.state = GovernanceState.at(work / "state")
-        checker = PermitChecker(
-            "n1",
-            GovernanceConfig(trusted_bodies={"hdab": self.body.card.signing_key}),
-            datasets,
-            self.state,
-        )
         # Exact answers, as the permit grants and this node's policy allows.
-        policy = NodePolicy(dp={"d": DatasetPrivacy(allow_exact=True)})
-        catalogue = Catalogue("n1", datasets, policy, ledger=PrivacyLedger.at(work / "state", "n1"))
-        self.audit = AuditTrail.open_sqlite(work / "state" / "audit.sqlite", self.body.signing)
-        self.app = build_client_app(lambda _c: catalogue, self.audit, None, checker)
+        node = real_node(
+            work,
+            "n1",
+            datasets,
+            NodePolicy(dp={"d": DatasetPrivacy(allow_exact=True)}),
+            permit_id="p1",
+            task_types=("describe",),
+            release="exact",
+        )
+        self.body, self.ada, self.permit = node.body, node.researcher, node.permit
+        self.revocations, self.state = node.revocations, node.state
+        self.audit, self.app = node.audit, node.app
         self.signed = self.sign(SIGNED)
 
     def sign(self, params: dict[str, Any]) -> SignedTask:
