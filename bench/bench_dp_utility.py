@@ -113,18 +113,7 @@ def _glm_row(family: str, response: str) -> Analysis:
             noisy = s.run("glm", formula=formula, family=family, dp={"epsilon": epsilon}, **options)
         seconds = time.perf_counter() - started
         assert isinstance(exact, GLMResult) and isinstance(noisy, GLMResult)
-        assert noisy.privacy is not None
-        truth, got = exact.params.to_numpy(), noisy.params.loc[exact.names].to_numpy()
-        relative = np.abs(got - truth) / np.abs(truth)
-        return Row(
-            analysis=f"glm {family}",
-            error="coefficients, relative",
-            worst=float(relative.max()),
-            median=float(np.median(relative)),
-            in_exact_se=float(np.max(np.abs(got - truth) / exact.bse.to_numpy())),
-            epsilon=max(noisy.privacy.epsilon.values()),
-            seconds=seconds,
-        )
+        return _coefficients_row(f"glm {family}", exact, noisy, seconds)
 
     return run
 
@@ -159,11 +148,21 @@ def coxph_row(net: Sandbox, epsilon: float) -> Row:
         noisy = s.run("coxph", time_points=COX_POINTS, dp={"epsilon": epsilon}, **options)
     seconds = time.perf_counter() - started
     assert isinstance(exact, CoxPHResult) and isinstance(noisy, CoxPHResult)
+    return _coefficients_row("coxph", exact, noisy, seconds)
+
+
+def _coefficients_row(
+    analysis: str,
+    exact: GLMResult | CoxPHResult,
+    noisy: GLMResult | CoxPHResult,
+    seconds: float,
+) -> Row:
+    """How far a DP model's coefficients are from the exact fit's."""
     assert noisy.privacy is not None
     truth, got = exact.params.to_numpy(), noisy.params.loc[exact.names].to_numpy()
     relative = np.abs(got - truth) / np.abs(truth)
     return Row(
-        analysis="coxph",
+        analysis=analysis,
         error="coefficients, relative",
         worst=float(relative.max()),
         median=float(np.median(relative)),

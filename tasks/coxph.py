@@ -895,12 +895,7 @@ def coxph_node(params: CoxPHParams, local: LocalDataset) -> Release:
         a0, a1, a2 = _bucket_sums(cells.of_row, w, rows.x, size)
         e0, e1, e2 = _bucket_sums(cells.of_row[e], w[e], rows.x[e], size)
         return CoxCellSumsRelease(
-            names=tuple(rows.names),
-            levels=tuple(rows.levels),
-            rows_dropped=rows.rows_dropped,
-            rows_outside_strata=rows.rows_outside_strata,
-            cell_stratum=cells.stratum,
-            cell_time=cells.time,
+            **_exact_cells(rows, cells),
             events=np.bincount(cells.of_row[e], minlength=size),
             a0=a0,
             a1=a1,
@@ -959,17 +954,24 @@ def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> CoxConco
     # their time and covariates, so every (cell, bin) count meets the cell rule.
     _check_cells(np.bincount(position, minlength=cells.time.size * bins), local)
     return CoxConcordanceRelease(
-        names=tuple(rows.names),
-        levels=tuple(rows.levels),
-        rows_dropped=rows.rows_dropped,
-        rows_outside_strata=rows.rows_outside_strata,
-        cell_stratum=cells.stratum,
-        cell_time=cells.time,
+        **_exact_cells(rows, cells),
         death_cell=deaths.astype(np.int64),
         death_count=death_counts.astype(np.int64),
         censored_cell=censored.astype(np.int64),
         censored_count=censored_counts.astype(np.int64),
     )
+
+
+def _exact_cells(rows: CoxRows, cells: _Cells) -> dict[str, Any]:
+    """What every exact per-cell release states first: its design, rows left out, cells."""
+    return {
+        "names": tuple(rows.names),
+        "levels": tuple(rows.levels),
+        "rows_dropped": rows.rows_dropped,
+        "rows_outside_strata": rows.rows_outside_strata,
+        "cell_stratum": cells.stratum,
+        "cell_time": cells.time,
+    }
 
 
 def _check_cells(rows_per_cell: IntArray, local: LocalDataset) -> None:
