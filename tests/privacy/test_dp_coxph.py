@@ -138,9 +138,12 @@ def _check_fit(fit: CoxPHResult, breslow: tuple[np.ndarray, np.ndarray], steps: 
     assert np.all(np.isfinite(fit.params)) and np.all(np.isfinite(fit.bse))
     error = np.abs(fit.params.to_numpy() - breslow[0])
     assert np.all(error <= TOLERANCE * fit.bse.to_numpy()), (error, fit.bse.to_numpy())
-    # The stated error is honest, not inflated past use: the noise is at most a few
-    # times the pooled fit's own sampling error at this size and epsilon.
-    assert np.all(fit.bse.to_numpy() <= 10.0 * breslow[1]), (fit.bse.to_numpy(), breslow[1])
+    if steps == 1:
+        # The default one-step fit's stated error is honest, not inflated past use: at
+        # most a few times the pooled fit's own sampling error at this size and epsilon.
+        # Later steps' noise grows with exp(sum |beta_j| h_j) (docs/analyses/survival.md),
+        # so a multi-step fit's errors are wide by design and only checked above.
+        assert np.all(fit.bse.to_numpy() <= 10.0 * breslow[1]), (fit.bse.to_numpy(), breslow[1])
     assert max(fit.privacy.epsilon.values()) <= DP["epsilon"] * (1 + 1e-9)
 
 
