@@ -56,6 +56,33 @@ def _ordered_bounds(bounds: dict[str, tuple[float, float]]) -> dict[str, tuple[f
 PublicBounds = Annotated[dict[str, tuple[float, float]], AfterValidator(_ordered_bounds)]
 """Public (lo, hi) per column for a DP release, known without reading the data."""
 
+
+class Bounded(Protocol):
+    """A request that may state public bounds per column."""
+
+    @property
+    def bounds(self) -> Mapping[str, tuple[float, float]]: ...
+
+
+def public_bounds(params: Bounded, local: LocalDataset, column: str) -> tuple[float, float]:
+    """The public clamping range of a column: the schema's, else the request's (a boolean
+    column's type bounds it)."""
+    spec = local.schema.columns[column]
+    bounds = spec.bounds or params.bounds.get(column)
+    if bounds is None and spec.type == "boolean":
+        return 0.0, 1.0
+    if bounds is None:
+        raise QueryError(
+            f"a DP release of {column!r} needs public bounds to clamp its values to",
+            rule="privacy.bounds_required",
+            node=local.node_name,
+            fix=f"pass bounds={{{column!r}: (lo, hi)}} from domain knowledge, or ask the node "
+            "operator to declare bounds for the column in the node schema",
+            column=column,
+        )
+    return float(bounds[0]), float(bounds[1])
+
+
 # "factor": a formula's categorical factor; check_formula checks its levels, any type will do.
 ColumnRole = Literal["numeric", "group", "filter", "factor"]
 
@@ -374,6 +401,7 @@ class TaskType(Generic[P, R]):
 
 
 __all__ = [
+    "Bounded",
     "ColumnRole",
     "DPReport",
     "LocalDataset",
@@ -385,6 +413,7 @@ __all__ = [
     "TaskParams",
     "TaskType",
     "dp_report",
+    "public_bounds",
     "released",
     "selected_rows",
 ]

@@ -50,11 +50,11 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     dp_report,
+    public_bounds,
     released,
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
-from oncofed.tasks.describe import sum_bounds
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.tables import footer, number
 
@@ -220,7 +220,7 @@ def correlation_node_dp(
     which ``ROUNDING_SLACK`` covers.
     """
     rows, _ = complete_rows(params, local)
-    bounds = np.array([sum_bounds(params, local, column) for column in params.columns])
+    bounds = np.array([public_bounds(params, local, column) for column in params.columns])
     lo, hi = bounds[:, 0], bounds[:, 1]
     centre = (lo + hi) / 2
     half = np.maximum(np.abs(lo - centre), np.abs(hi - centre))

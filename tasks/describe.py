@@ -11,7 +11,6 @@ the pooled one to floating-point precision.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +32,7 @@ from oncofed.tasks.base import (
     TaskParams,
     TaskType,
     dp_report,
+    public_bounds,
     released,
     selected_rows,
 )
@@ -193,7 +193,7 @@ def describe_node_dp(
     shape = (len(groups), len(params.columns))
     count, total, squares = np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape)
     for j, column in enumerate(params.columns):
-        lo, hi = sum_bounds(params, local, column)
+        lo, hi = public_bounds(params, local, column)
         values = np.clip(frame[column].to_numpy(dtype=float, na_value=np.nan), lo, hi)
         chunks = [values[mask] for mask in masks]
         present = [int(np.count_nonzero(~np.isnan(chunk))) for chunk in chunks]
@@ -214,28 +214,6 @@ def describe_node_dp(
         sums_of_squares=squares,
         privacy=dict(release.record()),
     )
-
-
-class Bounded(Protocol):
-    """A request that may state public bounds per column (describe's, correlation's)."""
-
-    @property
-    def bounds(self) -> Mapping[str, tuple[float, float]]: ...
-
-
-def sum_bounds(params: Bounded, local: LocalDataset, column: str) -> tuple[float, float]:
-    """The public clamping range of a column: the schema's, else the request's."""
-    bounds = local.schema.columns[column].bounds or params.bounds.get(column)
-    if bounds is None:
-        raise QueryError(
-            f"a DP release of {column!r} needs public bounds to clamp its values to",
-            rule="privacy.bounds_required",
-            node=local.node_name,
-            fix=f"pass bounds={{{column!r}: (lo, hi)}} from domain knowledge, or ask the node "
-            "operator to declare bounds for the column in the node schema",
-            column=column,
-        )
-    return bounds
 
 
 def describe_node(params: DescribeParams, local: LocalDataset) -> MomentsRelease | NoisySumsRelease:

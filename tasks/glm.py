@@ -96,6 +96,7 @@ from oncofed.tasks.base import (
     TaskType,
     WrittenAs,
     dp_report,
+    public_bounds,
     released,
     selected_rows,
 )
@@ -769,7 +770,7 @@ def glm_node_dp(
     if family.name == "binomial":
         clamped.discard(response.column)  # its range is the family's: 0 to 1
     for column in sorted(clamped):
-        lo, hi = _column_bounds(params, local, column)
+        lo, hi = public_bounds(params, local, column)
         values = frame[column].to_numpy(dtype=float, na_value=np.nan)
         frame[column] = np.clip(values, lo, hi)
     design = design_matrix(params.formula, frame, local.schema, node, drop_invalid=True)
@@ -867,30 +868,12 @@ def _dp_coefficients(params: GLMParams, p: int, node: str) -> FloatArray:
     return beta
 
 
-def _column_bounds(params: GLMParams, local: LocalDataset, column: str) -> tuple[float, float]:
-    """The public clamping range of a numeric column: the schema's, else the request's."""
-    spec = local.schema.columns[column]
-    bounds = spec.bounds or params.bounds.get(column)
-    if bounds is None and spec.type == "boolean":
-        return 0.0, 1.0  # the type itself bounds it
-    if bounds is None:
-        raise QueryError(
-            f"a DP model on {column!r} needs public bounds to clamp its values to",
-            rule="privacy.bounds_required",
-            node=local.node_name,
-            fix=f"pass bounds={{{column!r}: (lo, hi)}} from domain knowledge, or ask the node "
-            "operator to declare bounds for the column in the node schema",
-            column=column,
-        )
-    return float(bounds[0]), float(bounds[1])
-
-
 def _factor_range(params: GLMParams, local: LocalDataset, factor: Factor) -> tuple[float, float]:
     """The range of one factor's values on clamped rows: an indicator's, or the bounds
     through the (increasing) transform."""
     if factor.categorical:
         return 0.0, 1.0
-    lo, hi = _column_bounds(params, local, factor.column)
+    lo, hi = public_bounds(params, local, factor.column)
     if factor.transform is None:
         return lo, hi
     with np.errstate(all="ignore"):
