@@ -49,7 +49,7 @@ def build_client_app(
     mods = [
         request_mod(catalogue_for, permits),
         validation_mod(catalogue_for),
-        secure_mod(catalogue_for, secure),
+        secure_mod(catalogue_for, secure, permits.state if permits is not None else None),
         privacy_mod(catalogue_for),
     ]
     if audit is not None:

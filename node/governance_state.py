@@ -3,8 +3,10 @@
 One SQLite file in the node's state directory. The newest revocation list of
 each body is kept so that a coordinator relaying an older one cannot undo a
 revocation; a task's nonce is bound to the run that first used it so that
-the same signed task cannot be run twice; a task on a dataset that needs the
-operator's approval waits here until ``oncofed node approvals approve``.
+the same signed task cannot be run twice; each step of a signed task takes
+part in at most one secure-aggregation session, recorded here so that a
+restart does not forget it; a task on a dataset that needs the operator's
+approval waits here until ``oncofed node approvals approve``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ nonces = Table(
     Column("first_seen", Float, nullable=False),
 )
 ONE_TASK_PER_RUN = Index("ux_task_nonces_run_id", nonces.c.run_id, unique=True)
+
+secagg_steps = Table(
+    "secagg_steps",
+    _metadata,
+    # A signed task's nonce and the step's digest (``NodeRequest.signed_step``).
+    Column("step", String(128), primary_key=True),
+    Column("session", String(128), nullable=False),
+    Column("run_id", BigInteger, nullable=False),
+    Column("started_at", Float, nullable=False),
+)
 
 approvals = Table(
     "approvals",
@@ -155,6 +167,20 @@ class GovernanceState:
                 select(nonces.c.run_id, nonces.c.first_seen).where(nonces.c.nonce == nonce)
             ).first()
         return (int(row.run_id), float(row.first_seen)) if row is not None else None
+
+    # ---- secure-aggregation sessions --------------------------------------
+
+    def claim_secagg_step(self, step: str, session: str, run_id: int) -> bool:
+        """Bind a signed step to a secure-aggregation session, in one statement: True if
+        this call bound it, False if the step was bound before (to this session or any
+        other) -- a step takes part in one session only, restarts included."""
+        with self.engine.begin() as db:
+            inserted = db.execute(
+                sqlite_insert(secagg_steps)
+                .values(step=step, session=session, run_id=run_id, started_at=time.time())
+                .on_conflict_do_nothing()
+            )
+        return bool(inserted.rowcount)
 
     # ---- approvals -------------------------------------------------------
 

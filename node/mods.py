@@ -54,7 +54,12 @@ from oncofed.node.request import (
 )
 from oncofed.privacy.accounting import PRIVACY_RECORD, loss_of
 from oncofed.privacy.disclosure import check_factor_levels, check_participants
-from oncofed.privacy.ledger import budget_exhausted, lifetime_exhausted
+from oncofed.privacy.ledger import (
+    TaskBudget,
+    budget_exhausted,
+    lifetime_exhausted,
+    task_budget_exhausted,
+)
 from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import LocalDatasets, TaskParams
@@ -162,21 +167,25 @@ def _failpoint(name: str) -> None:
 def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
     """Rules for every task, and the charge of every DP release before it leaves.
 
-    Runs after validation, so the parameters are known to be valid. A message
-    the ledger has already charged gets its stored reply back without running
-    the handler: the same release again, never a fresh sample.
+    Runs after validation, so the parameters are known to be valid. A step
+    the ledger has already charged (the same signed task, action and parameters,
+    under any message id: ``NodeRequest.release_key``) gets its stored reply back
+    without running the handler: the same release again, never a fresh sample.
+    All the steps of one signed task together cost at most the ``dp`` it signed
+    (``task_budget_of``).
     """
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         datasets = catalogue_for(context)
         node, ledger = datasets.node_name, datasets.ledger
         request = current_request()
-        params, action, message_id = request.params, request.action, request.release_key
-        stored = ledger.stored_reply(message_id)
+        params, action, release_key = request.params, request.action, request.release_key
+        stored = ledger.stored_reply(release_key)
         if stored is not None:
             return Message(content_from_bytes(stored), reply_to=message)
         privacy = privacy_under_permit(datasets.policy, request)
         exact = privacy.allow_exact and request.exact_granted
+        task_budget = task_budget_of(request)
         try:
             check_participants(request.participants, datasets.policy, node)
             if params.dp is None and not exact:
@@ -199,6 +208,10 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                             dataset=params.dataset,
                             node=node,
                         )
+                if task_budget is not None:
+                    spent = ledger.task_spent(task_budget.key)
+                    if not task_budget.allows(spent, asked):
+                        raise task_budget_exhausted(task_budget, spent, asked, node=node)
         except OncofedError as exc:
             return error_reply(message, exc)
         reply = call_next(message, context)
@@ -214,7 +227,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
             _failpoint("before-ledger-charge")
             record = reply.content.config_records[PRIVACY_RECORD]
             on_record = ledger.charge(
-                message_id=message_id,
+                message_id=release_key,
                 study=params.study,
                 dataset=params.dataset,
                 task=action,
@@ -223,6 +236,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                 privacy=privacy,
                 reply=content_to_bytes(reply.content),
                 researcher=request.researcher,
+                task_budget=task_budget,
             )
         except OncofedError as exc:
             return error_reply(message, exc)
@@ -230,6 +244,21 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
         return Message(content_from_bytes(on_record), reply_to=message)
 
     return mod
+
+
+def task_budget_of(request: NodeRequest) -> TaskBudget | None:
+    """What all the steps of the request's signed task may cost together at this node.
+
+    The ``dp`` the researcher signed is the loss of the whole task at each node
+    (a GLM or Cox fit splits it over its Newton steps, DP-SGD over its rounds), and
+    the permit check has made sure the message's ``dp`` is the signed one. None
+    without a signed task (Flower's simulation) or without ``dp`` (nothing is
+    charged then).
+    """
+    key, dp = request.signed_task, request.params.dp
+    if key is None or dp is None:
+        return None
+    return TaskBudget(key=key, epsilon=dp.epsilon, delta=dp.delta)
 
 
 def privacy_under_permit(policy: NodePolicy, request: NodeRequest) -> DatasetPrivacy:
@@ -387,5 +416,6 @@ __all__ = [
     "privacy_mod",
     "privacy_under_permit",
     "request_mod",
+    "task_budget_of",
     "validation_mod",
 ]

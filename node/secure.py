@@ -7,6 +7,15 @@ disclosure control, DP noise and the ledger charge happen exactly as for a
 plain reply -- and then sends the reply's numbers masked. The other stages exchange keys and shares.
 Session state lives in memory: a node that restarts mid-session has dropped
 out of it, which the protocol tolerates.
+
+One session per signed step. Under a signed task each step (the task's nonce,
+the action and the parameters, ``NodeRequest.signed_step``) takes part in at
+most one session, and the node's state file remembers it across restarts: a
+second session for the same step is refused (``secagg.session_reused``), and
+the ``mask`` stage must ask for the very step its session was started for
+(``secagg.step_changed``). Otherwise a coordinator could run one step twice,
+once with every node and once with a node's mask message withheld (a dropout
+to the protocol), and subtract the two totals to get that node's own numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from oncofed.kernel.errors import OncofedError
 from oncofed.kernel.flower import ClientAppCallable, Mod, error_reply
+from oncofed.node.governance_state import GovernanceState
 from oncofed.node.request import current_request
 from oncofed.privacy.disclosure import check_participants
 from oncofed.privacy.secagg import SecAggError, SecAggNode
@@ -33,6 +43,8 @@ class _Sessions:
 
     def __init__(self) -> None:
         self.by_id: dict[str, SecAggNode] = {}
+        self.steps: dict[str, str | None] = {}
+        """The signed step each live session was started for (None: no signed task)."""
         self.lock = threading.Lock()
 
     def __reduce__(self) -> tuple[type[_Sessions], tuple[()]]:
@@ -47,8 +59,14 @@ class SecureKeys:
     peers: Mapping[str, Ed25519PublicKey]
 
 
-def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKeys | None) -> Mod:
-    """``keys`` is None when the node has no [secure_aggregation] section."""
+def secure_mod(
+    catalogue_for: Callable[[Context], LocalDatasets],
+    keys: SecureKeys | None,
+    governance: GovernanceState | None = None,
+) -> Mod:
+    """``keys`` is None when the node has no [secure_aggregation] section; ``governance``
+    (where a real node remembers its signed steps' sessions) None only on Flower's
+    simulation runtime, which has no signed tasks."""
     state = _Sessions()
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -92,7 +110,10 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
                         )
                     threshold = int(str(record["threshold"]))
                     node = SecAggNode(node_name, keys.identity, keys.peers, session, threshold)
+                    step = current_request().signed_step
+                    _claim_step(governance, step, session, message.metadata.run_id, node_name)
                     state.by_id[session] = node
+                    state.steps[session] = step
                 return _reply(message, {"advert": node.advertise()})
             node = _session(state, session, node_name)
             if stage == "share":
@@ -101,6 +122,16 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
                 check_participants(len(node.participants), datasets.policy, node_name)
                 return _reply(message, {f"share.{peer}": box for peer, box in sealed.items()})
             if stage == "mask":
+                with state.lock:
+                    started_for = state.steps.get(session)
+                if current_request().signed_step != started_for:
+                    raise SecAggError(
+                        "the mask stage asks for another step than the one this session "
+                        "was started for",
+                        rule="secagg.step_changed",
+                        node=node_name,
+                        fix="the coordinator must send one step through all four stages",
+                    )
                 reply = call_next(message, context)
                 if reply.has_error():
                     return reply
@@ -113,6 +144,7 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
                 survivors = json.loads(str(record["survivors"]))
                 with state.lock:
                     state.by_id.pop(session, None)
+                    state.steps.pop(session, None)
                 return _reply(message, {"reveal": node.unmask(survivors)})
             raise SecAggError(
                 f"unknown secure-aggregation stage {stage!r}",
@@ -124,6 +156,23 @@ def secure_mod(catalogue_for: Callable[[Context], LocalDatasets], keys: SecureKe
             return error_reply(message, exc)
 
     return mod
+
+
+def _claim_step(
+    governance: GovernanceState | None, step: str | None, session: str, run_id: int, node: str
+) -> None:
+    """Bind the signed step to this session, or refuse: one session per step, ever."""
+    if governance is None or step is None:
+        return  # Flower's simulation: no signed task, no coordinator to defend against
+    if not governance.claim_secagg_step(step, session, run_id):
+        raise SecAggError(
+            "this step of the signed task already took part in a secure-aggregation "
+            "session at this node; a second session could subtract this node's numbers "
+            "from the first one's total",
+            rule="secagg.session_reused",
+            node=node,
+            fix="the researcher submits a new task to run the step again",
+        )
 
 
 def _session(state: _Sessions, session: str, node: str) -> SecAggNode:

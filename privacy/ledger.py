@@ -8,11 +8,18 @@ the reply itself, written in one durable transaction (SQLite, synchronous
 FULL) *before* the reply is handed to the network. Consequences:
 
 - a refused or failed query writes nothing, so costs nothing;
-- a message delivered twice (the coordinator re-sends after a crash or a
-  reconnect) finds its row and gets the same stored reply back: the same
+- a charge is filed under a *release key*, which the node makes from the
+  signed task's nonce and the step asked for (``node/request.py``), never
+  from the message id alone: the same step delivered again -- a re-send after
+  a crash or a reconnect, or a compromised coordinator asking again under new
+  message ids -- finds its row and gets the same stored reply back: the same
   release goes out again, never a fresh noisy sample, and is charged once;
 - a node killed after the charge but before the reply is sent has paid for a
-  release it will send, unchanged, when the message comes again.
+  release it will send, unchanged, when the step comes again;
+- a third budget holds per signed task: everything charged for one signed
+  task's steps (``signed_task``) together may cost at most the ``dp`` its
+  researcher signed, so a coordinator cannot buy a fit's Newton steps, or a
+  training run's rounds, past what was signed.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ _metadata = MetaData()
 charges = Table(
     "charges",
     _metadata,
+    # The release key (see the module docstring); the name is the column's first meaning.
     Column("message_id", String(128), primary_key=True),
     Column("study", String(128), nullable=False, index=True),
     Column("researcher", String(256), nullable=False, index=True, server_default=""),
@@ -67,10 +75,29 @@ charges = Table(
     Column("delta", Float, nullable=False),
     Column("charged_at", Float, nullable=False),
     Column("reply", LargeBinary, nullable=False),
+    Column("signed_task", String(160), nullable=False, index=True, server_default=""),
 )
 schema_version = Table("ledger_schema", _metadata, Column("version", Integer, primary_key=True))
-SCHEMA_VERSION = 2
-"""1: charges per (study, dataset); 2: and who asked (charges made before name no one)."""
+SCHEMA_VERSION = 3
+"""1: charges per (study, dataset); 2: and who asked (charges made before name no one);
+3: and the signed task they were a step of (charges made before belong to none)."""
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """What one signed task may cost at this node: the (epsilon, delta) its researcher signed.
+
+    ``key`` is the task's nonce and type (``NodeRequest.signed_task``); every charge
+    made for it is added up against the signed figure, however the coordinator
+    splits the task into messages.
+    """
+
+    key: str
+    epsilon: float
+    delta: float
+
+    def allows(self, spent: PrivacyLoss, loss: PrivacyLoss) -> bool:
+        return (spent + loss).epsilon(self.delta) <= self.epsilon * (1 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -161,6 +188,22 @@ def lifetime_exhausted(
     )
 
 
+def task_budget_exhausted(
+    budget: TaskBudget, spent: PrivacyLoss, loss: PrivacyLoss, *, node: str
+) -> NodeRefusal:
+    used = spent.epsilon(budget.delta)
+    return NodeRefusal(
+        f"the signed task may cost epsilon {budget.epsilon:g} (delta {budget.delta:g}) at this "
+        f"node, as its researcher signed; its steps so far cost {used:.4g} and this one would "
+        f"cost {loss.epsilon(budget.delta):.4g} more",
+        rule="privacy.task_budget",
+        node=node,
+        fix="the researcher submits a new task for more steps or rounds (each task's dp is "
+        "the most all its messages together may cost)",
+        remaining_epsilon=max(0.0, budget.epsilon - used),
+    )
+
+
 def _exhausted(
     budget: Budget, loss: PrivacyLoss, whose: str, *, rule: str, node: str, fix: str
 ) -> NodeRefusal:
@@ -194,13 +237,21 @@ class PrivacyLedger:
             version = connection.execute(select(schema_version.c.version)).scalar()
             if version is None:
                 connection.execute(insert(schema_version).values(version=SCHEMA_VERSION))
-            elif version == 1:
-                # Charges made before named no researcher: they count for their permit only.
+            elif version < SCHEMA_VERSION:
+                if version == 1:
+                    # Charges made before named no researcher: they count for their permit only.
+                    connection.exec_driver_sql(
+                        "ALTER TABLE charges ADD COLUMN researcher VARCHAR(256) NOT NULL DEFAULT ''"
+                    )
+                    connection.exec_driver_sql(
+                        "CREATE INDEX ix_charges_researcher ON charges (researcher)"
+                    )
+                # Charges made before belong to no signed task: no task's budget counts them.
                 connection.exec_driver_sql(
-                    "ALTER TABLE charges ADD COLUMN researcher VARCHAR(256) NOT NULL DEFAULT ''"
+                    "ALTER TABLE charges ADD COLUMN signed_task VARCHAR(160) NOT NULL DEFAULT ''"
                 )
                 connection.exec_driver_sql(
-                    "CREATE INDEX ix_charges_researcher ON charges (researcher)"
+                    "CREATE INDEX ix_charges_signed_task ON charges (signed_task)"
                 )
                 connection.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
@@ -233,8 +284,13 @@ class PrivacyLedger:
         with self._engine.connect() as connection:
             return Budget.lifetime(privacy, _spent_by(connection, researcher, dataset))
 
+    def task_spent(self, signed_task: str) -> PrivacyLoss:
+        """What the steps of one signed task have cost at this node so far."""
+        with self._engine.connect() as connection:
+            return _spent_on(connection, signed_task)
+
     def stored_reply(self, message_id: str) -> bytes | None:
-        """The reply already charged for this message, if it was charged."""
+        """The reply already charged under this release key, if it was charged."""
         with self._engine.connect() as connection:
             row = connection.execute(
                 select(charges.c.reply).where(charges.c.message_id == message_id)
@@ -253,11 +309,13 @@ class PrivacyLedger:
         privacy: DatasetPrivacy,
         reply: bytes,
         researcher: str = "",
+        task_budget: TaskBudget | None = None,
     ) -> bytes:
         """Write the charge and the reply durably, or refuse if a budget would be exceeded.
 
-        ``researcher`` is who asked, as the permit check verified it; without one (a
-        simulation has no permits) only the study's budget applies.
+        ``message_id`` is the release key. ``researcher`` is who asked, as the permit
+        check verified it; without one (a simulation has no permits) only the study's
+        budget applies. ``task_budget`` is the signed task's own (None: no signed task).
 
         Returns the reply on record: ``reply`` itself, or the reply an earlier
         delivery of the same message was charged for (which must go out instead).
@@ -277,6 +335,10 @@ class PrivacyLedger:
                     raise lifetime_exhausted(
                         lifetime, loss, researcher=researcher, dataset=dataset, node=self.node
                     )
+            if task_budget is not None:
+                spent = _spent_on(connection, task_budget.key)
+                if not task_budget.allows(spent, loss):
+                    raise task_budget_exhausted(task_budget, spent, loss, node=self.node)
             connection.execute(
                 insert(charges).values(
                     message_id=message_id,
@@ -290,13 +352,16 @@ class PrivacyLedger:
                     delta=privacy.delta,
                     charged_at=time.time(),
                     reply=reply,
+                    signed_task=task_budget.key if task_budget is not None else "",
                 )
             )
         return reply
 
     def charges(self, study: str | None = None) -> list[Charge]:
         """Every charged release (of one study), oldest first."""
-        query = select(*[c for c in charges.c if c.name != "rdp"]).order_by(charges.c.charged_at)
+        query = select(*[c for c in charges.c if c.name not in ("rdp", "signed_task")]).order_by(
+            charges.c.charged_at
+        )
         if study is not None:
             query = query.where(charges.c.study == study)
         with self._engine.connect() as connection:
@@ -368,6 +433,10 @@ def _spent_by(connection: Connection, researcher: str, dataset: str) -> PrivacyL
     )
 
 
+def _spent_on(connection: Connection, signed_task: str) -> PrivacyLoss:
+    return _sum_of(connection, select(charges.c.rdp).where(charges.c.signed_task == signed_task))
+
+
 def _sum_of(connection: Connection, query: Select[Any]) -> PrivacyLoss:
     """Losses compose by adding their Rényi-DP curves, order by order."""
     total = [0.0] * len(PrivacyLoss.zero().rdp)
@@ -392,6 +461,8 @@ __all__ = [
     "BudgetRow",
     "Charge",
     "PrivacyLedger",
+    "TaskBudget",
     "budget_exhausted",
     "lifetime_exhausted",
+    "task_budget_exhausted",
 ]

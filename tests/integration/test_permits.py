@@ -20,33 +20,27 @@ from typing import Any
 import grpc
 import pandas as pd
 import pytest
-from flwr.app import Message
 
 from oncofed.client.access import DataAccessClient
 from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.coordinator.access_store import AccessStore
 from oncofed.coordinator.db import open_database
-from oncofed.coordinator.store import OutgoingMessage, Store
+from oncofed.coordinator.store import Store
 from oncofed.governance.envelope import Authorisation, SignedTask, TaskEnvelope
 from oncofed.governance.keys import Identity
 from oncofed.governance.permits import SignedPermit, SignedRevocations, utcnow
 from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.kernel.errors import AccessDenied, OncofedError, PermitRefused, TaskCancelled
 from oncofed.kernel.flower import (
-    attach_authorisation,
-    from_bytes,
     install_process_identity,
-    params_content,
     reply_error,
-    stamp,
-    to_bytes,
 )
 from oncofed.kernel.wire import oncofed_pb2 as pb
 from oncofed.kernel.wire.oncofed_pb2_grpc import ResearcherStub
+from tests.coordinator_queue import send_through_the_queue
 from tests.pki import revoke_by_cli
 
 NODE = "centre-B"
-REPLY_SECONDS = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -85,37 +79,9 @@ class Attacker:
         run_id: int | None = None,
     ) -> tuple[OncofedError | None, int]:
         """One message to NODE; its typed refusal (None if released) and the run id used."""
-        node_id = {n.name: n.node_id for n in self.store.nodes()}[NODE]
-        task = self.store.create_task(action, "{}", "attacker")
-        assert task is not None
-        message = Message(
-            params_content(json.dumps(params), participants=4), node_id, f"query.{action}", ttl=60
-        )
-        message_id = uuid.uuid4().hex
-        run = run_id if run_id is not None else task.run_id
-        stamp(message, run_id=run, message_id=message_id)
-        if authorisation is not None:
-            attach_authorisation(message, authorisation.model_dump_json())
-        self.store.put_messages(
-            task.task_id,
-            [
-                OutgoingMessage(
-                    message_id,
-                    node_id,
-                    message.metadata.message_type,
-                    to_bytes(message),
-                    time.time() + REPLY_SECONDS,
-                )
-            ],
-        )
-        deadline = time.monotonic() + REPLY_SECONDS
-        while time.monotonic() < deadline:
-            replies = self.store.replies([message_id])
-            if replies:
-                reply = from_bytes(replies[message_id])
-                return (reply_error(reply) if reply.has_error() else None), run
-            time.sleep(0.1)
-        raise AssertionError(f"{NODE} did not answer")
+        signed = authorisation.model_dump_json() if authorisation is not None else None
+        reply, run = send_through_the_queue(self.store, NODE, action, params, signed, run_id)
+        return (reply_error(reply) if reply.has_error() else None), run
 
 
 @pytest.fixture(scope="module")
