@@ -41,6 +41,8 @@ from oncofed.tasks.describe import ALL, STATISTICS, DescribeResult
 from oncofed.tasks.tables import missing, number
 
 COLUMNS = ["age", "time", "ph.karno", "meal.cal", "wt.loss"]
+GRANTED = (*COLUMNS, "sex", "status")
+"""The variables the permit grants: exact answers use the records complete on all of them."""
 DP = {"epsilon": 1.0, "delta": 1e-6}
 DP_BOUNDS = {"age": (18.0, 100.0), "wt.loss": (-50.0, 80.0)}
 """Public bounds for the DP sums (clinical ranges, never read from the data)."""
@@ -182,20 +184,26 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
                 )
             console.print(table)
 
+            records = frame.dropna(subset=list(GRANTED))
+            console.print(
+                f"Exact answers use the {len(records)} records complete on every granted "
+                "variable, whichever columns a query names (so adding a column with one "
+                "missing value cannot single that patient out)."
+            )
             overall = session.describe(COLUMNS, min_nodes=n_centres)
-            pooled = pooled_describe(frame, COLUMNS)
+            pooled = pooled_describe(records, COLUMNS)
             console.print(comparison_table(overall, pooled, "describe: all patients"))
             worst = max_relative_difference(overall, pooled)
 
             by_sex = session.describe(
                 ["age", "time"], by="sex", categories=["1", "2"], min_nodes=n_centres
             )
-            pooled_sex = pooled_describe(frame, ["age", "time"], by="sex", categories=["1", "2"])
+            pooled_sex = pooled_describe(records, ["age", "time"], by="sex", categories=["1", "2"])
             console.print(
                 comparison_table(by_sex, pooled_sex, "describe: by sex (1 male, 2 female)")
             )
             worst = max(worst, max_relative_difference(by_sex, pooled_sex))
-            survival_worst, survival_count = survival_by_sex(console, session, frame, n_centres)
+            survival_worst, survival_count = survival_by_sex(console, session, records, n_centres)
             worst = max(worst, survival_worst)
             dp_describe(console, session, frame, n_centres)
         show_audit(console, sandbox, permit_id)
@@ -223,9 +231,7 @@ def grant_access(console: Console, sandbox: Sandbox, frame: pd.DataFrame) -> str
         description="Survival of advanced lung cancer by sex across centres: describe, "
         "Kaplan-Meier on a 30-day grid. Exact answers, to validate the federation against "
         "the published pooled analysis.",
-        datasets=(
-            DatasetRequest(dataset="lung", variables=(*COLUMNS, "sex", "status"), release="exact"),
-        ),
+        datasets=(DatasetRequest(dataset="lung", variables=GRANTED, release="exact"),),
         task_types=("describe", "kaplan_meier"),
         period_start=today,
         period_end=today + datetime.timedelta(days=365),

@@ -81,6 +81,8 @@ def _guarded(
         params = request.params
         try:
             local = datasets.load(params.dataset)
+            if params.dp is None and datasets.policy.exact_complete_records:
+                local = local.complete_on(request.granted_variables(local.schema))
             release = check_release(
                 handler(params, local, message.content),
                 task.releases,

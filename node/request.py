@@ -106,6 +106,12 @@ class NodeRequest:
         permit: the node's policy alone decides there)."""
         return self.grant is None or self.grant.dataset.release == "exact"
 
+    def granted_variables(self, schema: DatasetSchema) -> tuple[str, ...]:
+        """The columns the permit grants on the dataset: its list, or every declared one."""
+        if self.grant is not None and self.grant.dataset.variables is not None:
+            return self.grant.dataset.variables
+        return tuple(schema.columns)
+
     @property
     def epsilon_cap(self) -> float | None:
         """The permit's privacy budget on the dataset, where it names one."""

@@ -21,6 +21,8 @@ import numpy.typing as npt
 from oncofed.kernel.errors import NodeRefusal
 from oncofed.privacy.policy import NodePolicy
 
+FloatArray = npt.NDArray[np.float64]
+
 
 def check_participants(participants: int, policy: NodePolicy, node: str) -> None:
     """Refuse a task sent to fewer nodes than this node's minimum.
@@ -75,13 +77,94 @@ def check_cells(
     values = np.asarray(counts)
     small = (values > 0) & (values < policy.min_cell_count)
     if np.any(small):
+        # How many cells are small is itself a count of the node's rows: not stated.
         raise NodeRefusal(
-            f"{int(small.sum())} {what} would hold fewer than {policy.min_cell_count} rows "
-            "at this node",
+            f"{what} would hold fewer than {policy.min_cell_count} rows at this node",
             rule="privacy.min_cell_count",
             node=node,
             fix=fix,
             setting=policy.min_cell_count,
+        )
+
+
+def largest_terms(
+    left: npt.ArrayLike, right: npt.ArrayLike | None = None, weights: npt.ArrayLike | None = None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per entry (j, k) of ``sum_i w_i l_ij r_ik``: the sum of the terms' magnitudes, and the
+    largest and second-largest magnitude of one row's term.
+
+    ``right`` defaults to a column of ones (the sums of ``left``'s columns; pass ``left``
+    again for a cross-product matrix), ``weights`` to ones. Magnitudes, because a term of
+    either sign moves the sum; a row's term is what it adds to the sum.
+    """
+    a = np.abs(np.asarray(left, dtype=float))
+    a = a[:, None] if a.ndim == 1 else a
+    b = np.ones((a.shape[0], 1)) if right is None else np.abs(np.asarray(right, dtype=float))
+    b = b[:, None] if b.ndim == 1 else b
+    if weights is not None:
+        a = a * np.abs(np.asarray(weights, dtype=float))[:, None]
+    rows, p, q = a.shape[0], a.shape[1], b.shape[1]
+    total, first, second = a.T @ b, np.zeros((p, q)), np.zeros((p, q))
+    for j in range(p):  # one column's terms at a time: memory of rows x q, not rows x p x q
+        terms = a[:, j, None] * b
+        if rows >= 2:
+            top = np.partition(terms, rows - 2, axis=0)[rows - 2 :]
+            first[j], second[j] = top[1], top[0]
+        elif rows == 1:
+            first[j] = terms[0]
+    return total, first, second
+
+
+def largest_terms_by_cell(
+    cell: npt.ArrayLike, terms: npt.ArrayLike, cells: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``largest_terms`` for per-cell sums of one quantity: row i adds ``terms[i]`` to cell
+    ``cell[i]``; per cell, the sum of magnitudes and the two largest magnitudes."""
+    index = np.asarray(cell, dtype=np.int64)
+    a = np.abs(np.asarray(terms, dtype=float))
+    total = np.bincount(index, weights=a, minlength=cells).astype(float)
+    first, second = np.zeros(cells), np.zeros(cells)
+    order = np.lexsort((-a, index))
+    index, a = index[order], a[order]
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]]) if index.size else index
+    first[index[starts]] = a[starts]
+    follow = starts + 1
+    paired = follow < index.size
+    paired[paired] = index[follow[paired]] == index[starts[paired]]
+    second[index[starts[paired]]] = a[follow[paired]]
+    return total, first, second
+
+
+def check_dominance(
+    terms: tuple[FloatArray, FloatArray, FloatArray],
+    policy: NodePolicy,
+    node: str,
+    *,
+    what: str,
+    fix: str,
+) -> None:
+    """Refuse a released sum that one row dominates (the p % rule, ``largest_terms``' output).
+
+    A sum is sensitive when the rows other than its two largest contributors
+    add up to less than p % of the largest: then the sum, less what the
+    second-largest contributor knows of itself, gives the largest row's term
+    to within p %. A transform such as np.exp lets one patient's term swamp
+    the rest, and a model's coefficients or a mean then show that patient's
+    values. Zero terms dominate nothing: an all-zero sum is allowed.
+    """
+    if policy.dominance_p <= 0:
+        return
+    total, first, second = terms
+    rest = total - first - second
+    dominated = (first > 0) & (rest < policy.dominance_p / 100.0 * first)
+    if np.any(dominated):
+        raise NodeRefusal(
+            f"a released sum of {what} would be dominated by one row at this node: the other "
+            f"rows hide its share by less than {policy.dominance_p:g} % (p % rule)",
+            rule="privacy.dominance",
+            node=node,
+            fix=fix,
+            setting=policy.dominance_p,
         )
 
 
@@ -104,4 +187,12 @@ def check_factor_levels(column: str, levels: Iterable[str], policy: NodePolicy, 
         )
 
 
-__all__ = ["check_cells", "check_factor_levels", "check_participants", "check_subset"]
+__all__ = [
+    "check_cells",
+    "check_dominance",
+    "check_factor_levels",
+    "check_participants",
+    "check_subset",
+    "largest_terms",
+    "largest_terms_by_cell",
+]

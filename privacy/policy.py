@@ -129,6 +129,25 @@ class NodePolicy(BaseModel):
             "down single patients."
         ),
     )
+    exact_complete_records: bool = Field(
+        default=True,
+        description=(
+            "Exact answers use only the records complete on every variable the permit "
+            "grants (every declared column where it names none), whatever columns a request "
+            "names: otherwise two analyses whose columns differ by one with a single missing "
+            "value differ by that one patient."
+        ),
+    )
+    dominance_p: float = Field(
+        default=10.0,
+        ge=0,
+        le=100,
+        description=(
+            "The p % rule for exact sums, means and model cross-products: refused when the "
+            "rows other than the two largest contributors add less than p % of the largest "
+            "(one row would dominate it). 0 turns the rule off."
+        ),
+    )
     dp: dict[str, DatasetPrivacy] = Field(
         default_factory=dict,
         description=(

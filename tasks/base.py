@@ -9,8 +9,8 @@ contract, so adding a task never touches the node or the coordinator.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import pandas as pd
@@ -261,6 +261,18 @@ class LocalDataset:
     schema: DatasetSchema
     frame: pd.DataFrame
     policy: NodePolicy = field(default_factory=NodePolicy)
+
+    def complete_on(self, columns: Iterable[str]) -> LocalDataset:
+        """The dataset cut to the records with a value in every one of ``columns``.
+
+        An exact request's row set must not depend on which columns it names:
+        otherwise adding a column with one missing value to an analysis drops
+        that one patient, and the difference of two exact answers is theirs.
+        """
+        present = [column for column in columns if column in self.frame.columns]
+        if not present:
+            return self
+        return replace(self, frame=self.frame.dropna(subset=present))
 
 
 class LocalDatasets(Protocol):

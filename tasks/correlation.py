@@ -40,6 +40,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
+from oncofed.privacy.disclosure import check_dominance, largest_terms
 from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.privacy.release import AgreedValues, BoundedSums, Count, Moments, Release
 from oncofed.tasks.base import (
@@ -188,6 +189,14 @@ def correlation_node(
     rows, dropped = complete_rows(params, local)
     mean = rows.mean(axis=0) if len(rows) else np.zeros(len(params.columns))
     centred = rows - mean
+    for terms in (largest_terms(rows), largest_terms(centred, centred)):
+        check_dominance(
+            terms,
+            local.policy,
+            local.node_name,
+            what="the columns' values or products (a mean or co-moment)",
+            fix="leave out the column with an outlying value, or ask with dp=",
+        )
     return ComomentsRelease(
         n=len(rows),
         mean=mean,

@@ -83,7 +83,7 @@ from scipy.stats import chi2
 from oncofed.kernel.errors import NodeRefusal, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
-from oncofed.privacy.disclosure import check_cells
+from oncofed.privacy.disclosure import check_cells, check_dominance, largest_terms_by_cell
 from oncofed.privacy.dp import ZCDPRelease
 from oncofed.privacy.release import (
     AgreedIndices,
@@ -891,7 +891,9 @@ def coxph_node(params: CoxPHParams, local: LocalDataset) -> Release:
         w = np.exp(rows.x @ beta)
         cells = _occupied_cells(rows)
         size, e = cells.time.size, cells.event
-        _check_cells(np.bincount(cells.of_row, minlength=size), local)
+        _check_cells(np.bincount(cells.of_row, minlength=size), rows, local)
+        _check_cell_dominance(cells.of_row, w, rows.x, size, local)
+        _check_cell_dominance(cells.of_row[e], w[e], rows.x[e], size, local)
         a0, a1, a2 = _bucket_sums(cells.of_row, w, rows.x, size)
         e0, e1, e2 = _bucket_sums(cells.of_row[e], w[e], rows.x[e], size)
         return CoxCellSumsRelease(
@@ -952,7 +954,7 @@ def coxph_concordance_node(params: CoxPHParams, local: LocalDataset) -> CoxConco
     censored, censored_counts = np.unique(position[~cells.event], return_counts=True)
     # The bins are the coordinator's: narrow ones around one patient's score would show
     # their time and covariates, so every (cell, bin) count meets the cell rule.
-    _check_cells(np.bincount(position, minlength=cells.time.size * bins), local)
+    _check_cells(np.bincount(position, minlength=cells.time.size * bins), rows, local)
     return CoxConcordanceRelease(
         **_exact_cells(rows, cells),
         death_cell=deaths.astype(np.int64),
@@ -974,16 +976,39 @@ def _exact_cells(rows: CoxRows, cells: _Cells) -> dict[str, Any]:
     }
 
 
-def _check_cells(rows_per_cell: IntArray, local: LocalDataset) -> None:
+def _check_cells(rows_per_cell: IntArray, rows: CoxRows, local: LocalDataset) -> None:
     """The cell rule on exact Cox releases: a cell's sums are its rows' covariates, so a
-    cell of one patient at this node (at coefficients 0, say) would be that patient's row."""
+    cell of one patient at this node (at coefficients 0, say) would be that patient's row.
+    The rows outside the strata are a cell too: two strata lists that differ by one
+    level would otherwise give that level's rows as the difference."""
     check_cells(
-        rows_per_cell,
+        np.append(rows_per_cell, rows.rows_outside_strata),
         local.policy,
         local.node_name,
-        what="Cox cells (stratum, grid time and, for the concordance, risk-score bin)",
+        what="Cox cells (stratum, grid time and, for the concordance, risk-score bin) or "
+        "the rows outside the strata",
         fix="use a coarser grid (grid= or time_points=) or concordance=False, or ask with dp=",
     )
+
+
+def _check_cell_dominance(
+    index: IntArray, w: FloatArray, x: FloatArray, size: int, local: LocalDataset
+) -> None:
+    """The p % rule on every per-cell sum ``_bucket_sums`` makes of these rows: w, w x and
+    w x x'. Coefficients can make one row's w swamp its cell's (the coordinator picks
+    them), and a cell whose events are one patient gives that patient's x as e1 / e0."""
+    p = x.shape[1]
+    columns = [w, *(w * x[:, j] for j in range(p))]
+    columns += [w * x[:, j] * x[:, k] for j in range(p) for k in range(j, p)]
+    for terms in columns:
+        check_dominance(
+            largest_terms_by_cell(index, terms, size),
+            local.policy,
+            local.node_name,
+            what="a Cox cell's risk-set or event covariates",
+            fix="use a coarser grid (grid= or time_points=) so that each cell holds "
+            "several events, or ask with dp=",
+        )
 
 
 def _bucket_sums(

@@ -208,12 +208,14 @@ def crosstab_node(params: CrosstabParams, local: LocalDataset) -> TableRelease:
     rows_missing, rows_outside = int(missing.sum()), int((~inside & ~missing).sum())
     privacy: dict[str, object] | None = None
     if params.dp is None:
+        # The rows outside the categories are a cell too (a list leaving out one small
+        # category would give its count).
         check_cells(
-            counts,
+            np.append(counts.ravel(), rows_outside),
             local.policy,
             local.node_name,
-            what="cell(s)",
-            fix="merge small categories, or widen the where filter",
+            what="cells (or the rows outside the categories)",
+            fix="merge small categories, list every category, or widen the where filter",
         )
     else:
         # Every row is in one cell, or missing, or outside the categories.

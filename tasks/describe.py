@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.table import Table
 
 from oncofed.kernel.errors import QueryError
-from oncofed.privacy.disclosure import check_cells
+from oncofed.privacy.disclosure import check_cells, check_dominance, largest_terms
 from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.privacy.release import BoundedSums, Count, Counts, Moments, Release
 from oncofed.tasks.base import (
@@ -234,13 +234,28 @@ def describe_node(params: DescribeParams, local: LocalDataset) -> MomentsRelease
                 mean[i, j] = present.mean()
                 m2[i, j] = float(np.sum((present - mean[i, j]) ** 2))
     if params.by is not None:
+        # The rows outside the categories, and those without a group, are groups too: a
+        # category list that leaves out one small level would give its count.
         check_cells(
-            count,
+            np.append(count.ravel(), [outside, group_missing]),
             local.policy,
             local.node_name,
-            what="group(s)",
-            fix=f"merge small categories of {params.by!r}, or widen the where filter",
+            what="groups (or the rows outside the categories, or without a group)",
+            fix=f"merge small categories of {params.by!r}, list every category, or widen "
+            "the where filter",
         )
+    for j, column in enumerate(params.columns):
+        values = frame[column].to_numpy(dtype=float, na_value=np.nan)
+        for i, mask in enumerate(masks):
+            present = values[mask][~np.isnan(values[mask])]
+            # The mean is a sum of the values, M2 one of squared deviations.
+            check_dominance(
+                largest_terms(np.column_stack([present, (present - mean[i, j]) ** 2])),
+                local.policy,
+                local.node_name,
+                what=f"{column!r} (its mean or spread)",
+                fix=f"leave {column!r} out, or ask with dp=",
+            )
     return MomentsRelease(
         groups=groups,
         count=count,

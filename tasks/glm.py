@@ -23,7 +23,9 @@ response, X'WX, X'Wz, the deviance, Pearson chi-square and log-likelihood of
 its rows at the given coefficients, and the null deviance at the pooled mean;
 in rounds without coefficients also the unweighted X'X (for the design
 checks). No row leaves it, and it refuses while the model is close to
-saturated on its rows.
+saturated on its rows, or where one row dominates one of those sums (the p %
+rule, ``privacy.dominance``: a transform such as np.exp, or coefficients that
+give one patient an extreme mean).
 
 Under differential privacy (``params.dp``) the request's epsilon is the loss
 of the whole fit at each node. Every numeric column is clamped to public
@@ -31,27 +33,37 @@ bounds (the schema's, else the request's ``bounds``) before the formula's
 transforms, so each design column has a range known from the bounds alone
 (a transform without a finite range on them is refused, ``privacy.dp_term``);
 a node maps its augmented rows ``u = (1, columns[, y])`` into ``v`` in
-[-1, 1] by those ranges and releases sums over ``v`` with OpenDP Gaussian
-noise (``GLMMomentsRelease``, ``GLMNewtonRelease``):
+[-1, 1] by those ranges -- a numeric column by its midpoint and half-range, a
+k-level factor's indicators centred at 1/k (``_UnitCoding``) -- and releases
+sums over ``v`` with OpenDP Gaussian noise (``GLMMomentsRelease``,
+``GLMNewtonRelease``). What one row adds to each sum is bounded by the
+largest share any row inside the bounds could add (enumerated over the
+factors' levels, proved in ``_UnitCoding``) and capped on every row before
+summing (``_capped``): that bound is the sensitivity the noise is scaled to.
 
 - gaussian: one round, the upper triangle of sum v v' (count, X'X, X'y,
-  y'y), L2 sensitivity sqrt(m (m + 1) / 2). The coordinator solves the noisy
-  normal equations (eigenvalues floored at the noise sd, post-processing).
-  Standard errors: scale (X'X)^-1 plus the noise's share, estimated by a
-  parametric bootstrap over the stated noise -- re-drawing each node's noise
-  and solving again -- because the solve (and its PD repair) is non-linear
-  in the noise, and the bootstrap needs no delta-method algebra per node.
+  y'y) as three Gaussian releases (``GAUSSIAN_SHARES``: most of rho on X'y,
+  whose noise goes into the coefficients one for one). The coordinator
+  solves the noisy normal equations (eigenvalues floored at the noise sd,
+  post-processing). Standard errors: scale (X'X)^-1 plus the noise's share,
+  estimated by a parametric bootstrap over the stated noise -- re-drawing
+  each node's noise and solving again -- because the solve (and its PD
+  repair) is non-linear in the noise, and the bootstrap needs no
+  delta-method algebra per node.
 - binomial and poisson: ``max_iter`` (signed by the researcher, at most
-  ``DP_MAX_STEPS``) noisy Newton steps from zero. Each message costs
-  rho / max_iter (``release_loss``): a full fit costs the request's epsilon
-  at each node, and a coordinator that asks for more steps pays for each
-  from the permit's budget, which the node's ledger caps. Per row, the score
+  ``DP_MAX_STEPS``, default ``DP_DEFAULT_STEPS``) noisy Newton steps from
+  zero. Step k costs ``dp_step_share(k, max_iter)`` of rho, doubling from
+  step to step (``release_loss``; the coordinator names the step in
+  ``dp_step``): a full fit costs the request's epsilon at each node, and a
+  coordinator that asks for more or dearer steps pays for each from the
+  permit's budget, which the node's ledger caps. Per row, the score
   residual and weight are clamped to what the family bounds: |y - mu| <= 1,
   w <= 1/4 (binomial); the mean capped at the response's upper bound Y,
   |y - mu| <= Y, w <= Y (poisson: the MLE wherever no fitted mean exceeds Y).
-  The second half's iterates are averaged (each is the fit plus independent
-  noise once Newton has converged); the covariance is the sandwich
-  H^-1 + H^-1 Var(e) H^-1 / L. Deviance and log-likelihood are not released.
+  The last ``DP_AVERAGED_STEPS`` iterates are averaged, weighted by their
+  rho (each is the fit plus independent noise once Newton has converged);
+  the covariance is the sandwich H^-1 + H^-1 (sum a_k^2 Var(e_k)) H^-1.
+  Deviance and log-likelihood are not released.
 
 The exact path's data-dependent refusals (saturation, weight concentration,
 a response outside the family's domain) are not applied under DP: each would
@@ -60,6 +72,7 @@ reveal something about the rows, which the noise protects instead.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -76,7 +89,7 @@ from rich.text import Text
 from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
-from oncofed.privacy.disclosure import check_cells
+from oncofed.privacy.disclosure import check_cells, check_dominance, largest_terms
 from oncofed.privacy.dp import DPRequest, ZCDPRelease
 from oncofed.privacy.release import (
     AgreedValues,
@@ -131,15 +144,30 @@ DIVERGING_STEP = 1e-4
 NOISE_FLOOR = 64 * FLOAT_EPS
 WEIGHT_RULE = "privacy.weight_concentration"
 DP_MAX_STEPS = 20
-"""Most noisy Newton steps one DP fit may pay for: each costs rho / max_iter, and the
-first half of them only brings Newton to the optimum (it needs 4-6 from zero)."""
+"""Most noisy Newton steps one DP fit may pay for (``dp_step_share`` gives each its part)."""
 DP_DEFAULT_STEPS = 10
+"""Newton from zero needs 4-6 steps; under dp the early ones are nearly free
+(``dp_step_share``: with 10 steps the first five cost 3 % of rho together)."""
+DP_STEP_GROWTH = 2.0
+"""Under dp, each Newton step gets this many times the rho of the one before it."""
+DP_AVERAGED_STEPS = 3
+"""The last steps' iterates averaged (weighted by their rho) into the DP estimate."""
 EXACT_MAX_ITER = 50
 DP_MAX_STEP = 2.0
 """Largest change of any row's linear predictor one noisy Newton step may make."""
-COUNT_SHARE, GRADIENT_SHARE, HESSIAN_SHARE = 0.05, 0.70, 0.25
-"""How a DP Newton step's rho is split. The last step's gradient noise is what stays in
-the coefficients; the Hessian's only slows convergence; the count only sizes df."""
+COUNT_SHARE, GRADIENT_SHARE, HESSIAN_SHARE = 0.02, 0.63, 0.35
+"""How a DP Newton step's rho is split. The last steps' gradient noise is what stays in
+the coefficients; the Hessian's changes a step's length, which matters where an early
+cheap step left the iterate far off (measured on the benchmark's data: 0.20 of rho on the
+Hessian left the binomial intercept a quarter worse than 0.35); the count only sizes df."""
+GAUSSIAN_SHARES = {"xx": 0.35, "xy": 0.62, "yy": 0.03}
+"""How the DP gaussian release's rho is split between the blocks of sum v v'. X'y's noise
+goes into the coefficients one for one, X'X's only times the coefficients in unit
+coordinates (small: each column's effect across its range is a fraction of the
+response's), y'y only sets the scale. Chosen on the benchmark's simulation (its worst
+coefficient error is flat between 0.3 and 0.4 for X'X), not on any node's data."""
+MAX_EXTREME_ROWS = 4096
+"""Most factor-level combinations enumerated to bound one row's share (see _UnitCoding)."""
 BOOTSTRAP_DRAWS = 400
 """Re-draws of the stated noise behind the gaussian DP fit's standard errors."""
 
@@ -171,7 +199,11 @@ class Family(ABC):
     def variance(self, mu: FloatArray) -> FloatArray: ...
 
     @abstractmethod
-    def deviance(self, y: FloatArray, mu: FloatArray) -> float: ...
+    def unit_deviance(self, y: FloatArray, mu: FloatArray) -> FloatArray:
+        """Each row's term of the deviance (the p % rule checks them one by one)."""
+
+    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
+        return float(np.sum(self.unit_deviance(y, mu)))
 
     @abstractmethod
     def loglike(self, y: FloatArray, mu: FloatArray) -> float | None:
@@ -198,8 +230,8 @@ class Gaussian(Family):
     def variance(self, mu: FloatArray) -> FloatArray:
         return np.ones_like(mu)
 
-    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
-        return float(np.sum((y - mu) ** 2))
+    def unit_deviance(self, y: FloatArray, mu: FloatArray) -> FloatArray:
+        return (y - mu) ** 2
 
     def loglike(self, y: FloatArray, mu: FloatArray) -> float | None:
         return None
@@ -236,10 +268,11 @@ class Binomial(Family):
         p = self._clean(mu)
         return p * (1.0 - p)
 
-    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
+    def unit_deviance(self, y: FloatArray, mu: FloatArray) -> FloatArray:
         ones = np.clip(y / (mu + 1e-20), FLOAT_EPS, np.inf)
         zeros = np.clip((1.0 - y) / (1.0 - mu + 1e-20), FLOAT_EPS, np.inf)
-        return float(2.0 * np.sum(y * np.log(ones) + (1.0 - y) * np.log(zeros)))
+        terms: FloatArray = 2.0 * (y * np.log(ones) + (1.0 - y) * np.log(zeros))
+        return terms
 
     def loglike(self, y: FloatArray, mu: FloatArray) -> float:
         odds = (mu + 1e-20) / (1.0 - mu + 1e-20)
@@ -273,9 +306,10 @@ class Poisson(Family):
     def variance(self, mu: FloatArray) -> FloatArray:
         return np.abs(mu)
 
-    def deviance(self, y: FloatArray, mu: FloatArray) -> float:
+    def unit_deviance(self, y: FloatArray, mu: FloatArray) -> FloatArray:
         ratio = np.clip(y / mu, FLOAT_EPS, np.inf)
-        return float(2.0 * np.sum(y * np.log(ratio) - (y - mu)))
+        terms: FloatArray = 2.0 * (y * np.log(ratio) - (y - mu))
+        return terms
 
     def loglike(self, y: FloatArray, mu: FloatArray) -> float:
         # log(y!) over distinct counts: math.lgamma, as scipy is no runtime dependency.
@@ -303,9 +337,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (Gaussian(), Binomial(), Poiss
 # ---- parameters and result ---------------------------------------------------
 
 
+def dp_step_share(step: int, steps: int) -> float:
+    """Step ``step``'s share of a DP Newton fit's rho: growing by ``DP_STEP_GROWTH``.
+
+    The coefficients keep the noise of the last steps' gradients, while the
+    early steps only bring Newton near the optimum, where a step's noise
+    matters only to second order: so most of the budget goes to the last.
+    The shares of steps 1..steps add to one (zCDP rhos compose by adding).
+    """
+    weights = DP_STEP_GROWTH ** np.arange(steps)
+    return float(weights[step - 1] / weights.sum())
+
+
 class GLMParams(TaskParams):
     DP = True
-    SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"coefficients", "response_mean"})
+    SERVER_STATE: ClassVar[frozenset[str]] = frozenset({"coefficients", "response_mean", "dp_step"})
     formula: Annotated[Formula, WrittenAs('"status ~ age + C(sex) + np.log(wt.loss)"')] = Field(
         description="Model formula with a response: outcome ~ predictors."
     )
@@ -332,6 +378,13 @@ class GLMParams(TaskParams):
     )
     response_mean: float | None = Field(
         default=None, description="Iteration state: pooled mean of the response."
+    )
+    dp_step: int | None = Field(
+        default=None,
+        ge=1,
+        le=DP_MAX_STEPS,
+        description="Iteration state under dp: which noisy Newton step this is, which sets "
+        "its share of the fit's rho (default: the first without coefficients, else the last).",
     )
     bounds: PublicBounds = Field(
         default_factory=dict,
@@ -360,10 +413,12 @@ class GLMParams(TaskParams):
     def _dp_steps_paid_for(self) -> GLMParams:
         if self.dp is not None and self.family != "gaussian" and self.iterations > DP_MAX_STEPS:
             raise ValueError(
-                f"under dp, max_iter is the number of noisy Newton steps, each costing "
-                f"epsilon / max_iter at every node, and the second half's iterates are "
-                f"averaged: ask for at most {DP_MAX_STEPS} (10 to 12 is usually right)"
+                f"under dp, max_iter is the number of noisy Newton steps, which share the "
+                f"fit's epsilon at every node (later steps more): ask for at most "
+                f"{DP_MAX_STEPS} (the default, {DP_DEFAULT_STEPS}, is usually right)"
             )
+        if self.dp_step is not None and self.dp_step > self.iterations:
+            raise ValueError(f"dp_step {self.dp_step} is past the signed {self.iterations} steps")
         return self
 
     @property
@@ -374,14 +429,28 @@ class GLMParams(TaskParams):
         return DP_DEFAULT_STEPS if self.dp is not None else EXACT_MAX_ITER
 
     def dp_rounds(self) -> int:
-        """Messages one DP fit sends each node; the request's rho is split evenly over them."""
+        """Messages one DP fit sends each node; the request's rho is split over them."""
         return 1 if self.family == "gaussian" else self.iterations
+
+    def dp_rho(self) -> float:
+        """The rho of this message: all of it for gaussian, else this Newton step's share.
+
+        Without ``dp_step`` the message is the first step (no coefficients) or
+        else the last, the most expensive: what a node charges always matches
+        what ``release_loss`` declared before computing it.
+        """
+        if self.dp is None:
+            raise AssertionError("only DP requests have a DP budget")
+        if self.family == "gaussian":
+            return self.dp.rho
+        step = self.dp_step or (1 if self.coefficients is None else self.iterations)
+        return self.dp.rho * dp_step_share(step, self.iterations)
 
     def release_loss(self) -> PrivacyLoss | None:
         # dp states the loss of the whole fit; each message pays its share.
         if self.dp is None:
             return None
-        return PrivacyLoss.from_rho(self.dp.rho / self.dp_rounds())
+        return PrivacyLoss.from_rho(self.dp_rho())
 
     def required_columns(self) -> dict[str, ColumnRole]:
         roles = super().required_columns()
@@ -659,6 +728,8 @@ def glm_node(
     )
     names, dropped, sum_y = tuple(design.names), int(design.rows_dropped), float(np.sum(y))
     mu, eta = _node_mu(params, family, x, y, node)
+    if params.coefficients is None:
+        _check_dominance(local, largest_terms(y), largest_terms(x, x))
     if mu is None or eta is None:
         return GLMDesignRelease(
             names=names, rows_dropped=dropped, n=int(rows), sum_y=sum_y, xtx=x.T @ x
@@ -682,6 +753,16 @@ def glm_node(
             "coefficients are only accepted from a fit that spreads over the rows",
         )
     z = eta + family.deriv(mu) * (y - mu)
+    pearson = (y - mu) ** 2 / family.variance(mu)
+    # The fit statistics are sums over rows too: coefficients that give one row an
+    # extreme mean make its deviance or Pearson term the whole sum (and the
+    # log-likelihood moves with the deviance).
+    _check_dominance(
+        local,
+        largest_terms(x, x, w),
+        largest_terms(x, w * z),
+        largest_terms(np.column_stack([family.unit_deviance(y, mu), pearson])),
+    )
     loglike = family.loglike(y, mu)
     null_deviance = (
         [family.deviance(y, np.full_like(y, params.response_mean))]
@@ -696,13 +777,28 @@ def glm_node(
         xtwx=(x * w[:, None]).T @ x,
         xtwz=x.T @ (w * z),
         deviance=family.deviance(y, mu),
-        pearson=float(np.sum((y - mu) ** 2 / family.variance(mu))),
+        pearson=float(np.sum(pearson)),
         loglike=np.array([] if loglike is None else [loglike]),
         null_deviance=np.array(null_deviance),
     )
     if params.coefficients is not None:
         return step
     return GLMStartRelease(**step.model_dump(), xtx=x.T @ x)
+
+
+def _check_dominance(
+    local: LocalDataset, *terms: tuple[FloatArray, FloatArray, FloatArray]
+) -> None:
+    """The p % rule on every sum an exact reply carries (see ``check_dominance``)."""
+    for one in terms:
+        check_dominance(
+            one,
+            local.policy,
+            local.node_name,
+            what="the model's cross-products (X'X, X'WX, X'Wz) or response",
+            fix="drop or change the term that lets one patient's value dominate (e.g. np.exp "
+            "of a wide column, or an outlying value), or ask with dp=",
+        )
 
 
 def level_counts(x: FloatArray, names: Sequence[str]) -> IntArray:
@@ -752,13 +848,81 @@ def glm_node_dp(
 ) -> GLMMomentsRelease | GLMNewtonRelease:
     """One noisy release over this node's complete rows, each row's share bounded.
 
+    The sums and the bound on one row's share of each come from ``_dp_sums``
+    (which enforces every bound on every row before summing); here each sum
+    gets its part of this message's rho. The data-dependent refusals of the
+    exact path (saturation, weight concentration, a response outside the
+    family's domain) are not applied: each would reveal something about the
+    rows, and the noise is what protects them.
+    """
+    sums = _dp_sums(params, local)
+    release = ZCDPRelease(budget=params.dp_rho(), delta=request.delta)
+    part = release.budget
+    if params.family == "gaussian":
+        moments = np.zeros(sum(p.size for p in sums.positions.values()))
+        for block, share in GAUSSIAN_SHARES.items():
+            moments[sums.positions[block]] = release.floats(
+                f"moments.{block}", sums.sums[block], share * part, sums.bounds[block]
+            )
+        return GLMMomentsRelease(
+            names=sums.names,
+            centre=sums.centre,
+            half_width=sums.half_width,
+            moments=moments,
+            privacy=dict(release.record()),
+        )
+    # One row is one count.
+    count = release.counts("count", [sums.rows], COUNT_SHARE * part)
+    gradient = release.floats(
+        "gradient", sums.sums["gradient"], GRADIENT_SHARE * part, sums.bounds["gradient"]
+    )
+    hessian = release.floats(
+        "hessian", sums.sums["hessian"], HESSIAN_SHARE * part, sums.bounds["hessian"]
+    )
+    return GLMNewtonRelease(
+        names=sums.names,
+        centre=sums.centre,
+        half_width=sums.half_width,
+        n=int(count[0]),
+        gradient=gradient,
+        hessian=hessian,
+        privacy=dict(release.record()),
+    )
+
+
+@dataclass(frozen=True)
+class _DPSums:
+    """One node's DP statistics before noise, and what one row can add to each."""
+
+    names: tuple[str, ...]
+    centre: FloatArray
+    half_width: FloatArray
+    rows: int
+    sums: dict[str, FloatArray]
+    bounds: dict[str, float]
+    """L2 norm of the most one row adds to each sum: its sensitivity (rows added or
+    removed), proved in ``_UnitCoding`` and enforced on every row by ``_capped``."""
+    positions: dict[str, npt.NDArray[np.intp]]
+    """gaussian: where each block's entries sit in the upper triangle of sum v v'."""
+
+
+def _dp_sums(params: GLMParams, local: LocalDataset) -> _DPSums:
+    """This node's unit rows and the sums a DP GLM releases, every row's share capped.
+
     Numeric columns are clamped to their public bounds before the formula's
     transforms, so every design column lies in a range computed from the bounds
-    alone; the unit rows are clamped to [-1, 1] again, which is what enforces
-    the sensitivities stated below. The data-dependent refusals of the exact
-    path (saturation, weight concentration, a response outside the family's
-    domain) are not applied: each would reveal something about the rows, and
-    the noise is what protects them.
+    alone; ``_UnitCoding`` maps the augmented rows ``u = (1, columns[, y])``
+    into ``v`` in [-1, 1] (clamping again) and bounds what one row adds.
+
+    - gaussian: sum v v' (upper triangle) in three blocks, each its own
+      Gaussian release: ``xx`` (count, sum x, X'X), ``xy`` (sum y, X'y) and
+      ``yy``. The coefficients' error comes mostly from X'y's noise, X'X's
+      reaches them only times the coefficients (small in unit coordinates), and
+      y'y only sets the scale: ``GAUSSIAN_SHARES``.
+    - binomial, poisson: the score sum v_x (y - mu) and the information
+      sum w v_x v_x' at the coordinator's coefficients, with |y - mu| <= R and
+      0 <= w <= W per row (``_bounded_residuals``): one row adds at most
+      R max|v_x| and W max|upper(v_x v_x')|.
     """
     node = local.node_name
     family = FAMILIES[params.family]
@@ -776,7 +940,7 @@ def glm_node_dp(
     design = design_matrix(params.formula, frame, local.schema, node, drop_invalid=True)
     if design.y is None:
         raise AssertionError("GLMParams requires a response")
-    ranges = _design_ranges(params, local)
+    ranges, groups = _design_layout(params, local)
     if len(ranges) != len(design.names):
         raise AssertionError("design ranges and design columns disagree")
     y_range = _response_range(params, local, family, response)
@@ -788,57 +952,156 @@ def glm_node_dp(
     if family.name == "gaussian":
         box.append(y_range)
         columns.append(y)
-    centre = np.array([(lo + hi) / 2.0 for lo, hi in box])
-    half = np.array([(hi - lo) / 2.0 for lo, hi in box])
-    centre[0], half[0] = 0.0, 1.0  # the constant stays 1
-    if np.any(half <= 0.0):
-        raise AssertionError("a non-constant design column has an empty range")
-    unit = np.clip((np.column_stack(columns) - centre) / half, -1.0, 1.0)
+    # Augmented index of design column j: the constant is column 0 either way.
+    shift = 1 - skip
+    coding = _UnitCoding.of(
+        box, [(tuple(j + shift for j in cols), reference) for cols, reference in groups]
+    )
+    unit = coding.unit(np.column_stack(columns))
+    extremes = coding.extreme_rows()
     m = unit.shape[1]
-    upper = np.triu_indices(m)
-    # One row's v v' has m^2 entries of size at most 1: its upper triangle's L2 norm.
-    matrix_sensitivity = math.sqrt(m * (m + 1) / 2.0)
-    release = ZCDPRelease(budget=request.rho / params.dp_rounds(), delta=request.delta)
     names = tuple(design.names)
+    sums: dict[str, FloatArray] = {}
+    bounds: dict[str, float] = {}
+    positions: dict[str, npt.NDArray[np.intp]] = {}
     if family.name == "gaussian":
-        moments = release.floats(
-            "moments", (unit.T @ unit)[upper], release.budget, matrix_sensitivity
-        )
-        return GLMMomentsRelease(
-            names=names,
-            centre=centre,
-            half_width=half,
-            moments=moments,
-            privacy=dict(release.record()),
-        )
+        upper = np.triu_indices(m)
+        for block, mask in _moment_blocks(m).items():
+            bound = _largest_share(extremes, mask)
+            shares = np.sqrt(_quartic(unit, mask))
+            capped = unit * _capped(shares, bound)[:, None]
+            positions[block] = np.flatnonzero(mask[upper])
+            sums[block] = (capped.T @ unit)[upper][positions[block]]
+            bounds[block] = bound
+        return _DPSums(names, coding.centre, coding.half, len(x), sums, bounds, positions)
     beta = _dp_coefficients(params, x.shape[1], node)
-    residual, weight, bound = _bounded_residuals(family, x @ beta, y, y_range[1])
-    part = release.budget
-    count = release.counts("count", [len(x)], COUNT_SHARE * part)
-    gradient = release.floats(
-        "gradient", unit.T @ residual, GRADIENT_SHARE * part, math.sqrt(m) * bound
-    )
-    hessian = release.floats(
-        "hessian",
-        ((unit * weight[:, None]).T @ unit)[upper],
-        HESSIAN_SHARE * part,
-        (bound if family.name == "poisson" else 0.25) * matrix_sensitivity,
-    )
-    return GLMNewtonRelease(
-        names=names,
-        centre=centre,
-        half_width=half,
-        n=int(count[0]),
-        gradient=gradient,
-        hessian=hessian,
-        privacy=dict(release.record()),
-    )
+    residual, weight, r_max, w_max = _bounded_residuals(family, x @ beta, y, y_range[1])
+    triangle = np.triu(np.ones((m, m), dtype=bool))
+    # Score: one row adds v_x r with |r| <= R, so at most R max|v_x|.
+    bounds["gradient"] = r_max * float(np.sqrt(np.max(np.sum(extremes**2, axis=1))))
+    shares = np.abs(residual) * np.sqrt(np.sum(unit**2, axis=1))
+    sums["gradient"] = (unit * _capped(shares, bounds["gradient"])[:, None]).T @ residual
+    # Information: one row adds w upper(v_x v_x') with 0 <= w <= W.
+    bounds["hessian"] = w_max * _largest_share(extremes, triangle)
+    shares = weight * np.sqrt(_quartic(unit, triangle))
+    weighted = unit * (weight * _capped(shares, bounds["hessian"]))[:, None]
+    sums["hessian"] = (weighted.T @ unit)[np.triu_indices(m)]
+    return _DPSums(names, coding.centre, coding.half, len(x), sums, bounds, positions)
+
+
+@dataclass(frozen=True)
+class _UnitCoding:
+    """How a node maps its augmented rows into [-1, 1]: from public bounds and levels only.
+
+    A numeric column's range ``(lo, hi)`` maps to [-1, 1] by its midpoint and
+    half-width. The treatment-coded columns of a categorical main effect with
+    k levels are 0/1 indicators of which at most one is 1 (exactly one when
+    the factor keeps every level); they are centred at 1/k with half-width
+    1 - 1/k, so a row holds 1 in its level's column and -1/(k - 1) in the
+    others (-1/(k - 1) everywhere at the reference level). For k = 2 that is
+    the midpoint coding; for k > 2 a row's squared norm over the factor's
+    columns is at most 1 + (k - 2)/(k - 1)^2 instead of k - 1, while the
+    levels stay as far apart as centring at 1/2 keeps them per unit of that
+    norm -- what the coefficients' noise depends on.
+
+    Why one row adds at most ``_largest_share(extreme_rows(), mask)`` to a
+    sum of its entries' products v_i v_j over the pairs in ``mask``: the
+    L2 norm of that share is sqrt(sum_mask v_i^2 v_j^2), which grows with
+    every |v_i|. A numeric column's |v_i| is at most 1 (clamped); a factor's
+    columns take one of its k patterns above (the design is treatment-coded
+    from the agreed levels, and rows with other values are dropped). So the
+    largest share is at a row with |v_i| = 1 in every numeric column and one
+    pattern per factor: ``extreme_rows`` lists all of them (up to
+    ``MAX_EXTREME_ROWS`` combinations; beyond that every |v_i| is taken as 1,
+    which bounds every pattern too). ``_capped`` enforces the bound on every
+    actual row regardless, before anything is summed.
+    """
+
+    centre: FloatArray
+    half: FloatArray
+    groups: tuple[tuple[tuple[int, ...], bool], ...]
+    """Each categorical main effect's columns, and whether its reference level exists."""
+
+    @classmethod
+    def of(
+        cls,
+        box: Sequence[tuple[float, float]],
+        groups: Sequence[tuple[tuple[int, ...], bool]],
+    ) -> _UnitCoding:
+        centre = np.array([(lo + hi) / 2.0 for lo, hi in box])
+        half = np.array([(hi - lo) / 2.0 for lo, hi in box])
+        centre[0], half[0] = 0.0, 1.0  # the constant stays 1
+        kept = []
+        for columns, reference in groups:
+            levels = len(columns) + (1 if reference else 0)
+            if levels < 2:
+                continue
+            centre[list(columns)] = 1.0 / levels
+            half[list(columns)] = 1.0 - 1.0 / levels
+            kept.append((tuple(columns), reference))
+        if np.any(half <= 0.0):
+            raise AssertionError("a non-constant design column has an empty range")
+        return cls(centre, half, tuple(kept))
+
+    def unit(self, columns: FloatArray) -> FloatArray:
+        unit: FloatArray = np.clip((columns - self.centre) / self.half, -1.0, 1.0)
+        return unit
+
+    def extreme_rows(self) -> FloatArray:
+        """|v| of every row whose products could be largest (see the class docstring)."""
+        m = self.centre.size
+        patterns: list[list[FloatArray]] = []
+        for columns, reference in self.groups:
+            cols = list(columns)
+            indicators = [np.eye(len(cols))[i] for i in range(len(cols))]
+            if reference:
+                indicators.append(np.zeros(len(cols)))
+            patterns.append([np.abs((d - self.centre[cols]) / self.half[cols]) for d in indicators])
+        if math.prod(len(p) for p in patterns) > MAX_EXTREME_ROWS:
+            return np.ones((1, m))
+        rows = []
+        for combination in itertools.product(*patterns):
+            row = np.ones(m)
+            for (columns, _), values in zip(self.groups, combination, strict=True):
+                row[list(columns)] = values
+            rows.append(row)
+        return np.array(rows)
+
+
+def _moment_blocks(m: int) -> dict[str, npt.NDArray[np.bool_]]:
+    """The pairs (i <= j) of sum v v' in each gaussian block; the response is the last column."""
+    i, j = np.indices((m, m))
+    upper = i <= j
+    return {
+        "xx": upper & (j < m - 1),
+        "xy": (i < m - 1) & (j == m - 1),
+        "yy": (i == m - 1) & (j == m - 1),
+    }
+
+
+def _quartic(rows: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
+    """Per row, sum over the pairs in ``mask`` of v_i^2 v_j^2: its share's squared L2 norm."""
+    squares = rows**2
+    quartic: FloatArray = np.einsum("ni,ij,nj->n", squares, mask.astype(float), squares)
+    return quartic
+
+
+def _largest_share(extremes: FloatArray, mask: npt.NDArray[np.bool_]) -> float:
+    return float(np.sqrt(np.max(_quartic(extremes, mask))))
+
+
+def _capped(shares: FloatArray, bound: float) -> FloatArray:
+    """Per row, the factor that scales its share down to ``bound`` (1 for every row the
+    coding's bound already covers): the clamp that makes the stated sensitivity hold."""
+    with np.errstate(divide="ignore"):
+        factor: FloatArray = np.minimum(1.0, bound / np.maximum(shares, 1e-300))
+    return factor
 
 
 def _bounded_residuals(
     family: Family, eta: FloatArray, y: FloatArray, y_max: float
-) -> tuple[FloatArray, FloatArray, float]:
-    """Per-row score residual y - mu and weight, clamped to the bound they are released at.
+) -> tuple[FloatArray, FloatArray, float, float]:
+    """Per-row score residual y - mu and weight, clamped to the bounds R and W returned.
 
     binomial: y and mu are in [0, 1], so |y - mu| <= 1 and mu (1 - mu) <= 1/4.
     poisson: the mean is capped at the response's public upper bound Y, so
@@ -848,9 +1111,9 @@ def _bounded_residuals(
     """
     if family.name == "binomial":
         mu = family.inverse(eta)
-        return np.clip(y - mu, -1.0, 1.0), np.clip(mu * (1.0 - mu), 0.0, 0.25), 1.0
+        return np.clip(y - mu, -1.0, 1.0), np.clip(mu * (1.0 - mu), 0.0, 0.25), 1.0, 0.25
     mu = np.exp(np.minimum(eta, math.log(y_max)))
-    return np.clip(y - mu, -y_max, y_max), np.clip(mu, 0.0, y_max), y_max
+    return np.clip(y - mu, -y_max, y_max), np.clip(mu, 0.0, y_max), y_max, y_max
 
 
 def _dp_coefficients(params: GLMParams, p: int, node: str) -> FloatArray:
@@ -891,14 +1154,19 @@ def _factor_range(params: GLMParams, local: LocalDataset, factor: Factor) -> tup
     return float(low), float(high)
 
 
-def _design_ranges(params: GLMParams, local: LocalDataset) -> list[tuple[float, float]]:
-    """The range of every design column, in design_matrix's order, from public bounds only.
+def _design_layout(
+    params: GLMParams, local: LocalDataset
+) -> tuple[list[tuple[float, float]], list[tuple[tuple[int, ...], bool]]]:
+    """The range of every design column, in design_matrix's order, from public bounds only;
+    and the columns of each categorical main effect, with whether its first level is the
+    reference (all zero) or has a column of its own.
 
     A term's columns are products of its factors' values, and a product of
     values in intervals lies between the products of the intervals' ends.
     """
     formula, node = params.formula, local.node_name
     ranges = [(1.0, 1.0)] if formula.intercept else []
+    groups: list[tuple[tuple[int, ...], bool]] = []
     # design_matrix gives the first categorical main effect every level when there is
     # no intercept; the others drop their first level.
     full_rank = None
@@ -920,8 +1188,11 @@ def _design_ranges(params: GLMParams, local: LocalDataset) -> list[tuple[float, 
             if factor.categorical:
                 levels = len(agreed_levels(factor, local.schema, node))
                 width *= levels if factor == full_rank and len(term.factors) == 1 else levels - 1
+        if len(term.factors) == 1 and term.factors[0].categorical and width > 0:
+            start = len(ranges)
+            groups.append((tuple(range(start, start + width)), term.factors[0] != full_rank))
         ranges += [(low, high)] * width
-    return ranges
+    return ranges, groups
 
 
 def _response_range(
@@ -1357,8 +1628,16 @@ def _gaussian_dp(params: GLMParams, round_: _DPRound[GLMMomentsRelease]) -> GLMR
     index = _design_index(params, p)
     to_raw = [_to_raw(part) for part in parts]
     released_moments = [_symmetric(part.moments, m) for part in parts]
-    stds = [_noise_std(part, "moments") for part in parts]
-    noise = math.sqrt(sum(sd * sd for sd in stds))
+    # Each block of sum v v' carries its own noise (GAUSSIAN_SHARES): per entry, per node.
+    upper = np.triu_indices(m)
+    stds = []
+    for part in parts:
+        sd = np.zeros(len(upper[0]))
+        for block, mask in _moment_blocks(m).items():
+            sd[mask[upper]] = _noise_std(part, f"moments.{block}")
+        stds.append(sd)
+    noise = math.sqrt(sum(_noise_std(part, "moments.xx") ** 2 for part in parts))
+    y_noise = math.sqrt(sum(_noise_std(part, "moments.yy") ** 2 for part in parts))
     everyone = ", ".join(node for node, _ in round_.parts)
 
     def solve(moments: Sequence[FloatArray]) -> tuple[FloatArray, FloatArray, float, float]:
@@ -1370,7 +1649,7 @@ def _gaussian_dp(params: GLMParams, round_: _DPRound[GLMMomentsRelease]) -> GLMR
         beta = _solve(xtx, xty, names, FAMILIES["gaussian"], everyone)
         rss = float(total[-1, -1] - 2.0 * beta @ xty + beta @ xtx @ beta)
         # Noise can make the residual sum negative; the noise in y'y is its resolution.
-        floor = noise * float(to_raw[0][-1, -1]) ** 2
+        floor = y_noise * float(to_raw[0][-1, -1]) ** 2
         return beta, xtx, max(rss, floor), float(total[0, 0])
 
     beta, xtx, rss, n_noisy = solve(released_moments)
@@ -1382,14 +1661,13 @@ def _gaussian_dp(params: GLMParams, round_: _DPRound[GLMMomentsRelease]) -> GLMR
             node=everyone,
             fix="use fewer terms, a wider where= filter, or columns with fewer missing values",
         )
-    upper = np.triu_indices(m)
     # A fixed seed: the bootstrap re-uses public numbers only, and a result should not
     # change when it is recomputed from the same releases.
     rng = np.random.default_rng(0)
     draws = []
     for _ in range(BOOTSTRAP_DRAWS):
         redrawn = [
-            mm + _symmetric(rng.normal(0.0, sd, len(upper[0])), m)
+            mm + _symmetric(rng.normal(0.0, 1.0, sd.size) * sd, m)
             for mm, sd in zip(released_moments, stds, strict=True)
         ]
         draws.append(solve(redrawn)[0])
@@ -1422,28 +1700,33 @@ def _gaussian_dp(params: GLMParams, round_: _DPRound[GLMMomentsRelease]) -> GLMR
 
 
 def _newton_dp(grid: Grid, params: GLMParams, nodes: Sequence[int]) -> GLMResult:
-    """max_iter noisy Newton steps from zero, the second half's iterates averaged.
+    """max_iter noisy Newton steps from zero, each richer than the last; the last averaged.
 
-    Once at the optimum, a step gives beta_hat + H^-1 e_k, with e_k that step's
-    fresh gradient noise: the iterates of the second half are independent noisy
-    copies of the fit, and their mean has 1/L of one step's noise variance -- as
-    much as a single release of their L steps' budget would have. The first half
-    brings Newton from zero to the optimum (it needs 4-6 steps). The covariance
-    is the sandwich H^-1 + H^-1 Var(e) H^-1 / L, with H and Var(e) averaged over
-    those steps; the Hessian's own noise only changes a step's length, a
-    second-order effect at the optimum.
+    Step k costs ``dp_step_share(k, max_iter)`` of rho (``dp_step`` tells the
+    nodes which step a message is): the early steps, whose noise Newton's
+    later steps correct, are cheap, and most of the budget goes to the last.
+    Once at the optimum a step gives beta_hat + H^-1 e_k, with e_k that step's
+    fresh gradient noise: the last ``DP_AVERAGED_STEPS`` iterates are averaged
+    with weights a_k proportional to their rho (inverse-variance weights), and
+    the covariance is the sandwich H^-1 + H^-1 (sum a_k^2 Var(e_k)) H^-1, with H
+    averaged over those steps; the Hessian's own noise only changes a step's
+    length, a second-order effect at the optimum.
     """
     family = FAMILIES[params.family]
     beta: FloatArray | None = None
     spent: dict[str, float] = {}
     counts: dict[str, list[int]] = {}
     last: _DPRound[GLMNewtonRelease] | None = None
-    kept: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = []
-    """(iterate, information, gradient noise covariance, step) of the averaged steps."""
+    kept: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]] = []
+    """(iterate, information, gradient noise covariance, step, rho share) of averaged steps."""
     names: list[str] = []
-    for iteration in range(1, params.iterations + 1):
+    steps = params.iterations
+    for iteration in range(1, steps + 1):
         state = params.model_copy(
-            update={"coefficients": None if beta is None else tuple(float(b) for b in beta)}
+            update={
+                "coefficients": None if beta is None else tuple(float(b) for b in beta),
+                "dp_step": iteration,
+            }
         )
         last = _dp_round(grid, state, nodes, f"dp-step-{iteration}", GLMNewtonRelease)
         for node, rho in last.rho.items():
@@ -1480,27 +1763,30 @@ def _newton_dp(grid: Grid, params: GLMParams, nodes: Sequence[int]) -> GLMResult
         reach = float(np.sum(np.abs(to_raw[0][np.ix_(index, index)].T @ step)))
         step = step * min(1.0, DP_MAX_STEP / reach) if reach > 0 else step
         beta = step if beta is None else np.add(beta, step, dtype=np.float64)
-        if iteration > params.iterations // 2:
-            kept.append((beta, information, gradient_cov, step))
+        if iteration > steps - DP_AVERAGED_STEPS:
+            share = dp_step_share(iteration, steps)
+            kept.append((beta, information, gradient_cov, step, share))
     if last is None:
         raise AssertionError("max_iter >= 1")
-    iterates, informations, noises, steps = (np.array(v) for v in zip(*kept, strict=True))
+    iterates, informations, noises, moves, shares = (np.array(v) for v in zip(*kept, strict=True))
+    weights = shares / shares.sum()
     inverse: FloatArray = np.linalg.inv(informations.mean(axis=0)).astype(np.float64)
-    one_step: FloatArray = inverse @ noises.mean(axis=0) @ inverse
+    one_step: FloatArray = inverse @ noises[-1] @ inverse
+    averaged: FloatArray = inverse @ np.einsum("k,kij->ij", weights**2, noises) @ inverse
     # Converged as far as the noise can tell: the last step no larger than its noise.
-    converged = bool(np.all(np.abs(steps[-1]) <= 4.0 * np.sqrt(np.diag(one_step))))
+    converged = bool(np.all(np.abs(moves[-1]) <= 4.0 * np.sqrt(np.diag(one_step))))
     rows = {node: round(float(np.mean(c))) for node, c in counts.items()}
     n = round(sum(float(np.mean(c)) for c in counts.values()))
     return _dp_result(
         params,
         names,
-        iterates.mean(axis=0),
-        inverse + one_step / len(kept),
+        weights @ iterates,
+        inverse + averaged,
         _DPRound(parts=last.parts, report=last.report, rho=spent),
         rows,
         n,
         1.0,
-        params.iterations,
+        steps,
         converged,
         deviance=None,
         null_deviance=None,

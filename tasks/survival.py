@@ -329,12 +329,13 @@ def event_table_node(
     groups, index = group_index(params, local, rows.frame)
     inside = index >= 0
     # A group of a few patients is their own survival curve: a table's cell rule holds.
+    # So is the rest outside the categories (a list leaving out one small level).
     check_cells(
-        np.bincount(index[inside], minlength=len(groups)),
+        np.append(np.bincount(index[inside], minlength=len(groups)), (~inside).sum()),
         local.policy,
         local.node_name,
-        what="groups",
-        fix="merge rare categories, or leave this node out, or ask with dp=",
+        what="groups (or the rows outside the categories)",
+        fix="merge rare categories, list every category, leave this node out, or ask with dp=",
     )
     keys = np.stack([index[inside].astype(float), rows.time[inside]], axis=1)
     cells, inverse = np.unique(keys, axis=0, return_inverse=True)

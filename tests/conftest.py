@@ -11,7 +11,7 @@ import pytest
 
 from oncofed.client.demo import lung_centres
 from oncofed.client.sandbox import Sandbox
-from tests.oracle import PERMISSIVE
+from tests.oracle import PER_REQUEST_ROWS, PERMISSIVE
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -39,7 +39,9 @@ def lung_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
     Exact answers (the nodes allow them, the permits grant them), so results can be
     compared with the pooled analysis; tests/privacy runs the default, DP-only network.
     """
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", release="exact") as net:
+    with Sandbox.from_frame(
+        lung, split_by="centre", dataset="lung", policy=PER_REQUEST_ROWS, release="exact"
+    ) as net:
         yield net
 
 

@@ -46,6 +46,7 @@ def real_node(
     permit_id: str,
     task_types: tuple[str, ...],
     release: ReleaseMode = "dp",
+    cohorts: dict[str, str] | None = None,
     models_may_leave: bool = False,
 ) -> RealNode:
     """The node ``name`` offering ``datasets`` under ``policy``; the permit grants the first."""
@@ -58,6 +59,7 @@ def real_node(
         dataset=next(iter(datasets)),
         task_types=task_types,
         release=release,
+        cohorts=cohorts,
         models_may_leave=models_may_leave,
     )
     state = GovernanceState.at(work / "state")

@@ -13,12 +13,24 @@ PERMISSIVE = NodePolicy(
     min_subset_size=1,
     min_complement_size=1,
     min_nodes=1,
+    dominance_p=0.0,
+    exact_complete_records=False,
     dp={EVERY_DATASET: DatasetPrivacy(allow_exact=True)},
 )
 """No disclosure control, exact answers allowed: for tests of the mathematics on small data.
 
 The attack suite (tests/privacy) runs its attacks against this policy too, to
 show each one succeeds when its defence is off.
+"""
+
+
+PER_REQUEST_ROWS = NodePolicy(exact_complete_records=False)
+"""The default disclosure rules, but exact answers on each request's own complete cases.
+
+By default a node answers exactly only on the records complete on every granted
+variable (``exact_complete_records``); the oracle tests compare with pandas,
+statsmodels and lifelines on each analysis's own complete cases, which this
+policy gives. ``client/demo.py`` and ``tests/privacy`` cover the default.
 """
 
 

@@ -83,18 +83,24 @@ def day_permit(
     dataset: str,
     task_types: tuple[str, ...],
     release: ReleaseMode = "dp",
+    cohorts: dict[str, str] | None = None,
     models_may_leave: bool = False,
 ) -> SignedPermit:
-    """A permit valid from an hour ago for a day, granting one researcher one dataset,
-    signed by ``body`` (what in-process node harnesses send with every message)."""
+    """A permit valid from an hour ago for a day, granting one researcher one dataset
+    (exact requests filtering only on ``cohorts``, if named), signed by ``body`` (what
+    in-process node harnesses send with every message)."""
     now = utcnow()
+    # No cohorts named: the grant's default (exact requests may not filter at all).
+    grant = DatasetGrant(
+        dataset=dataset, release=release, **({"cohorts": cohorts} if cohorts else {})
+    )
     return Permit(
         permit_id=permit_id,
         issuer=body.card,
         holder="Example Hospital",
         purposes=(Purpose.STATISTICS,),
         persons=(researcher.card,),
-        datasets=(DatasetGrant(dataset=dataset, release=release),),
+        datasets=(grant,),
         task_types=task_types,
         output=OutputPolicy(models_may_leave=models_may_leave),
         valid_from=now - datetime.timedelta(hours=1),

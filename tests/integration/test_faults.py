@@ -13,14 +13,16 @@ import pytest
 from oncofed.client.sandbox import Sandbox
 from oncofed.client.session import Session
 from oncofed.kernel.errors import NodeUnavailable
-from tests.oracle import assert_describe_matches
+from tests.oracle import PER_REQUEST_ROWS, assert_describe_matches
 
 COLUMNS = ["age", "meal.cal", "wt.loss"]
 
 
 @pytest.fixture
 def net(lung: pd.DataFrame) -> Iterator[Sandbox]:
-    with Sandbox.from_frame(lung, split_by="centre", dataset="lung", release="exact") as sandbox:
+    with Sandbox.from_frame(
+        lung, split_by="centre", dataset="lung", policy=PER_REQUEST_ROWS, release="exact"
+    ) as sandbox:
         yield sandbox
 
 

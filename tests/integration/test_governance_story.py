@@ -28,6 +28,7 @@ from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.coordinator.db import TaskRow, open_database
 from oncofed.governance.sealing import HYBRID_SUITE, open_sealed
 from oncofed.kernel.errors import AccessDenied, ExitCode, PermitRefused
+from tests.oracle import PER_REQUEST_ROWS
 
 PERMIT = "lung-outcomes-2026"
 
@@ -232,7 +233,12 @@ def test_the_node_audit_trail_exports_a_permits_record_and_names_an_edited_row(
 def manual_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
     three = lung[lung["centre"] != "centre-D"]
     with Sandbox.from_frame(
-        three, split_by="centre", dataset="lung", approval="manual", release="exact"
+        three,
+        split_by="centre",
+        dataset="lung",
+        approval="manual",
+        policy=PER_REQUEST_ROWS,
+        release="exact",
     ) as net:
         yield net
 

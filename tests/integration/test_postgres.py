@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from oncofed.client.sandbox import Sandbox
-from tests.oracle import assert_describe_matches
+from tests.oracle import PER_REQUEST_ROWS, assert_describe_matches
 
 
 @pytest.mark.postgres
@@ -14,7 +14,12 @@ def test_describe_with_a_postgres_coordinator(postgres_url: str, lung: pd.DataFr
     columns = ["age", "wt.loss"]
     with (
         Sandbox.from_frame(
-            lung, split_by="centre", dataset="lung", database_url=postgres_url, release="exact"
+            lung,
+            split_by="centre",
+            dataset="lung",
+            database_url=postgres_url,
+            policy=PER_REQUEST_ROWS,
+            release="exact",
         ) as net,
         net.session(progress=False) as session,
     ):

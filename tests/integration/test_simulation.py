@@ -20,7 +20,9 @@ from tests.oracle import assert_describe_matches
 
 pytest.importorskip("ray", reason="Flower's simulation runtime needs oncofed[simulation]")
 
-EXACT = NodePolicy(dp={EVERY_DATASET: DatasetPrivacy(allow_exact=True)})
+EXACT = NodePolicy(
+    exact_complete_records=False, dp={EVERY_DATASET: DatasetPrivacy(allow_exact=True)}
+)
 """Simulated centres whose operators allow exact answers (there are no permits here)."""
 
 

@@ -30,7 +30,9 @@ from oncofed.kernel.errors import ExitCode, NodeRefusal, OncofedError, QueryErro
 from oncofed.privacy.policy import NodePolicy
 from oncofed.tasks.kaplan_meier import KaplanMeierResult
 
-EXACT = NodePolicy(exact_event_times=True, min_cell_count=1)
+EXACT = NodePolicy(
+    exact_event_times=True, min_cell_count=1, dominance_p=0.0, exact_complete_records=False
+)
 """Exact event times and cells of one patient: these networks check the mathematics (a
 node's exact Cox cells at exact times hold single patients, which the default refuses)."""
 TIGHT = {"precision": 1e-14, "r_precision": 1e-15, "max_steps": 200}

@@ -50,7 +50,11 @@ DP_POLICY = NodePolicy(
 @pytest.fixture(scope="session")
 def lung_with_target(lung: pd.DataFrame) -> pd.DataFrame:
     frame = lung.assign(pid=range(1, len(lung) + 1))
-    planted = pd.DataFrame([{**TARGET, "centre": "centre-A"}])
+    at_a = frame[frame["centre"] == "centre-A"].dropna().iloc[0]
+    # A complete record, like its neighbours at centre-A: exact answers use only complete
+    # records, and the attacks are after the target, not after its missing values.
+    rest = {c: at_a[c] for c in ("inst", "ph.ecog", "ph.karno", "pat.karno", "meal.cal")}
+    planted = pd.DataFrame([{**TARGET, **rest, "centre": "centre-A"}])
     return pd.concat([frame, planted], ignore_index=True)
 
 

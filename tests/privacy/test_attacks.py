@@ -9,6 +9,7 @@ defence is switched off.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from typing import Any
@@ -75,6 +76,27 @@ def test_differencing_by_where_is_refused_by_the_complement_rule(
     # ... and by default the permit allows no filter it does not name.
     early = _refused(lambda: attack(strict_net, "differencing"), "permit.cohort")
     assert early.node == "" and "elderly: 'age >= 70'" in early.fix
+
+
+def test_columns_with_a_missing_value_cannot_single_out_a_patient(
+    strict_net: Sandbox, open_net: Sandbox, lung_with_target: pd.DataFrame
+) -> None:
+    """Differencing without a filter: adding ph.ecog to an analysis drops the rows missing
+    it, and in the lung data one patient lacks it (with a weight loss recorded). The two
+    exact answers' sums differ by that patient alone. Exact answers now use the records
+    complete on every granted variable, whatever columns a request names."""
+    lonely = lung_with_target[lung_with_target["ph.ecog"].isna()]
+    assert len(lonely) == 1
+
+    def attack(net: Sandbox) -> tuple[float, float]:
+        with net.session(dataset="lung", progress=False, permit="missing-values") as s:
+            fewer = s.correlation(["wt.loss", "age"])
+            more = s.correlation(["wt.loss", "age", "ph.ecog"])
+        sums = fewer.n * np.array(fewer.means[:2]) - more.n * np.array(more.means[:2])
+        return round(float(sums[0]), 6), round(float(sums[1]), 6)
+
+    assert attack(open_net) == (lonely["wt.loss"].iloc[0], lonely["age"].iloc[0])
+    assert attack(strict_net) == (0.0, 0.0)  # the same records, so nothing to subtract
 
 
 def test_a_tracker_passes_disclosure_control_but_not_the_permits_cohorts(
@@ -304,6 +326,29 @@ def test_a_saturated_model_is_refused(strict_net: Sandbox, open_net: Sandbox) ->
     _refused(lambda: attack(strict_net), "privacy.model_saturation")
 
 
+def test_one_patient_dominating_a_fit_is_refused_by_the_p_percent_rule(
+    strict_net: Sandbox, open_net: Sandbox
+) -> None:
+    """A leverage attack: np.exp(age) makes the oldest patient (85; the next is 82) carry
+    almost all of the fit's spread. The slope's standard error then gives exp(85), and the
+    fitted line passes through that patient, so their weight loss is its value there."""
+
+    def attack(net: Sandbox) -> tuple[float, float]:
+        with net.session(dataset="lung", progress=False, permit="leverage") as s:
+            fit = s.glm("wt.loss ~ np.exp(age)")
+        intercept, slope = fit.params.iloc[0], fit.params.iloc[1]
+        top = math.sqrt(fit.scale) / fit.bse.iloc[1]  # = exp(age) of the dominant row
+        return math.log(top), intercept + slope * top
+
+    age, weight_loss = attack(open_net)
+    assert round(age) == TARGET["age"]
+    assert weight_loss == pytest.approx(TARGET["wt.loss"], abs=1.5)
+    error = _refused(lambda: attack(strict_net), "privacy.dominance")
+    # Each centre's oldest patient dominates exp(age)'s sum of squares there.
+    assert "centre-A" in error.node.split(", ")
+    assert "85" not in str(error) and "33" not in str(error)
+
+
 # ---- 5. minimum number of sites -------------------------------------------------
 
 
@@ -457,4 +502,5 @@ def test_exact_levels_and_groups_of_a_few_patients_are_refused(
     # Other nodes may refuse the small cohort by other rules too; centre-C by the cell rule.
     assert "[centre-C" in str(level.value) or "centre-C," in str(level.value)
     assert "privacy.min_cell_count" in level.value.rule.split(",")
-    assert group.node == "centre-C"
+    # On the complete records centre-D also holds four men in the cohort.
+    assert group.node == "centre-C, centre-D"

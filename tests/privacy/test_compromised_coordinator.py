@@ -27,7 +27,10 @@ only the parameters are the coordinator's. What the tests show:
    protocol change does not stop that: exact Cox steps still single out
    lonely patients. The defence is that nodes answer with DP by default, and
    exact answers need both the permit's and the node's consent; the same
-   messages at a default node get refusals, never a number.
+   messages at a default node get refusals, never a number;
+5. where exact answers are allowed, a cell whose sums one patient dominates
+   (one event among the cell's rows) is refused by the p % rule
+   (``privacy.dominance``), which the cell rule on rows lets through.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from oncofed.governance.envelope import Authorisation, SignedTask
 from oncofed.governance.permits import ReleaseMode
 from oncofed.kernel.flower import (
     attach_authorisation,
+    content_to_bytes,
     install_process_identity,
     node_context,
     params_content,
@@ -66,7 +70,7 @@ from oncofed.tasks.coxph import (
     CoxPHParams,
     NoisyCoxCellSumsRelease,
 )
-from oncofed.tasks.glm import GLMParams
+from oncofed.tasks.glm import GLMParams, GLMStepRelease
 from tests.node_harness import real_node
 from tests.oracle import PERMISSIVE
 
@@ -129,7 +133,13 @@ def glm_task(**fields: Any) -> GLMParams:
 class Centre:
     """One node built as a real node is, and the compromised coordinator's side of it."""
 
-    def __init__(self, work: Path, policy: NodePolicy, release: ReleaseMode) -> None:
+    def __init__(
+        self,
+        work: Path,
+        policy: NodePolicy,
+        release: ReleaseMode,
+        cohorts: dict[str, str] | None = None,
+    ) -> None:
         install_process_identity()
         work.mkdir(parents=True, exist_ok=True)
         self.frame = patients()
@@ -154,6 +164,7 @@ class Centre:
             permit_id=PERMIT,
             task_types=("coxph", "glm"),
             release=release,
+            cohorts=cohorts,
         )
         self.body, self.ada, self.permit = node.body, node.researcher, node.permit
         self.revocations, self.ledger, self.app = node.revocations, node.ledger, node.app
@@ -311,7 +322,10 @@ def test_a_dp_step_at_chosen_coefficients_is_noisy_and_charged(tmp_path: Path) -
     # A step costs its share of the signed fit's rho, as the task declares it up front.
     expected = step_loss(run.params)
     assert charge.epsilon == pytest.approx(expected.epsilon(DEFAULT.privacy_for(DATASET).delta))
-    assert run.step((0.0,)).has_error() is False  # a second step: a second charge
+    # The same step again is the release already paid for (issue 14): no second charge.
+    assert content_to_bytes(run.step((0.0,)).content) == content_to_bytes(reply.content)
+    assert len(centre.ledger.charges(PERMIT)) == 1
+    assert run.step((AGE_BOX / 2,)).has_error() is False  # another step: a second charge
     assert len(centre.ledger.charges(PERMIT)) == 2
 
 
@@ -337,42 +351,57 @@ def _allowed(one: PrivacyLoss, privacy: DatasetPrivacy) -> int:
 
 
 @pytest.mark.parametrize("kind", ["coxph", "glm"])
-def test_more_rounds_than_signed_only_spend_the_budget(tmp_path: Path, kind: str) -> None:
+def test_more_rounds_than_signed_are_refused_once_the_fit_is_paid_for(
+    tmp_path: Path, kind: str
+) -> None:
     """The coordinator keeps asking for Newton steps past the signed ``max_iter``.
 
-    Every reply is charged; the node refuses once the permit's budget would be
-    exceeded, and the ledger's total never passes the cap.
+    Every reply is charged; the node refuses once the steps have cost the ``dp``
+    the researcher signed for the fit (``privacy.task_budget``, issue 14), long
+    before the permit's budget, whose cap leaves room for more.
     """
     privacy = DatasetPrivacy(epsilon=2.0, delta=1e-6)
     centre = Centre(tmp_path, NodePolicy(dp={DATASET: privacy}), "dp")
     max_iter = 4
     if kind == "coxph":
         run = centre.task(kind, cox_task(dp=DP, max_iter=max_iter))
-        one = step_loss(run.params)
+
+        def state(i: int) -> dict[str, Any]:
+            return {"beta": (AGE_BOX * (-1) ** i / (i + 2),)}
 
         def ask(i: int) -> Message:
-            return run.step((AGE_BOX * (-1) ** i / 2,))
+            return run.step(state(i)["beta"])
     else:
         run = centre.task(kind, glm_task(dp=DP, max_iter=max_iter))
-        one = step_loss(run.params, coefficients=(0.0, 0.0))
+
+        def state(i: int) -> dict[str, Any]:
+            return {"coefficients": (0.0, 0.01 * i)}
 
         def ask(i: int) -> Message:
             return run.raw("glm", {"coefficients": [0.0, 0.01 * i]})
 
-    allowed = _allowed(one, privacy)
-    assert allowed > max_iter + 1  # the cap leaves room past one fit: the attack is tried
-    released, rule = 0, ""
+    allowed = _allowed(step_loss(run.params, **state(0)), privacy)
+    assert allowed > max_iter + 1  # the permit's cap leaves room past one fit
+    signed = run.params.dp
+    assert signed is not None
+    released, rule, spent = 0, "", PrivacyLoss.zero()
     for i in range(4 * allowed):
         reply = ask(i)
         if reply.has_error():
             rule = reply_error(reply).rule
             break
         assert PRIVACY_RECORD in reply.content.config_records
+        spent = spent + step_loss(run.params, **state(i))
         released += 1
-    assert (released, rule) == (allowed, "privacy.budget")
-    assert len(centre.ledger.charges(PERMIT)) == allowed
-    assert centre.spent().epsilon(privacy.delta) <= privacy.epsilon * (1 + 1e-9)
-    assert refusal(ask(0)) == "privacy.budget"  # and it stays refused
+    assert rule == "privacy.task_budget"
+    # As many steps as the signed dp pays for (a Cox step after the setup costs a share
+    # of what is left after it), and not one more.
+    assert 1 <= released < allowed
+    assert spent.epsilon(signed.delta) <= signed.epsilon * (1 + 1e-9)
+    unpaid = spent + step_loss(run.params, **state(released))
+    assert unpaid.epsilon(signed.delta) > signed.epsilon * (1 + 1e-9)
+    assert len(centre.ledger.charges(PERMIT)) == released
+    assert refusal(ask(4 * allowed)) == "privacy.task_budget"  # and it stays refused
 
 
 def test_concordance_pair_counts_never_leave_a_dp_node(tmp_path: Path) -> None:
@@ -446,3 +475,75 @@ def test_zero_coefficients_single_out_lonely_patients_only_where_exact_answers_a
         assert refusal(run.step((0.0,))) == rule
         assert refusal(run.raw("coxph_setup", {})) == rule
         assert default.ledger.charges() == []
+
+
+# ---- 5. one patient's share of a cell's sums, where exact answers are allowed -------
+
+
+def _one_event_cell(frame: pd.DataFrame) -> tuple[list[float], int]:
+    """Time points whose cell (a, t] holds one event among five rows, and its row.
+
+    The grid is the requester's choice, so they can draw a cell around one event:
+    every cell then passes the cell rule on rows.
+    """
+    ordered = frame.sort_values("time", kind="stable")
+    for position in range(10, len(ordered)):
+        window = ordered.iloc[position - 4 : position + 1]
+        last = window.iloc[-1]
+        before = ordered.iloc[position - 5]["time"]
+        alone = window["status"].sum() == 1 and (ordered["time"] == last["time"]).sum() == 1
+        if last["status"] == 1 and alone and before < window["time"].min():
+            return [float(before), float(last["time"]), 900.0], int(window.index[-1])
+    raise AssertionError("the planted data has no such cell")
+
+
+def test_a_cell_whose_events_are_one_patient_is_refused_by_the_p_percent_rule(
+    tmp_path: Path,
+) -> None:
+    """At coefficients 0 a cell's ``e1`` is the sum of its events' covariates: with one event
+    in a cell of five rows, that patient's age. The cell rule counts rows and lets it pass;
+    the p % rule sees one row make up all of ``e1`` and refuses."""
+    # The grid rule bounds a cell's width, not its events: these random data have events
+    # every few days, so the cell is narrower than 30 days; in real cohorts a month holding
+    # one death is common.
+    rules = NodePolicy(min_grid_width=0.0, dp={DATASET: DatasetPrivacy(allow_exact=True)})
+    off = rules.model_copy(update={"dominance_p": 0.0})
+    centre = Centre(tmp_path / "no-dominance-rule", off, "exact")
+    points, row = _one_event_cell(centre.frame)
+    reply = centre.task("coxph", cox_task(grid=None, time_points=points)).step((0.0,))
+    assert not reply.has_error(), reply_error(reply).one_line()
+    cells = CoxCellSumsRelease.from_content(reply.content)
+    cell = int(np.flatnonzero(cells.cell_time == points[1])[0])
+    assert cells.events[cell] == 1 and cells.a0[cell] == 5
+    assert cells.e1[cell, 0] + AGE_CENTRE == centre.frame.loc[row, "age"]  # exactly
+
+    default = Centre(tmp_path / "p-percent-rule", rules, "exact")
+    run = default.task("coxph", cox_task(grid=None, time_points=points))
+    assert refusal(run.step((0.0,))) == "privacy.dominance"
+
+
+OVER_70 = "age >= 70"
+"""Younger patients without an event would have the largest Pearson terms at these
+coefficients; the attacker filters them out."""
+
+
+def test_coefficients_that_make_one_row_the_whole_pearson_sum_are_refused(
+    tmp_path: Path,
+) -> None:
+    """In the permit's cohort (over 70), coefficients beta = (s c, -s) give the oldest
+    patient (85, an event) a fitted probability near 0 and so a Pearson term
+    exp(s (85 - c)) that is nearly all of the sum,
+    while their tiny weight keeps X'WX and X'Wz spread over the rows: log(Pearson) / s + c
+    is their age. The p % rule now checks each row's deviance and Pearson terms too."""
+    s, c = 0.8, 73.5
+    rules = NodePolicy(dp={DATASET: DatasetPrivacy(allow_exact=True)})
+    unguarded = rules.model_copy(update={"dominance_p": 0.0})
+    off = Centre(tmp_path / "no-dominance-rule", unguarded, "exact", {"elderly": OVER_70})
+    reply = off.task("glm", glm_task(where=OVER_70)).raw("glm", {"coefficients": [s * c, -s]})
+    assert not reply.has_error(), reply_error(reply).one_line()
+    pearson = GLMStepRelease.from_content(reply.content).pearson
+    assert round(math.log(pearson) / s + c) == TARGET["age"]
+
+    guarded = Centre(tmp_path / "p-percent-rule", rules, "exact", {"elderly": OVER_70})
+    run = guarded.task("glm", glm_task(where=OVER_70))
+    assert refusal(run.raw("glm", {"coefficients": [s * c, -s]})) == "privacy.dominance"

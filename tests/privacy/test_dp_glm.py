@@ -12,6 +12,7 @@ allowed and no more.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,7 +91,9 @@ def _charged(net: Sandbox, node: str, permit: str) -> dict[str, Any]:
         text=True,
         check=True,
     )
-    rows = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    rows: list[dict[str, Any]] = [
+        json.loads(line) for line in run.stdout.splitlines() if line.strip()
+    ]
     (row,) = [r for r in rows if r["permit"] == permit]
     return row
 
@@ -123,9 +126,12 @@ def test_dp_gaussian_glm_is_near_statsmodels_and_charges_one_release(
         result = s.run("glm", formula=f"score ~ {COVARIATES}", family="gaussian", dp=DP)
     assert isinstance(result, GLMResult) and result.privacy is not None
     assert result.privacy.epsilon == pytest.approx(dict.fromkeys(dp_glm_net.node_names, 1.0))
-    assert "moments" in result.privacy.noise_std and result.rows_dropped == {}
+    # Three blocks of sum v v', each with its own noise: X'X (with the count), X'y, y'y.
+    noise = result.privacy.noise_std
+    assert set(noise) == {"moments.xx", "moments.xy", "moments.yy"} and result.rows_dropped == {}
+    assert noise["moments.xy"] < noise["moments.xx"]  # X'y is what the coefficients need most
     complete = cohort.dropna(subset=["albumin"])
-    assert abs(result.nobs - len(complete)) <= 6 * result.privacy.noise_std["moments"]
+    assert abs(result.nobs - len(complete)) <= 6 * noise["moments.xx"]
     _within_stated_noise(
         result, complete, "score ~ age + C(sex) + C(stage) + albumin", sm.families.Gaussian()
     )
@@ -204,3 +210,133 @@ def test_dp_glm_refuses_terms_it_cannot_bound(dp_glm_net: Sandbox) -> None:
             if line.strip()
         ]
         assert "dp-refusals" not in {r["permit"] for r in rows}
+
+
+# ---- the sensitivities a DP GLM claims, checked by brute force -------------------
+
+SENSITIVITY_FORMULA = (
+    "{y} ~ age + C(sex, levels=[0, 1]) + C(stage, levels=['I', 'II', 'III', 'IV']) + albumin"
+    " + age:albumin"
+)
+SENSITIVITY_BOUNDS = {**BOUNDS, "visits": (0.0, 15.0)}
+
+
+def _adversarial_rows() -> pd.DataFrame:
+    """Rows at (and beyond) every corner of the public bounds, in every level combination."""
+    rows = []
+    for age in (18.0, 100.0, 59.0, -1e6, 1e6):
+        for albumin in (10.0, 60.0, 1e6):
+            for sex in (0, 1):
+                for stage in ("I", "II", "III", "IV"):
+                    for score, response, visits in ((0.0, 0, 0.0), (100.0, 1, 15.0), (1e9, 1, 1e9)):
+                        rows.append(
+                            {
+                                "age": age,
+                                "albumin": albumin,
+                                "sex": sex,
+                                "stage": stage,
+                                "score": score,
+                                "response": response,
+                                "visits": visits,
+                            }
+                        )
+    return pd.DataFrame(rows)
+
+
+def _sensitivity_local(frame: pd.DataFrame) -> Any:
+    from oncofed.tasks.base import LocalDataset
+
+    inferred = infer_schema(pd.concat([frame, _adversarial_rows()], ignore_index=True))
+    schema = DatasetSchema(
+        columns={
+            name: spec.model_copy(update={"bounds": SENSITIVITY_BOUNDS[name]})
+            if name in SENSITIVITY_BOUNDS
+            else spec
+            for name, spec in inferred.columns.items()
+        }
+    )
+    return lambda rows: LocalDataset("north", "cohort", schema, rows.reset_index(drop=True))
+
+
+@pytest.mark.parametrize(
+    ("family", "response", "coefficients"),
+    [
+        ("gaussian", "score", None),
+        ("binomial", "response", None),
+        ("binomial", "response", (-3.0, 0.05, 2.0, -1.0, 0.5, 3.0, -0.1, 0.001)),
+        ("poisson", "visits", None),
+        ("poisson", "visits", (5.0, 0.1, 1.0, 1.0, 1.0, 1.0, 0.1, 0.001)),
+        ("poisson", "visits", (-5.0, -0.1, -1.0, 0.0, 0.0, 0.0, -0.1, 0.0)),
+    ],
+)
+def test_one_row_moves_each_dp_glm_sum_by_at_most_its_stated_sensitivity(
+    cohort: pd.DataFrame, family: str, response: str, coefficients: tuple[float, ...] | None
+) -> None:
+    """Add any adversarial row to a node's rows: every released sum moves by at most the
+    L2 bound the release is noised for -- and, for the gaussian blocks, some row reaches
+    it, so the bound is the exact one the coding claims, not a loose one."""
+    from oncofed.privacy.dp import DPRequest
+    from oncofed.tasks.glm import GLMParams, _dp_sums
+
+    base = cohort.assign(visits=np.minimum(np.arange(len(cohort)) % 7, 15)).head(300)
+    local = _sensitivity_local(base)
+    params = GLMParams(
+        dataset="cohort",
+        formula=SENSITIVITY_FORMULA.format(y=response),
+        family=family,
+        dp=DPRequest(**DP),
+        coefficients=coefficients,
+    )
+    before = _dp_sums(params, local(base))
+    assert before.rows == len(base.dropna(subset=["albumin"]))
+    reached = dict.fromkeys(before.sums, 0.0)
+    for _, row in _adversarial_rows().iterrows():
+        after = _dp_sums(params, local(pd.concat([base, row.to_frame().T], ignore_index=True)))
+        assert after.rows == before.rows + 1
+        assert after.bounds == before.bounds  # from public bounds and levels only
+        for name, values in after.sums.items():
+            moved = float(np.linalg.norm(values - before.sums[name]))
+            assert moved <= before.bounds[name] * (1 + 1e-9), (name, row.to_dict(), moved)
+            reached[name] = max(reached[name], moved)
+    if family == "gaussian":
+        for name, most in reached.items():
+            assert most == pytest.approx(before.bounds[name], rel=1e-9), name
+        # The level-aware coding beats treating every one of the m = 9 entries as +-1:
+        # sqrt(m (m + 1) / 2) = 6.7 for the whole triangle, sqrt(m - 1) for X'y.
+        assert before.bounds["xy"] < math.sqrt(8) and before.bounds["xx"] < math.sqrt(36)
+
+
+def test_a_row_beyond_the_coding_bound_is_scaled_down_before_summing(
+    cohort: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is enforced on every row, not only argued: claim half of it and no row
+    moves a sum by more than that half."""
+    from oncofed.privacy.dp import DPRequest
+    from oncofed.tasks import glm
+
+    base = cohort.head(200)
+    local = _sensitivity_local(base)
+    params = glm.GLMParams(
+        dataset="cohort",
+        formula=SENSITIVITY_FORMULA.format(y="score"),
+        family="gaussian",
+        dp=DPRequest(**DP),
+    )
+    proved = glm._largest_share
+    monkeypatch.setattr(glm, "_largest_share", lambda rows, mask: proved(rows, mask) / 2.0)
+    before = glm._dp_sums(params, local(base))
+    worst = _adversarial_rows().iloc[[0, 57, 130, 301]]
+    for _, row in worst.iterrows():
+        after = glm._dp_sums(params, local(pd.concat([base, row.to_frame().T], ignore_index=True)))
+        for name, values in after.sums.items():
+            moved = float(np.linalg.norm(values - before.sums[name]))
+            assert moved <= before.bounds[name] * (1 + 1e-9)
+
+
+def test_dp_newton_step_shares_add_to_the_fit_and_grow() -> None:
+    from oncofed.tasks.glm import DP_MAX_STEPS, dp_step_share
+
+    for steps in range(1, DP_MAX_STEPS + 1):
+        shares = [dp_step_share(k, steps) for k in range(1, steps + 1)]
+        assert sum(shares) == pytest.approx(1.0, rel=1e-12)
+        assert shares == sorted(shares)

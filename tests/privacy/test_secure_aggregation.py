@@ -18,6 +18,7 @@ from scipy.stats import chi2_contingency
 
 from oncofed.client.sandbox import Sandbox
 from oncofed.kernel.flower import from_bytes
+from tests.oracle import PER_REQUEST_ROWS
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,11 @@ EDGES = [30, 56, 64, 72, 90]
 @pytest.fixture(scope="module")
 def net(lung_with_target: pd.DataFrame) -> Iterator[Sandbox]:
     with Sandbox.from_frame(
-        lung_with_target, split_by="centre", dataset="lung", release="exact"
+        lung_with_target,
+        split_by="centre",
+        dataset="lung",
+        policy=PER_REQUEST_ROWS,
+        release="exact",
     ) as sandbox:
         yield sandbox
 
