@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import signal
@@ -13,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import click
-import pandas as pd
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from oncofed.client.cli_governance import (
     application_app,
@@ -34,7 +36,6 @@ from oncofed.client.cli_options import (
     console,
     err_console,
 )
-from oncofed.client.cli_query import query_group
 from oncofed.kernel.errors import ConfigError, ExitCode, OncofedError
 from oncofed.kernel.logs import setup_logging
 from oncofed.kernel.version import VERSION
@@ -42,7 +43,46 @@ from oncofed.kernel.version import VERSION
 if TYPE_CHECKING:
     pass
 
+
+@functools.cache
+def _query_group() -> click.Group:
+    from oncofed.client.cli_query import query_group
+
+    return query_group()
+
+
+class _Commands(TyperGroup):
+    """The ``oncofed`` group, whose ``query`` commands are made on first use.
+
+    They are made from every installed task, and importing the tasks (OpenDP,
+    scikit-learn) takes seconds that ``node check`` or a mistyped ``sandbox``
+    option should not wait for before answering.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), "query"]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "query":
+            return _query_group()
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # click suggests only from the commands made so far, which leaves out `query`.
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            close = difflib.get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            if close and "Did you mean" not in error.message:
+                names = ", ".join(repr(name) for name in close)
+                error.message = f"{error.message.rstrip('.')}. Did you mean {names}?"
+            raise
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="oncofed",
     help="Federated analytics for cancer centres: statistics computed where the data lives.",
     no_args_is_help=True,
@@ -78,11 +118,20 @@ def version() -> None:
 @app.command()
 def demo(
     centres: Annotated[int, typer.Option(min=3, max=10, help="Number of centres.")] = 5,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            dir_okay=False,
+            help="Where to save the Kaplan-Meier figure "
+            "[default: oncofed-demo-kaplan-meier.png in the system's temporary folder]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a federated network of lung cancer centres on this machine and compare with pooled."""
     from oncofed.client.demo import run_demo
 
-    run_demo(console, centres)
+    run_demo(console, centres, plot=plot)
 
 
 class ReleaseChoice(StrEnum):
@@ -104,16 +153,28 @@ def sandbox(
     ] = ReleaseChoice.dp,
 ) -> None:
     """Start a local network from one file and keep it up until Ctrl-C."""
-    from oncofed.client.sandbox import Sandbox
-
+    # Every input is checked before the sandbox's imports and before any process starts.
     if not data.is_file():
         raise ConfigError(
             f"file {str(data)!r} does not exist",
             rule="sandbox.data",
             fix="pass an existing CSV or Parquet file",
         )
-    frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
-    net = Sandbox.from_frame(frame, split_by=split_by, dataset=dataset, release=release.value)
+    import pandas as pd
+
+    from oncofed.client.sandbox import Sandbox
+
+    try:
+        frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
+    except (OSError, ValueError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
+        raise ConfigError(
+            f"cannot read {str(data)!r}: {exc}",
+            rule="sandbox.data",
+            fix="pass a CSV file with a header row, or a Parquet file ending in .parquet",
+        ) from None
+    net = Sandbox.from_frame(
+        frame, split_by=split_by, dataset=dataset, release=release.value, keep_logs=True
+    )
     with err_console.status("starting the network ..."):
         net.start()
     stop = threading.Event()
@@ -122,7 +183,8 @@ def sandbox(
         console.print(
             f"[green]network up[/]: coordinator at [bold]{net.address}[/], "
             f"nodes {', '.join(net.node_names)}, dataset [bold]{dataset}[/], "
-            f"release [bold]{release.value}[/]"
+            f"release [bold]{release.value}[/]",
+            soft_wrap=True,  # the address is copied from here: never split it across lines
         )
         net.grant("sandbox")
         folder = str(net.credentials(net.researcher))
@@ -139,10 +201,16 @@ def sandbox(
             f"--permit sandbox --dataset {dataset} COLUMN{dp_options}",
             soft_wrap=True,
         )
-        console.print(f"Logs and node configs: {net.workdir}. Press Ctrl-C to stop.")
+        console.print(
+            f"Logs and node configs: {net.workdir}. Press Ctrl-C to stop.", soft_wrap=True
+        )
+        # Piped (`| tee`, a supervisor), stdout is block-buffered: the address must show now.
+        sys.stdout.flush()
         stop.wait()
     finally:
         net.stop()
+        if net.logs.is_dir():
+            console.print(f"network stopped; its logs are kept in {net.logs}", soft_wrap=True)
 
 
 @coordinator_app.command("start")
@@ -209,11 +277,15 @@ def node_start(
     """Connect to the coordinator and serve tasks until SIGTERM or Ctrl-C."""
     from oncofed.kernel.flower import install_process_identity
     from oncofed.node.config import load_node_config
+    from oncofed.node.config_check import check_before_start
     from oncofed.node.runner import NodeRunner
 
     setup_logging(log_level, log_format)
+    cfg = load_node_config(config)
+    # Before NodeRunner, which creates state_dir: a node that cannot run leaves nothing behind.
+    check_before_start(cfg)
     install_process_identity()
-    runner = NodeRunner(load_node_config(config))
+    runner = NodeRunner(cfg)
     _stop_on_signals(runner.stop)
     runner.run_forever()
 
@@ -222,24 +294,41 @@ def node_start(
 def node_check(
     config: Annotated[Path, typer.Argument(help="The node's TOML config file.")],
 ) -> None:
-    """Validate the config and the data; print each dataset's schema and row count."""
+    """Validate the config, credentials, state folder and data; print each dataset's schema."""
     from oncofed.node.config import load_node_config
+    from oncofed.node.config_check import check_credentials, check_state_dir
     from oncofed.node.data import read_dataset
 
     cfg = load_node_config(config)
     console.print(f"node [bold]{cfg.name}[/] -> coordinator {cfg.coordinator}")
+    # The same checks, in the same order, as `node start` makes before it creates anything.
+    credentials = check_credentials(cfg)
+    console.print(
+        f"credentials {escape(str(cfg.credentials))}: node {credentials.holder.name}, "
+        f"issued by {escape(credentials.issuer)}, valid until "
+        f"{credentials.not_after:%Y-%m-%d}",
+        soft_wrap=True,
+    )
+    exists = check_state_dir(cfg)
+    console.print(
+        f"state_dir {escape(str(cfg.state_dir))}: "
+        + ("writable" if exists else "created when the node starts"),
+        soft_wrap=True,
+    )
     for name, dataset in cfg.datasets.items():
         frame = read_dataset(name, dataset, cfg.name)
-        table = Table(
-            title=f"dataset {name}: {len(frame)} rows, {dataset.path}", title_justify="left"
+        # A line of its own: as the table's title, a long path would wrap to the table's width.
+        console.print(
+            f"dataset {name}: {len(frame)} rows, {escape(str(dataset.path))}", soft_wrap=True
         )
+        table = Table()
         for column in ("column", "type", "missing", "categories"):
             table.add_column(column)
         for column, spec in dataset.columns.items():
             categories = ", ".join(spec.categories) if spec.categories else ""
             table.add_row(column, spec.type, str(int(frame[column].isna().sum())), categories)
         console.print(table)
-    console.print("[green]ok[/]: config and data are valid")
+    console.print("[green]ok[/]: config, credentials and data are valid")
 
 
 @node_app.command("identity")
@@ -366,8 +455,30 @@ def command() -> click.Group:
     """The whole ``oncofed`` command: the groups above, and one query command per task."""
     group = typer.main.get_command(app)
     assert isinstance(group, click.Group), "a Typer app with groups is a click group"
-    group.add_command(query_group(), "query")
+    _one_suggestion(group)
     return group
+
+
+def _one_suggestion(group: click.Group) -> None:
+    """Leave "Did you mean ...?" for a mistyped command to click alone.
+
+    click suggests close names itself; a Typer group would add the same again.
+    """
+    if isinstance(group, TyperGroup):
+        group.suggest_commands = False
+    for sub in group.commands.values():
+        if isinstance(sub, click.Group):
+            _one_suggestion(sub)
+
+
+def _error_line(exc: OncofedError) -> str:
+    """The error as this interface writes it: a parameter its fix suggests as an option."""
+    if not exc.params():
+        return exc.one_line()
+    # Only now: the options come from the task declarations, which take seconds to import.
+    from oncofed.client.cli_query import cli_syntax
+
+    return exc.one_line(cli_syntax)
 
 
 def main() -> None:
@@ -375,7 +486,7 @@ def main() -> None:
         command()(standalone_mode=False)
     except OncofedError as exc:
         err_console.print(
-            f"[red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True
+            f"[red]error:[/] {escape(_error_line(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:

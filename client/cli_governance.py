@@ -24,11 +24,13 @@ from oncofed.client.cli_options import (
     CoordinatorOption,
     CredentialsOption,
     console,
+    err_console,
 )
 from oncofed.kernel.errors import ConfigError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from rich.console import Console
 
     from oncofed.governance.audit import AuditTrail
     from oncofed.node.governance_state import GovernanceState
@@ -141,11 +143,11 @@ def pki_list(ca_dir: CaDirOption) -> None:
 # ---- applications ---------------------------------------------------------
 
 
-def _show_application(record: object) -> None:
+def _show_application(record: object, out: Console = console) -> None:
     from oncofed.kernel.wire import oncofed_pb2 as pb
 
     assert isinstance(record, pb.ApplicationRecord)
-    console.print(
+    out.print(
         f"application [bold]{record.application_id}[/] by {record.applicant}: "
         f"[bold]{record.state}[/]" + (f", permit {record.permit_id}" if record.permit_id else "")
     )
@@ -177,20 +179,28 @@ def application_list(
 
     with DataAccessClient(coordinator, credentials) as client:
         records = client.applications()
+    # People copy ids from here into `show` and decisions, so an id is never cut or folded
+    # (nor a state): the other columns fold to make room, and on a terminal too narrow
+    # even for those two, lines run past its edge rather than being cropped.
     table = Table()
-    for column in ("id", "applicant", "state", "permit", "purposes", "datasets"):
-        table.add_column(column)
+    for column, values in (
+        ("id", [r.application_id for r in records]),
+        ("state", [r.state for r in records]),
+    ):
+        table.add_column(column, no_wrap=True, min_width=max(map(len, [column, *values])))
+    for column in ("applicant", "permit", "purposes", "datasets"):
+        table.add_column(column, overflow="fold")
     for record in records:
         document = json.loads(record.application_json)
         table.add_row(
             record.application_id,
-            record.applicant,
             record.state,
+            record.applicant,
             record.permit_id,
             ", ".join(document["purposes"]),
             ", ".join(d["dataset"] for d in document["datasets"]),
         )
-    console.print(table)
+    console.print(table, crop=False)
 
 
 @application_app.command("show")
@@ -199,16 +209,20 @@ def application_show(
     coordinator: CoordinatorOption = "127.0.0.1:7100",
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
-    """Print an application (JSON) and its history; pipe it to `oncofed permit draft`."""
+    """Print an application as JSON on stdout, its state and history on stderr.
+
+    `oncofed application show ID > application.json` writes the file `oncofed permit
+    draft` reads, and the terminal still shows who decided what. ID may be any unique
+    start of the id."""
     from oncofed.client.access import DataAccessClient
 
     with DataAccessClient(coordinator, credentials) as client:
         record = client.application(application_id)
-    _show_application(record)
+    _show_application(record, err_console)
     for entry in json.loads(record.history_json):
         at = datetime.datetime.fromtimestamp(entry["at"], datetime.UTC)
         note = f": {entry['note']}" if entry["note"] else ""
-        console.print(f"  {at:%Y-%m-%d %H:%M} {entry['by']} -> {entry['state']}{note}")
+        err_console.print(f"  {at:%Y-%m-%d %H:%M} {entry['by']} -> {entry['state']}{note}")
     sys.stdout.write(json.dumps(json.loads(record.application_json), indent=2) + "\n")
 
 
@@ -264,12 +278,19 @@ def application_approve(
 def permit_draft(
     application: Annotated[Path, typer.Argument(help="The application JSON (`application show`).")],
     permit_id: Annotated[str, typer.Option(help="The permit's id.")],
-    application_id: Annotated[str, typer.Option(help="The application it answers.")] = "",
+    application_id: Annotated[
+        str,
+        typer.Option(
+            help="The application it answers: its id, or any unique start of it (looked "
+            "up at the coordinator; a whole id needs no network)."
+        ),
+    ] = "",
     epsilon: Annotated[
         float | None, typer.Option(help="Privacy budget per dataset (default: as asked).")
     ] = None,
     models_may_leave: Annotated[bool, typer.Option(help="Allow trained models out.")] = False,
     conditions: Annotated[str, typer.Option(help="Special conditions, in words.")] = "",
+    coordinator: CoordinatorOption = "127.0.0.1:7100",
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
@@ -278,16 +299,32 @@ def permit_draft(
     from oncofed.governance.keys import Identity
     from oncofed.governance.permits import DataAccessApplication
 
+    document = load_document(application, DataAccessApplication, "application")
     permit = draft_permit(
-        load_document(application, DataAccessApplication, "application"),
+        document,
         Identity.load(credentials),
         permit_id=permit_id,
-        application_id=application_id,
+        application_id=_whole_application_id(application_id, coordinator, credentials),
         epsilon=epsilon,
         models_may_leave=models_may_leave,
         conditions=conditions,
     )
     _write(permit.model_dump_json(indent=2), out)
+
+
+def _whole_application_id(application_id: str, coordinator: str, credentials: Path) -> str:
+    """The whole id a signed permit must name, for the start of one a person typed.
+
+    Only a shorter id asks the coordinator, so a body drafting from a whole id can
+    stay offline."""
+    from oncofed.coordinator.access_store import APPLICATION_ID_LENGTH
+
+    if not application_id or len(application_id) >= APPLICATION_ID_LENGTH:
+        return application_id
+    from oncofed.client.access import DataAccessClient
+
+    with DataAccessClient(coordinator, credentials) as client:
+        return str(client.application(application_id).application_id)
 
 
 @permit_app.command("sign")
@@ -315,13 +352,17 @@ def permit_sign(
 @permit_app.command("publish")
 def permit_publish(
     signed: Annotated[Path, typer.Argument(help="The signed permit (`permit sign`).")],
+    valid_hours: Annotated[
+        float, typer.Option(help="Hours until nodes need a newer revocation list.")
+    ] = 24,
     coordinator: CoordinatorOption = "127.0.0.1:7100",
     credentials: CredentialsOption = DEFAULT_CREDENTIALS,
 ) -> None:
     """Hand a signed permit (or amendment) to the coordinator, which relays it with tasks.
 
-    An amendment (version > 1) also signs and publishes the body's next revocation
-    list, revoking the older versions, so no coordinator can keep relaying them."""
+    Also signs and publishes the body's next revocation list, which nodes need before
+    any work under its permits; for an amendment (version > 1) the list revokes the
+    older versions, so no coordinator can keep relaying them."""
     from oncofed.client.access import DataAccessClient, load_document
     from oncofed.governance.permits import SignedPermit
 
@@ -329,8 +370,12 @@ def permit_publish(
     with DataAccessClient(coordinator, credentials) as client:
         console.print(f"published permit [bold]{client.publish_permit(document)}[/]")
     permit = document.permit
-    if permit.version > 1:
-        _revocations([], "", 24, coordinator, credentials, {permit.permit_id: permit.version})
+    # Nodes refuse all work under a body that has no current list (permit.revocations_stale),
+    # and a body first needs one when it publishes its first permit. Signing one on every
+    # publish, not only when the body holds none, also covers a list that never reached
+    # this coordinator; it costs a sequence number.
+    superseded = {permit.permit_id: permit.version} if permit.version > 1 else None
+    _revocations([], "", valid_hours, coordinator, credentials, superseded)
 
 
 @permit_app.command("show")

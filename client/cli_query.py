@@ -13,11 +13,16 @@ text and validated by the task's parameters, as in Python:
 - ``KEY=VALUE,KEY=VALUE`` (or JSON) for a group of settings
   (``--dp epsilon=0.5,delta=1e-6``);
 - the text itself for a filter or a formula (``--where "age >= 60"``).
+
+Errors suggest parameters in the same shapes: ``cli_syntax`` writes a fix's
+``Param`` as the option that sets it (``--grid 30``, ``--bounds age=lo,hi``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import shlex
 import sys
 import types
 import typing
@@ -32,6 +37,7 @@ from pydantic.fields import FieldInfo
 from rich.table import Table
 
 from oncofed.client.cli_options import DEFAULT_CREDENTIALS, console, err_console
+from oncofed.kernel.errors import Param, hole_label, number_text
 from oncofed.tasks import TASKS
 from oncofed.tasks.base import TaskType, WrittenAs
 from oncofed.tasks.tables import number
@@ -54,6 +60,8 @@ class Parameter:
 
     def value(self, raw: Any) -> Any:
         """The command line's text as the value the task's parameters validate."""
+        if self.shape == "mapping":  # a repeated option (a tuple too): one key each time
+            return {key: (_items(v) if "," in v else v) for key, v in map(self._pair, raw)}
         if isinstance(raw, tuple):  # positional words: one item each, or the text itself
             return raw[0] if len(raw) == 1 and self.shape == "text" else list(raw)
         if self.shape in ("flag", "choice", "scalar", "text"):
@@ -62,11 +70,13 @@ class Parameter:
             return _items(raw)
         if self.shape == "list-or-scalar":
             return _items(raw) if "," in raw else raw
-        if self.shape == "mapping":
-            return {key: (_items(v) if "," in v else v) for key, v in map(self._pair, raw)}
         return (
             json.loads(raw) if raw.lstrip().startswith("{") else dict(map(self._pair, _items(raw)))
         )
+
+    def option(self, param: Param) -> str:
+        """A fix's suggestion of this parameter as the command line writes it."""
+        return _written(self.flag, self.shape, param)
 
     def _pair(self, text: str) -> tuple[str, str]:
         key, sep, value = text.partition("=")
@@ -143,6 +153,60 @@ def _items(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def cli_syntax(param: Param) -> str:
+    """A parameter an error's fix suggests, as the ``oncofed query`` option that sets it.
+
+    Written in the shape the tasks' declarations give the option; a parameter
+    no task declares (``--permit``, which every query command has) in the
+    shape of its value.
+    """
+    declared = _declared_options().get(param.name)
+    if declared is not None:
+        return declared.option(param)
+    return _written("--" + param.name.replace("_", "-"), None, param)
+
+
+@functools.cache
+def _declared_options() -> dict[str, Parameter]:
+    options: dict[str, Parameter] = {}
+    for task in TASKS.values():
+        for parameter in parameters(task):
+            if parameter.name not in task.arguments:
+                options.setdefault(parameter.name, parameter)
+    return options
+
+
+def _written(flag: str, shape: Shape | None, param: Param) -> str:
+    """``Parameter.value``'s inverse: the option and the text that gives ``param``'s value."""
+    value = param.value
+    if not param.has_value or value is True:
+        return flag
+    if value is False:
+        return "--no-" + flag.removeprefix("--")
+    if isinstance(value, dict):
+        # A mapping of lists is repeated per key; a group of settings is one option.
+        lists = any(isinstance(v, list) for v in value.values())
+        if shape == "mapping" or (shape is None and lists):
+            return " ".join(f"{flag} {_word(k)}={_word(v)}" for k, v in value.items())
+        return f"{flag} " + ",".join(f"{_word(k)}={_word(v)}" for k, v in value.items())
+    return f"{flag} {_word(value, quote=True)}"
+
+
+def _word(value: Any, *, quote: bool = False) -> str:
+    """One value as the command line reads it: a list comma-separated, text as it is."""
+    label = hole_label(value, cli=True)
+    if label is not None:
+        return label
+    if isinstance(value, list):
+        return ",".join(_word(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return number_text(value)
+    text = str(value)
+    return shlex.quote(text) if quote else text
+
+
 def _click_parameter(parameter: Parameter, positional: bool) -> click.Parameter:
     required = parameter.info.is_required()
     if positional:
@@ -197,6 +261,11 @@ def task_command(task: TaskType[Any, Any]) -> click.Command:
             help="The id of the data permit the task runs under.",
         ),
         click.Option(["--csv", "csv"], is_flag=True, help="Print CSV instead of a table."),
+        click.Option(
+            ["--no-wait", "no_wait"],
+            is_flag=True,
+            help="Print the task's id and leave it running; follow it with `oncofed task`.",
+        ),
     ]
     if hasattr(task.result, "plot"):
         params.append(
@@ -242,6 +311,9 @@ def _run(task: TaskType[Any, Any], by_name: dict[str, Parameter], values: dict[s
         permit=values["permit"],
         console=err_console,
     ) as session:
+        if values["no_wait"]:
+            console.print(session.submit(task.name, **request), soft_wrap=True)
+            return
         result = session.run(task.name, **request)
     if values.get("plot") is not None:
         result.plot().savefig(values["plot"], dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
@@ -276,4 +348,4 @@ def query_group() -> click.Group:
     return group
 
 
-__all__ = ["Parameter", "parameters", "query_group", "task_command"]
+__all__ = ["Parameter", "cli_syntax", "parameters", "query_group", "task_command"]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import string
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from oncofed.client.access import DataAccessClient, draft_permit
@@ -48,6 +51,41 @@ DP_BOUNDS = {"age": (18.0, 100.0), "wt.loss": (-50.0, 80.0)}
 """Public bounds for the DP sums (clinical ranges, never read from the data)."""
 GRID_DAYS = 30.0
 PLOT_FILE = "oncofed-demo-kaplan-meier.png"
+
+
+def default_plot_path() -> Path:
+    """The temporary folder, not the working directory: a demo run in a checkout
+    must not leave a file in it."""
+    return Path(tempfile.gettempdir()) / PLOT_FILE
+
+
+def check_plot_path(path: Path) -> Path:
+    """The absolute path the figure will be written to, refused before the network starts
+    when it cannot be (rather than after the whole demo has run)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "the demo plots its survival curves with matplotlib",
+            rule="demo.extra",
+            fix='pip install "oncofed[demo]"',
+        ) from None
+    target = path.expanduser().absolute()
+    folder = target.parent
+    fix = f"pass --plot PATH in a folder you can write, e.g. --plot {Path.home() / PLOT_FILE}"
+    if not folder.is_dir():
+        raise ConfigError(f"folder {str(folder)!r} does not exist", rule="demo.plot", fix=fix)
+    if target.is_dir() or not os.access(target if target.exists() else folder, os.W_OK):
+        raise ConfigError(f"cannot write {str(target)!r}", rule="demo.plot", fix=fix)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise ConfigError(
+            f"matplotlib cannot save a figure as {target.suffix!r}",
+            rule="demo.plot",
+            fix=f"end the --plot PATH with one of: {', '.join('.' + f for f in sorted(formats))}",
+        )
+    return target
 
 
 def pooled_describe(
@@ -156,10 +194,14 @@ def lung_centres(n_centres: int = 5) -> pd.DataFrame:
     return frame.assign(centre=[names[assignment[int(i)]] for i in inst])
 
 
-def run_demo(console: Console, n_centres: int = 5) -> float:
-    """Run the demo; returns the largest relative difference from the pooled analysis."""
+def run_demo(console: Console, n_centres: int = 5, plot: Path | None = None) -> float:
+    """Run the demo; returns the largest relative difference from the pooled analysis.
+
+    The Kaplan-Meier figure is saved to ``plot`` (default: ``default_plot_path()``).
+    """
     started = time.monotonic()
     frame = lung_centres(n_centres)
+    plot_path = check_plot_path(plot or default_plot_path())
     console.rule("[bold]oncofed demo: NCCTG lung cancer data in federated cancer centres")
     console.print(
         f"{len(frame)} patients from {frame['inst'].nunique()} institutions, merged into "
@@ -203,7 +245,9 @@ def run_demo(console: Console, n_centres: int = 5) -> float:
                 comparison_table(by_sex, pooled_sex, "describe: by sex (1 male, 2 female)")
             )
             worst = max(worst, max_relative_difference(by_sex, pooled_sex))
-            survival_worst, survival_count = survival_by_sex(console, session, records, n_centres)
+            survival_worst, survival_count = survival_by_sex(
+                console, session, records, n_centres, plot_path
+            )
             worst = max(worst, survival_worst)
             dp_describe(console, session, frame, n_centres)
         show_audit(console, sandbox, permit_id)
@@ -327,14 +371,18 @@ def show_audit(console: Console, sandbox: Sandbox, permit_id: str) -> None:
 
 
 def survival_by_sex(
-    console: Console, session: Session, frame: pd.DataFrame, n_centres: int
+    console: Console,
+    session: Session,
+    frame: pd.DataFrame,
+    n_centres: int,
+    plot: Path | None = None,
 ) -> tuple[float, int]:
     """Federated Kaplan-Meier by sex on a 30-day grid, next to lifelines on the pooled rows.
 
     The pooled rows get the same grid (durations rounded up to multiples of 30
-    days), so the curves must agree exactly. Saves the plot in the current
-    directory; returns the largest relative difference and how many values
-    were compared.
+    days), so the curves must agree exactly. Saves the plot to ``plot``
+    (default: ``default_plot_path()``); returns the largest relative difference
+    and how many values were compared.
     """
     from lifelines import KaplanMeierFitter
 
@@ -372,10 +420,13 @@ def survival_by_sex(
         if median != fitter.median_survival_time_:
             worst = math.inf
     console.print(table)
-    path = Path.cwd() / PLOT_FILE
+    path = plot or default_plot_path()
     figure = km.plot()
     figure.savefig(path, dpi=120, bbox_inches="tight")
-    console.print(f"Kaplan-Meier curves with 95% bands saved to [bold]{path}[/]")
+    console.print(
+        f"Kaplan-Meier curves with 95% bands saved to [bold]{escape(str(path))}[/]",
+        soft_wrap=True,  # a path to copy: never split it
+    )
     return worst, count
 
 
@@ -384,6 +435,9 @@ def _days(value: float | None) -> str:
 
 
 __all__ = [
+    "PLOT_FILE",
+    "check_plot_path",
+    "default_plot_path",
     "dp_describe",
     "grant_access",
     "load_lung",

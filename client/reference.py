@@ -54,7 +54,7 @@ def task_reference(task: TaskType[Any, Any]) -> str:
         "",
         f"{task.summary[:1].upper()}{task.summary[1:]}.",
         "",
-        "```",
+        "```text",
         _signature(task),
         f"oncofed query {command} {words} [OPTIONS]".replace("  ", " "),
         "```",

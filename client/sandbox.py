@@ -45,7 +45,7 @@ from oncofed.governance.permits import (
     utcnow,
 )
 from oncofed.governance.pki import CA_CERT, CRL_FILE, init_network, issue, request
-from oncofed.kernel.errors import CoordinatorUnavailable, SandboxError
+from oncofed.kernel.errors import ConfigError, CoordinatorUnavailable, SandboxError
 from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema, infer_schema
 from oncofed.node.identity import load_or_create_identity, public_key_text
 from oncofed.privacy.policy import NodePolicy
@@ -53,6 +53,8 @@ from oncofed.tasks import TASKS
 
 START_TIMEOUT = 90.0
 HDAB = "hdab"  # the sandbox's data-access body
+MAX_SUGGESTED_NODES = 32
+"""A column with more values than this is not offered as a split: each value is a process."""
 
 
 def _without_none(value: Any) -> Any:
@@ -111,6 +113,19 @@ def with_release(policy: NodePolicy, dataset: str, release: ReleaseMode) -> Node
     return policy.model_copy(update={"dp": {**policy.dp, dataset: privacy}})
 
 
+def split_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns a sandbox can split ``frame`` by, each with the number of nodes it makes:
+    no missing value, and from 2 to ``MAX_SUGGESTED_NODES`` distinct values."""
+    counts = {
+        str(column): int(values.nunique())
+        for column, values in frame.items()
+        if not values.isna().any()
+    }
+    return [
+        f"{column} ({n} nodes)" for column, n in counts.items() if 2 <= n <= MAX_SUGGESTED_NODES
+    ]
+
+
 def _node_name(split_by: str, value: Any) -> str:
     label = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if re.match(NAME_PATTERN, label) and not label.isdigit():
@@ -126,6 +141,10 @@ class Sandbox:
     differential-privacy noise. ``release="exact"``: the nodes allow exact
     answers on the dataset and the sandbox's permits grant them, on any row
     filter unless ``cohorts`` names the only ones allowed.
+
+    ``stop()`` removes the sandbox's own folder (its keys, data copies and
+    database) unless ``keep``; its ``logs`` stay when ``keep_logs`` is set or
+    the sandbox failed, as the error points to them.
     """
 
     def __init__(
@@ -143,17 +162,28 @@ class Sandbox:
         researcher: str = "ada",
         release: ReleaseMode = "dp",
         cohorts: Mapping[str, str] | None = None,
+        keep_logs: bool = False,
     ) -> None:
         if not partitions:
             raise SandboxError("a sandbox needs at least one partition", rule="sandbox.nodes")
+        # Checked here, not by the node processes, which would refuse it only once started.
+        if not re.match(NAME_PATTERN, dataset):
+            raise ConfigError(
+                f"dataset name {dataset!r} is not allowed",
+                rule="sandbox.dataset",
+                fix="use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+            )
         self.dataset = dataset
         self.partitions = dict(partitions)
         self.schema = schema or infer_schema(pd.concat(list(self.partitions.values())))
         self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="oncofed-sandbox-"))
+        # Absolute: each node resolves paths from its own config file's folder.
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="oncofed-sandbox-")).resolve()
         self.database_url = database_url or f"sqlite:///{self.workdir / 'coordinator.db'}"
         self.heartbeat_seconds = heartbeat_seconds
         self.keep = keep
+        self.keep_logs = keep_logs
+        self._failed = False
         # The same model as a real node's [policy] section, with the same safe defaults;
         # "exact" is both sides' consent: the nodes allow it and permits grant it.
         self.release = release
@@ -182,14 +212,18 @@ class Sandbox:
     ) -> Sandbox:
         """One node per distinct value of ``split_by``; ``schema`` replaces the inferred one
         (to declare DP bounds, say)."""
+        # The caller's choice, not a failure of the sandbox: ConfigError, exit code 3.
         if split_by not in frame.columns:
-            raise SandboxError(
+            candidates = split_columns(frame)
+            raise ConfigError(
                 f"column {split_by!r} is not in the frame",
                 rule="sandbox.split_by",
-                fix=f"choose one of: {', '.join(map(str, frame.columns))}",
+                fix=f"split by one of: {', '.join(candidates)}"
+                if candidates
+                else "add a column naming each row's centre, with no missing values",
             )
         if frame[split_by].isna().any():
-            raise SandboxError(
+            raise ConfigError(
                 f"{int(frame[split_by].isna().sum())} row(s) have no {split_by!r}",
                 rule="sandbox.split_by",
                 fix=f"fill or drop rows with a missing {split_by!r} first",
@@ -198,7 +232,7 @@ class Sandbox:
         for value, part in frame.groupby(split_by, sort=True):
             name = _node_name(split_by, value)
             if name in partitions:
-                raise SandboxError(
+                raise ConfigError(
                     f"two values of {split_by!r} make the same node name {name!r}",
                     rule="sandbox.split_by",
                     fix="recode the column so its values differ in letters or digits",
@@ -215,6 +249,11 @@ class Sandbox:
     @property
     def node_names(self) -> list[str]:
         return list(self.partitions)
+
+    @property
+    def logs(self) -> Path:
+        """The folder of the processes' logs, one ``NAME.log`` each."""
+        return self.workdir / "logs"
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -239,6 +278,7 @@ class Sandbox:
                 self.start_node(name)
             self.wait_for_nodes(self.node_names)
         except BaseException:
+            self._failed = True
             self.stop()
             raise
 
@@ -249,8 +289,19 @@ class Sandbox:
         for handle in self._logs:
             handle.close()
         self._logs.clear()
-        if self._own_dir and not self.keep:
+        if not self._own_dir or self.keep:
+            return
+        if not (self.keep_logs or self._failed):
             shutil.rmtree(self.workdir, ignore_errors=True)
+            return
+        # Keys, data copies and the database go; the logs someone is debugging with stay.
+        for entry in self.workdir.iterdir() if self.workdir.is_dir() else ():
+            if entry == self.logs:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     # ---- the network's people, keys and permits ---------------------------
 
@@ -467,15 +518,16 @@ class Sandbox:
                     return
                 if time.monotonic() > deadline:
                     missing = sorted(set(names) - online)
+                    self._failed = True
                     raise SandboxError(
                         f"node(s) {missing} did not connect within {timeout:g} s",
                         rule="sandbox.start",
-                        fix=f"see the logs in {self.workdir / 'logs'}",
+                        fix=f"see the logs in {self.logs}",
                     )
                 time.sleep(0.1)
 
     def log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.workdir / "logs" / f"{name}.log"
+        path = self.logs / f"{name}.log"
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -483,9 +535,8 @@ class Sandbox:
     def _spawn(
         self, name: str, *args: str, env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        handle = (logs / f"{name}.log").open("ab")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        handle = (self.logs / f"{name}.log").open("ab")
         self._logs.append(handle)
         return subprocess.Popen(
             [sys.executable, "-m", "oncofed", *args],
@@ -498,10 +549,11 @@ class Sandbox:
 
     def _check_alive(self, name: str, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is not None:
+            self._failed = True
             raise SandboxError(
                 f"{name} exited with code {process.returncode}: {self.log_tail(name, 5)}",
                 rule="sandbox.start",
-                fix=f"see {self.workdir / 'logs' / (name + '.log')}",
+                fix=f"see {self.logs / (name + '.log')}",
             )
 
 

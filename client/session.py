@@ -22,6 +22,7 @@ from oncofed.governance.sealing import open_sealed
 from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.kernel.errors import (
     OncofedError,
+    Param,
     QueryError,
     TaskCancelled,
     TaskFailed,
@@ -415,7 +416,8 @@ class Session:
             raise QueryError(
                 "no permit given",
                 rule="session.permit",
-                fix="create the Session with permit=... (the id of a data permit naming you)",
+                fix=f"name the data permit you work under: {Param('permit', 'ID')}, the id of "
+                "a permit naming you",
             )
         if "study" in params:
             raise QueryError(
@@ -502,7 +504,7 @@ class Session:
             raise QueryError(
                 "no dataset given",
                 rule="session.dataset",
-                fix="pass dataset=... or create the Session with dataset=...",
+                fix=f"name it: {Param('dataset', 'NAME')}, for one analysis or the whole Session",
             )
         return chosen
 
@@ -518,7 +520,10 @@ class Session:
 
     @contextmanager
     def _progress(self) -> Iterator[Any]:
-        if not self.progress:
+        # A progress display on a console that cannot redraw (output to a file or a pipe)
+        # shows no progress, only a blank line where the display stopped.
+        live = self.console.is_terminal or self.console.is_jupyter
+        if not (self.progress and live):
             yield lambda _update: None
             return
         columns = (

@@ -18,6 +18,9 @@ from sqlalchemy.orm import Session
 from oncofed.coordinator.db import ApplicationRow, PermitRow, RevocationListRow
 from oncofed.governance.permits import RevocationList, SignedRevocations
 
+APPLICATION_ID_LENGTH = 32
+"""Characters in an application id (a UUID4 in hex); fewer are the start of one."""
+
 
 @dataclass(frozen=True)
 class ApplicationView:
@@ -77,6 +80,27 @@ class AccessStore:
         with self._session() as db:
             row = db.get(ApplicationRow, application_id)
             return _view(row) if row is not None else None
+
+    def application_ids(
+        self, prefix: str, applicant: str | None = None, limit: int = 5
+    ) -> list[str]:
+        """Up to ``limit`` ids starting with ``prefix`` (only ``applicant``'s, if named).
+
+        People type the first characters of an id, as tables and terminals show
+        them; two or more matches mean the prefix names no one application.
+        """
+        if not prefix:
+            return []
+        query = (
+            select(ApplicationRow.application_id)
+            .where(ApplicationRow.application_id.startswith(prefix, autoescape=True))
+            .order_by(ApplicationRow.application_id)
+            .limit(limit)
+        )
+        if applicant is not None:
+            query = query.where(ApplicationRow.applicant == applicant)
+        with self._session() as db:
+            return list(db.scalars(query))
 
     def applications(self, applicant: str | None = None) -> list[ApplicationView]:
         query = select(ApplicationRow).order_by(ApplicationRow.created_at)
@@ -146,4 +170,4 @@ class AccessStore:
             return list(db.scalars(select(RevocationListRow.signed_json)))
 
 
-__all__ = ["AccessStore", "ApplicationView"]
+__all__ = ["APPLICATION_ID_LENGTH", "AccessStore", "ApplicationView"]

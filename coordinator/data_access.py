@@ -24,6 +24,7 @@ from oncofed.governance.permits import (
     SignedPermit,
     SignedRevocations,
 )
+from oncofed.governance.tls import Peer
 from oncofed.kernel.errors import (
     AccessDenied,
     OncofedError,
@@ -37,6 +38,8 @@ from oncofed.kernel.wire.oncofed_pb2_grpc import DataAccessServicer
 from oncofed.tasks import check_installed
 
 Signed = TypeVar("Signed", SignedPermit, SignedRevocations)
+
+AMBIGUOUS_SHOWN = 5  # ids an ambiguous prefix error lists, enough to pick one from
 
 DECISIONS = {"request-changes": "changes-requested", "refuse": "refused", "approve": "approved"}
 
@@ -90,8 +93,9 @@ class DataAccess(DataAccessServicer):
             check_installed(application.task_types, rule="application.task_types")
         except UnknownTask as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
-        if request.amends:
-            previous = self.access.application(request.amends)
+        amends = self._resolve(request.amends, peer, context) if request.amends else ""
+        if amends:
+            previous = self.access.application(amends)
             if previous is None or previous.applicant != peer.name:
                 abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.amends))
             if previous.state != "changes-requested":
@@ -99,14 +103,12 @@ class DataAccess(DataAccessServicer):
                     context,
                     grpc.StatusCode.FAILED_PRECONDITION,
                     QueryError(
-                        f"application {request.amends} is {previous.state}, not open for changes",
+                        f"application {amends} is {previous.state}, not open for changes",
                         rule="application.state",
                         fix="file a new application",
                     ),
                 )
-        view = self.access.file_application(
-            peer.name, application.model_dump_json(), request.amends
-        )
+        view = self.access.file_application(peer.name, application.model_dump_json(), amends)
         self.audit.append(
             actor=peer.name,
             action="application",
@@ -128,7 +130,7 @@ class DataAccess(DataAccessServicer):
         self, request: pb.ApplicationRef, context: grpc.ServicerContext
     ) -> pb.ApplicationRecord:
         peer = caller(context)
-        view = self.access.application(request.application_id)
+        view = self.access.application(self._resolve(request.application_id, peer, context))
         if view is None or (peer.role != "hdab" and view.applicant != peer.name):
             abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.application_id))
         return _record(view)
@@ -148,7 +150,8 @@ class DataAccess(DataAccessServicer):
                     fix=f"decide one of: {', '.join(DECISIONS)}",
                 ),
             )
-        view = self.access.decide(request.application_id, state, peer.name, request.note)
+        application_id = self._resolve(request.application_id, peer, context)
+        view = self.access.decide(application_id, state, peer.name, request.note)
         if view is None:
             abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.application_id))
         self.audit.append(
@@ -176,6 +179,21 @@ class DataAccess(DataAccessServicer):
                 )
         except OncofedError as exc:
             abort(context, grpc.StatusCode.PERMISSION_DENIED, exc)
+        # A signed permit names its application by the whole id; one the coordinator does not
+        # hold (a prefix, a typo) would publish and leave the application undecided.
+        if permit.application_id and self.access.application(permit.application_id) is None:
+            abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                QueryError(
+                    f"permit {permit.permit_id!r} answers application "
+                    f"{permit.application_id!r}, which is not on file here",
+                    rule="application.exists",
+                    fix="draft it again with `oncofed permit draft application.json "
+                    "--permit-id PERMIT --application-id ID` (ID as `oncofed application "
+                    "list` shows it, or its start), then sign and publish it",
+                ),
+            )
         if not self.access.publish_permit(
             permit.permit_id, permit.version, permit.issuer.name, signed.model_dump_json()
         ):
@@ -223,6 +241,17 @@ class DataAccess(DataAccessServicer):
                 ),
             )
         return pb.Document(json=published or "")
+
+    def _resolve(self, prefix: str, peer: Peer, context: grpc.ServicerContext) -> str:
+        """The whole id of the one application, among those ``peer`` may see, that starts
+        with ``prefix``: people type ids as far as a terminal showed them."""
+        mine = None if peer.role == "hdab" else peer.name
+        matches = self.access.application_ids(prefix, applicant=mine, limit=AMBIGUOUS_SHOWN)
+        if not matches:
+            abort(context, grpc.StatusCode.NOT_FOUND, _no_application(prefix))
+        if len(matches) > 1:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, _ambiguous(prefix, matches))
+        return matches[0]
 
     def PublishRevocations(  # noqa: N802
         self, request: pb.Document, context: grpc.ServicerContext
@@ -298,6 +327,15 @@ def _no_application(application_id: str) -> QueryError:
         f"no application {application_id!r}",
         rule="application.exists",
         fix="list applications with `oncofed application list`",
+    )
+
+
+def _ambiguous(prefix: str, matches: list[str]) -> QueryError:
+    return QueryError(
+        f"the ids of several applications start with {prefix!r}: {', '.join(matches)}"
+        + (", ..." if len(matches) >= AMBIGUOUS_SHOWN else ""),
+        rule="application.ambiguous",
+        fix="type more of the id (`oncofed application list` shows each id whole)",
     )
 
 

@@ -187,8 +187,9 @@ def _check_not_revoked(
         raise refuse(
             f"no revocation list from {issuer} has been published yet",
             "permit.revocations_stale",
-            "the data-access body publishes its revocation list (`oncofed permit revoke` "
-            "or `oncofed permit renew`), which the coordinator relays",
+            "the data-access body publishes its revocation list with `oncofed permit renew` "
+            "(`oncofed permit publish` and `oncofed permit revoke` publish one too), and the "
+            "coordinator relays it",
         )
     if permit.permit_id in revocations.revoked_ids():
         raise refuse(

@@ -51,7 +51,8 @@ class DatasetConfig(BaseModel):
     @classmethod
     def _installed(cls, tasks: tuple[str, ...] | None) -> tuple[str, ...] | None:
         try:
-            check_installed(tasks or (), rule="config.allowed_tasks")
+            # Only the detail survives: pydantic reports it under config.schema.
+            check_installed(tasks or (), rule="config.schema")
         except UnknownTask as exc:
             raise ValueError(exc.detail) from None
         return tasks

@@ -192,7 +192,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                 raise _dp_required(params.dataset, node)
             asked = params.release_loss()
             if asked is not None:
-                _check_release_size(asked.epsilon(privacy.delta), privacy, node)
+                _check_release_size(params, asked.epsilon(privacy.delta), privacy, node)
                 budget = ledger.budget(params.study, params.dataset, privacy)
                 if not budget.allows(asked):
                     raise budget_exhausted(
@@ -223,7 +223,7 @@ def privacy_mod(catalogue_for: CatalogueFor) -> Mod:
                 if (params.dp is not None or not exact) and params.reads_rows(action):
                     raise _no_dp_mechanism(action, params.dataset, node)
                 return reply
-            _check_release_size(loss.epsilon(privacy.delta), privacy, node)
+            _check_release_size(params, loss.epsilon(privacy.delta), privacy, node)
             _failpoint("before-ledger-charge")
             record = reply.content.config_records[PRIVACY_RECORD]
             on_record = ledger.charge(
@@ -298,16 +298,12 @@ def _claimed(message: Message) -> dict[str, str]:
     return fields
 
 
-def _check_release_size(epsilon: float, privacy: DatasetPrivacy, node: str) -> None:
+def _check_release_size(
+    params: TaskParams, epsilon: float, privacy: DatasetPrivacy, node: str
+) -> None:
     if epsilon > privacy.max_epsilon_per_release * (1 + 1e-9):
-        raise NodeRefusal(
-            f"one release may cost at most epsilon {privacy.max_epsilon_per_release:g} at this "
-            f"node; the request asks for {epsilon:.4g}",
-            rule="privacy.max_epsilon_per_release",
-            node=node,
-            fix=f"ask for dp epsilon <= {privacy.max_epsilon_per_release:g}",
-            setting=privacy.max_epsilon_per_release,
-        )
+        # The request knows how its dp maps to one release's loss, so it says what fits.
+        raise params.release_too_large(epsilon, privacy, node)
 
 
 def _dp_required(dataset: str, node: str) -> NodeRefusal:

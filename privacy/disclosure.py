@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from oncofed.kernel.errors import NodeRefusal
+from oncofed.kernel.errors import NodeRefusal, Param
 from oncofed.privacy.policy import NodePolicy
 
 FloatArray = npt.NDArray[np.float64]
@@ -48,14 +48,35 @@ def check_subset(selected: int, total: int, policy: NodePolicy, node: str) -> No
     filter on one centre's rows must not fail at every other centre. A filter
     excluding 1..min_complement_size-1 rows lets the difference from the
     unfiltered query reveal the excluded rows; excluding none is the
-    unfiltered query itself.
+    unfiltered query itself. ``total`` is every row the request could use (the
+    records complete on the granted variables, for exact answers): below the
+    minimum, the refusal says that no filter is to blame.
     """
     if 0 < selected < policy.min_subset_size:
+        if total < policy.min_subset_size:
+            # No request can widen what the node holds. Saying so tells no more than the
+            # refusal itself: the node's usable records, like the selection, number 1 to 9.
+            usable = (
+                "records complete on every variable the permit grants"
+                if policy.exact_complete_records
+                else "records in this dataset"
+            )
+            raise NodeRefusal(
+                f"this node has fewer than {policy.min_subset_size} {usable}, the fewest an "
+                "exact answer may use here, whatever the request",
+                rule="privacy.min_subset_size",
+                node=node,
+                fix="no filter or grouping can help: merge this centre's records with another "
+                "centre's into one node, have this node left out (its operator stops offering "
+                "the dataset; no request parameter chooses nodes), or ask with "
+                f"{Param('dp', {'epsilon': 0.5})}, to which this rule does not apply",
+                setting=policy.min_subset_size,
+            )
         raise NodeRefusal(
-            f"the request selects fewer than {policy.min_subset_size} rows at this node",
+            f"the where filter selects fewer than {policy.min_subset_size} rows at this node",
             rule="privacy.min_subset_size",
             node=node,
-            fix="widen the where filter or the groups, or leave this node out",
+            fix=f"widen the {Param('where')} filter so that it keeps more rows at every node",
             setting=policy.min_subset_size,
         )
     excluded = total - selected
@@ -65,7 +86,7 @@ def check_subset(selected: int, total: int, policy: NodePolicy, node: str) -> No
             "node; compared with the unfiltered result that would reveal those rows",
             rule="privacy.min_complement_size",
             node=node,
-            fix="drop the filter, or filter so that more rows are left out",
+            fix=f"drop the {Param('where')} filter, or filter so that more rows are left out",
             setting=policy.min_complement_size,
         )
 

@@ -27,13 +27,13 @@ from pydantic import (
 from rich.console import RenderableType
 
 from oncofed.governance.permit_check import TaskKind
-from oncofed.kernel.errors import QueryError, TaskFailed
+from oncofed.kernel.errors import Hole, NodeRefusal, Param, QueryError, TaskFailed
 from oncofed.kernel.schema import NAME_PATTERN, DatasetSchema
 from oncofed.privacy.accounting import PRIVACY_RECORD, PrivacyLoss
 from oncofed.privacy.disclosure import check_subset
 from oncofed.privacy.dp import DPRequest
 from oncofed.privacy.ledger import PrivacyLedger
-from oncofed.privacy.policy import NodePolicy
+from oncofed.privacy.policy import DatasetPrivacy, NodePolicy
 from oncofed.privacy.release import Release, node_of
 from oncofed.tasks.filters import (
     MAX_DEPTH,
@@ -64,6 +64,12 @@ class Bounded(Protocol):
     def bounds(self) -> Mapping[str, tuple[float, float]]: ...
 
 
+def round_down(value: float, digits: int = 3) -> float:
+    """``value`` rounded down to ``digits`` significant digits: a suggested loss that still fits."""
+    places = digits - 1 - math.floor(math.log10(value))
+    return round(math.floor(value * 10.0**places) / 10.0**places, places)
+
+
 def public_bounds(params: Bounded, local: LocalDataset, column: str) -> tuple[float, float]:
     """The public clamping range of a column: the schema's, else the request's (a boolean
     column's type bounds it)."""
@@ -76,8 +82,9 @@ def public_bounds(params: Bounded, local: LocalDataset, column: str) -> tuple[fl
             f"a DP release of {column!r} needs public bounds to clamp its values to",
             rule="privacy.bounds_required",
             node=local.node_name,
-            fix=f"pass bounds={{{column!r}: (lo, hi)}} from domain knowledge, or ask the node "
-            "operator to declare bounds for the column in the node schema",
+            fix=f"pass {Param('bounds', {column: (Hole('lo'), Hole('hi'))})} from domain "
+            "knowledge, or ask the node operator to declare bounds for the column in the node "
+            "schema",
             column=column,
         )
     return float(bounds[0]), float(bounds[1])
@@ -221,11 +228,48 @@ class TaskParams(BaseModel):
     def release_loss(self) -> PrivacyLoss | None:
         """The loss one reply to this request will cost, known before it is computed.
 
-        The node refuses up front a request its budget cannot pay for. Tasks
-        whose loss per reply depends on the node (e.g. DP-SGD sized to the
-        remaining budget) return None and state the loss in the reply instead.
+        The node refuses up front a request its budget cannot pay for. A task
+        whose loss per reply depended on the node would return None and state
+        the loss in the reply instead (the node then checks it there).
         """
         return self.dp.loss() if self.dp is not None else None
+
+    def release_too_large(self, epsilon: float, privacy: DatasetPrivacy, node: str) -> NodeRefusal:
+        """The refusal of a reply costing ``epsilon``, above what the node allows one reply.
+
+        Its fix is the largest ``dp`` epsilon whose reply fits, found through
+        ``release_loss`` at the node's delta (the figure the node compares),
+        so it holds for tasks that spread ``dp`` over several steps too.
+        """
+        most = privacy.max_epsilon_per_release
+        fix = "ask the node's operator to raise max_epsilon_per_release"
+        spread = ""
+        if self.dp is not None:
+            dp = self.dp
+            own = self.release_loss()
+            if own is not None and own.epsilon(dp.delta) < 0.99 * dp.epsilon:
+                spread = f"; dp epsilon {dp.epsilon:g} is the whole task's, spread over its steps"
+
+            def costs(asked: float) -> float:
+                loss = self.model_copy(update={"dp": dp.model_copy(update={"epsilon": asked})})
+                return (loss.release_loss() or PrivacyLoss.zero()).epsilon(privacy.delta)
+
+            lo, hi = dp.epsilon * 1e-3, dp.epsilon  # the loss grows with the epsilon asked
+            while hi / lo > 1.001:
+                mid = math.sqrt(lo * hi)
+                lo, hi = (mid, hi) if costs(mid) <= most else (lo, mid)
+            fits = round_down(lo)
+            if costs(fits) <= most:
+                others = dp.model_dump(exclude_defaults=True, exclude={"epsilon"})
+                fix = f"ask for {Param('dp', {'epsilon': fits, **others})}, or {fix}"
+        return NodeRefusal(
+            f"one release may cost at most epsilon {most:g} at this node; this one would cost "
+            f"{epsilon:.3g}{spread}",
+            rule="privacy.max_epsilon_per_release",
+            node=node,
+            fix=fix,
+            setting=most,
+        )
 
     def reads_rows(self, action: str) -> bool:
         """Whether the reply to ``action`` is computed from rows (not from the schema alone).
@@ -427,5 +471,6 @@ __all__ = [
     "dp_report",
     "public_bounds",
     "released",
+    "round_down",
     "selected_rows",
 ]

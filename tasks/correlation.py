@@ -39,7 +39,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from oncofed.kernel.errors import QueryError
+from oncofed.kernel.errors import Param, QueryError
 from oncofed.privacy.disclosure import check_dominance, largest_terms
 from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.privacy.release import AgreedValues, BoundedSums, Count, Moments, Release
@@ -195,7 +195,8 @@ def correlation_node(
             local.policy,
             local.node_name,
             what="the columns' values or products (a mean or co-moment)",
-            fix="leave out the column with an outlying value, or ask with dp=",
+            fix="leave out the column with an outlying value, or ask with "
+            f"{Param('dp', {'epsilon': 0.5})}",
         )
     return ComomentsRelease(
         n=len(rows),
@@ -324,7 +325,8 @@ def _check_rows(n: int, params: CorrelationParams) -> None:
         raise QueryError(
             f"only {n} complete row(s) over all nodes for {', '.join(params.columns)}",
             rule="correlation.too_few_rows",
-            fix="widen the where filter, or leave out the columns with most missing values",
+            fix=f"widen the {Param('where')} filter, or leave out the columns with most "
+            "missing values",
         )
 
 
@@ -346,7 +348,7 @@ def _correlation_dp(
                 rule="correlation.bounds_disagree",
                 node=node,
                 fix="ask the node operators to declare the same bounds for these columns, "
-                "or to declare none so that your bounds={...} apply everywhere",
+                f"or to declare none so that your {Param('bounds')} apply everywhere",
             )
     report = dp_report(replies)
     if report is None:

@@ -80,7 +80,7 @@ from pydantic import Field, field_validator, model_validator
 from rich.text import Text
 from scipy.stats import chi2
 
-from oncofed.kernel.errors import NodeRefusal, QueryError, TaskFailed
+from oncofed.kernel.errors import Hole, NodeRefusal, Param, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.disclosure import check_cells, check_dominance, largest_terms_by_cell
@@ -266,7 +266,8 @@ class CoxPHParams(SurvivalParams):
                     f"{', '.join(missing)} has none",
                     rule="privacy.bounds_required",
                     node=node,
-                    fix="pass bounds={column: (lo, hi)} from domain knowledge for plain numeric "
+                    fix=f"pass {Param('bounds', {Hole('column'): (Hole('lo'), Hole('hi'))})} "
+                    "from domain knowledge for plain numeric "
                     "covariates (transforms have no bounds: use the column itself), or ask the "
                     "node operator to declare bounds in the node schema",
                 )
@@ -529,8 +530,9 @@ def dp_time_points(params: CoxPHParams, schema: DatasetSchema, node: str) -> Flo
             "would itself be data",
             rule="coxph.dp_time_grid",
             node=node,
-            fix=f"pass time_points=[...], or grid=<width> with bounds={{{params.duration!r}: "
-            "(0, longest follow-up)}} (or schema bounds for the duration)",
+            fix=f"pass {Param('time_points', Hole.items())}, or {Param('grid', Hole('width'))} "
+            f"with {Param('bounds', {params.duration: (0, Hole('longest follow-up'))})} (or "
+            "schema bounds for the duration)",
             column=params.duration,
         )
     cells = math.ceil(bound[1] / params.grid)
@@ -540,7 +542,7 @@ def dp_time_points(params: CoxPHParams, schema: DatasetSchema, node: str) -> Flo
             f"{MAX_TIME_POINTS}",
             rule="coxph.dp_time_grid",
             node=node,
-            fix="use a wider grid or time_points",
+            fix=f"use a wider {Param('grid')} or {Param('time_points')}",
             column=params.duration,
         )
     return params.grid * np.arange(1, cells + 1, dtype=float)
@@ -707,7 +709,7 @@ def cox_rows(params: CoxPHParams, local: LocalDataset) -> CoxRows:
             int(inside.sum()),
             local.policy,
             node,
-            "use fewer covariates, a wider where= filter, or fewer missing values",
+            f"use fewer covariates, a wider {Param('where')} filter, or fewer missing values",
         )
     scale = PublicScale.of(params, local.schema, node)
     x = x - scale.center
@@ -743,6 +745,7 @@ def _strata(
             frame,
             option="strata_categories",
             rule="coxph.strata_categories",
+            per_column=True,
         )
         outside |= code < 0
         index = index * len(levels) + np.maximum(code, 0)
@@ -987,7 +990,8 @@ def _check_cells(rows_per_cell: IntArray, rows: CoxRows, local: LocalDataset) ->
         local.node_name,
         what="Cox cells (stratum, grid time and, for the concordance, risk-score bin) or "
         "the rows outside the strata",
-        fix="use a coarser grid (grid= or time_points=) or concordance=False, or ask with dp=",
+        fix=f"use a coarser grid ({Param('grid')} or {Param('time_points')}) or "
+        f"{Param('concordance', False)}, or ask with {Param('dp', {'epsilon': 0.5})}",
     )
 
 
@@ -1006,8 +1010,8 @@ def _check_cell_dominance(
             local.policy,
             local.node_name,
             what="a Cox cell's risk-set or event covariates",
-            fix="use a coarser grid (grid= or time_points=) so that each cell holds "
-            "several events, or ask with dp=",
+            fix=f"use a coarser grid ({Param('grid')} or {Param('time_points')}) so that "
+            f"each cell holds several events, or ask with {Param('dp', {'epsilon': 0.5})}",
         )
 
 
@@ -1090,7 +1094,8 @@ def _same_scale(parts: Sequence[tuple[str, CoxSetupRelease | NoisyCoxSetupReleas
                 "differently and their sums do not add",
                 rule="coxph.bounds_disagree",
                 node=node,
-                fix="pass bounds={column: (lo, hi)} for every numeric covariate in the request",
+                fix=f"pass {Param('bounds', {Hole('column'): (Hole('lo'), Hole('hi'))})} for "
+                "every numeric covariate in the request",
             )
     return PublicScale(np.asarray(first.center), np.asarray(first.half_width))
 
@@ -1308,7 +1313,7 @@ def coxph_serve(grid: Grid, params: CoxPHParams) -> CoxPHResult:
             f"decrement is still {remaining:.2g} (tol {params.tol:g})",
             rule="coxph.not_converged",
             node=everyone,
-            fix="raise max_iter, rescale covariates, or simplify the model",
+            fix=f"raise {Param('max_iter')}, rescale covariates, or simplify the model",
             terms=diverging,
         )
     covariance_beta = np.linalg.inv(-current.hessian)
@@ -1383,7 +1388,7 @@ def _serve_dp(grid: Grid, params: CoxPHParams, nodes: Sequence[int]) -> CoxPHRes
             f"about {n} rows over all nodes (a noisy count) for {p} coefficients",
             rule="coxph.too_few_rows",
             node=everyone,
-            fix="use fewer covariates, a wider where= filter, or more nodes",
+            fix=f"use fewer covariates, a wider {Param('where')} filter, or more nodes",
         )
     information = float(d.sum()) * _pooled_covariance(
         _total(part.moments for _, part in setup), n, p, _noise_sd(setup, "moments")
@@ -1558,7 +1563,7 @@ def _no_events(params: CoxPHParams, everyone: str) -> QueryError:
         "no events in the rows used, so there is no partial likelihood",
         rule="coxph.no_events",
         node=everyone,
-        fix="check the event column, the where= filter and missing values",
+        fix=f"check the event column, the {Param('where')} filter and missing values",
         column=params.event,
     )
 

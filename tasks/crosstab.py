@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from scipy.stats import chi2_contingency
 
-from oncofed.kernel.errors import QueryError
+from oncofed.kernel.errors import Hole, Param, QueryError
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import release_for
@@ -46,7 +46,7 @@ from oncofed.tasks.base import (
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
-from oncofed.tasks.encoding import agreed_categories, category_labels
+from oncofed.tasks.encoding import agreed_categories, category_labels, no_row_in_categories
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.tables import footer
 
@@ -105,7 +105,7 @@ class CrosstabParams(TaskParams):
                     "a table needs two or more",
                     rule="crosstab.categories",
                     node=node,
-                    fix=f"pass {option}=[...] with at least two labels",
+                    fix=f"pass {Param(option, Hole.items())} with at least two labels",
                     column=column,
                 )
 
@@ -215,7 +215,8 @@ def crosstab_node(params: CrosstabParams, local: LocalDataset) -> TableRelease:
             local.policy,
             local.node_name,
             what="cells (or the rows outside the categories)",
-            fix="merge small categories, list every category, or widen the where filter",
+            fix="merge small categories, list every category, or widen the "
+            f"{Param('where')} filter",
         )
     else:
         # Every row is in one cell, or missing, or outside the categories.
@@ -254,7 +255,8 @@ def crosstab_serve(grid: Grid, params: CrosstabParams) -> CrosstabResult:
                 f"{axes} versus {node_axes}",
                 rule="crosstab.categories_disagree",
                 node=name,
-                fix="pass row_categories=[...] and col_categories=[...] explicitly",
+                fix=f"pass {Param('row_categories', Hole.items())} and "
+                f"{Param('col_categories', Hole.items())} explicitly",
             )
         axes = node_axes
         counts = part.counts if counts is None else counts + part.counts
@@ -279,6 +281,12 @@ def crosstab_serve(grid: Grid, params: CrosstabParams) -> CrosstabResult:
     )
     if table.privacy is not None:
         return table
+    if not table.n and table.rows_outside_categories:
+        raise no_row_in_categories(
+            f"{params.row!r} or {params.col!r}",
+            table.rows_outside_categories,
+            options=("row_categories", "col_categories"),
+        )
     _refuse_empty_categories(params, counts, axes)
     test = chi2_contingency(counts, correction=params.correction)
     return table.model_copy(
@@ -305,8 +313,8 @@ def _refuse_empty_categories(
                 f"category {', '.join(map(repr, empty))} of {column!r} has no rows at any node, "
                 "so the chi-square test is undefined",
                 rule="crosstab.empty_category",
-                fix=f"leave {', '.join(map(repr, empty))} out of {option}=[...], "
-                "or widen the where filter",
+                fix=f"leave {', '.join(map(repr, empty))} out of {Param(option)}, "
+                f"or widen the {Param('where')} filter",
                 column=column,
                 categories=empty,
             )

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.table import Table
 
-from oncofed.kernel.errors import QueryError
+from oncofed.kernel.errors import Hole, Param, QueryError
 from oncofed.privacy.disclosure import check_cells, check_dominance, largest_terms
 from oncofed.privacy.dp import DPRequest, release_for
 from oncofed.privacy.release import BoundedSums, Count, Counts, Moments, Release
@@ -37,7 +37,7 @@ from oncofed.tasks.base import (
     selected_rows,
 )
 from oncofed.tasks.broadcast import broadcast
-from oncofed.tasks.encoding import agreed_categories, category_labels
+from oncofed.tasks.encoding import agreed_categories, category_labels, no_row_in_categories
 from oncofed.tasks.messaging import wait_for_nodes
 from oncofed.tasks.tables import number
 
@@ -77,6 +77,8 @@ class DescribeParams(TaskParams):
     def _categories_need_by(self) -> DescribeParams:
         if self.categories is not None and self.by is None:
             raise ValueError("categories only make sense with by=")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError("categories must not repeat")
         return self
 
     def secure_sum_supported(self) -> bool:
@@ -109,12 +111,18 @@ class MomentsRelease(Release):
 
 
 class NoisySumsRelease(Release):
-    """A DP reply: per agreed group and column, noisy count, sum and sum of squares."""
+    """A DP reply: per agreed group and column, noisy count, sum and sum of squares.
+
+    With ``by``, also the noisy rows outside the agreed categories and without
+    a group (zero without ``by``).
+    """
 
     groups: tuple[str, ...]
     count: Counts
     sums: BoundedSums
     sums_of_squares: BoundedSums
+    rows_outside_categories: Count
+    rows_group_missing: Count
 
 
 class DescribeRow(BaseModel):
@@ -133,8 +141,12 @@ class DescribeResult(BaseModel):
     by: str | None
     rows: list[DescribeRow]
     nodes: list[str]
-    rows_outside_categories: int | None = 0
-    rows_group_missing: int | None = 0
+    rows_outside_categories: int | None = Field(
+        default=0, description="Rows whose by value is not an agreed category (noisy under dp)."
+    )
+    rows_group_missing: int | None = Field(
+        default=0, description="Rows without a by value (noisy under dp)."
+    )
     privacy: DPReport | None = Field(
         default=None, description="The DP mechanism, loss and noise, when dp= was asked for."
     )
@@ -173,7 +185,8 @@ def group_masks(
     labels = category_labels(frame[params.by], local.schema.columns[params.by])
     masks = [(labels == g).to_numpy(dtype=bool) for g in groups]
     group_missing = int(labels.isna().sum())
-    outside = int(len(frame) - group_missing - sum(int(m.sum()) for m in masks))
+    # Counted directly, not as what the groups leave over: never negative, whatever groups.
+    outside = int((labels.notna() & ~labels.isin(groups)).sum())
     return groups, masks, outside, group_missing
 
 
@@ -187,17 +200,25 @@ def describe_node_dp(
     statistic's groups share one part (parallel composition).
     """
     frame = selected_rows(params, local)
-    groups, masks, _, _ = group_masks(params, local, frame)
+    groups, masks, outside, group_missing = group_masks(params, local, frame)
     release = release_for(request)
     part = release.budget / (3 * len(params.columns))
     shape = (len(groups), len(params.columns))
     count, total, squares = np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape)
+    # With by=, the rows outside the categories and those without a group are two more cells
+    # of the first column's counts: each person is in one cell, so they cost nothing more,
+    # and a researcher sees whether the categories matched the rows at all.
+    sides = [outside, group_missing] if params.by is not None else []
+    noisy_sides = np.zeros(2, np.int64)
     for j, column in enumerate(params.columns):
         lo, hi = public_bounds(params, local, column)
         values = np.clip(frame[column].to_numpy(dtype=float, na_value=np.nan), lo, hi)
         chunks = [values[mask] for mask in masks]
         present = [int(np.count_nonzero(~np.isnan(chunk))) for chunk in chunks]
-        count[:, j] = release.counts(f"count.{column}", present, part)
+        cells = release.counts(f"count.{column}", present + (sides if j == 0 else []), part)
+        count[:, j] = cells[: len(groups)]
+        if j == 0 and sides:
+            noisy_sides = cells[len(groups) :]
         total[:, j] = release.bounded_sums(f"sum.{column}", chunks, (lo, hi), part)
         square_lo = 0.0 if lo <= 0 <= hi else min(lo * lo, hi * hi)
         total_sq = release.bounded_sums(
@@ -212,6 +233,8 @@ def describe_node_dp(
         count=count,
         sums=total,
         sums_of_squares=squares,
+        rows_outside_categories=int(noisy_sides[0]),
+        rows_group_missing=int(noisy_sides[1]),
         privacy=dict(release.record()),
     )
 
@@ -242,7 +265,7 @@ def describe_node(params: DescribeParams, local: LocalDataset) -> MomentsRelease
             local.node_name,
             what="groups (or the rows outside the categories, or without a group)",
             fix=f"merge small categories of {params.by!r}, list every category, or widen "
-            "the where filter",
+            f"the {Param('where')} filter",
         )
     for j, column in enumerate(params.columns):
         values = frame[column].to_numpy(dtype=float, na_value=np.nan)
@@ -254,7 +277,7 @@ def describe_node(params: DescribeParams, local: LocalDataset) -> MomentsRelease
                 local.policy,
                 local.node_name,
                 what=f"{column!r} (its mean or spread)",
-                fix=f"leave {column!r} out, or ask with dp=",
+                fix=f"leave {column!r} out, or ask with {Param('dp', {'epsilon': 0.5})}",
             )
     return MomentsRelease(
         groups=groups,
@@ -298,12 +321,17 @@ def describe_serve(grid: Grid, params: DescribeParams) -> DescribeResult:
         total = moments if total is None else combine_moments(total, moments)
     if total is None:
         raise AssertionError("broadcast returns at least one reply")
+    missing = np.sum([p.missing for _, p in parts], axis=0)
+    outside = sum(p.rows_outside_categories for _, p in parts)
+    # Every row in a group is in the first column's count or missing count.
+    if params.by is not None and outside and not (total[0][:, 0].sum() + missing[:, 0].sum()):
+        raise no_row_in_categories(repr(params.by), outside, options=("categories",))
     return DescribeResult(
         dataset=params.dataset,
         by=params.by,
-        rows=_rows(groups, params.columns, total, np.sum([p.missing for _, p in parts], axis=0)),
+        rows=_rows(groups, params.columns, total, missing),
         nodes=[node for node, _ in parts],
-        rows_outside_categories=sum(p.rows_outside_categories for _, p in parts),
+        rows_outside_categories=outside,
         rows_group_missing=sum(p.rows_group_missing for _, p in parts),
     )
 
@@ -320,7 +348,8 @@ def _agreed_groups_of(
                 f"{list(groups)} versus {list(part.groups)}",
                 rule="describe.categories_disagree",
                 node=node,
-                fix="pass categories=[...] explicitly so every node groups the same way",
+                fix=f"pass {Param('categories', Hole.items())} explicitly so every node "
+                "groups the same way",
             )
     return groups
 
@@ -357,8 +386,8 @@ def _describe_dp(params: DescribeParams, replies: Mapping[int, RecordDict]) -> D
         by=params.by,
         rows=rows,
         nodes=[node for node, _ in parts],
-        rows_outside_categories=None,
-        rows_group_missing=None,
+        rows_outside_categories=sum(p.rows_outside_categories for _, p in parts),
+        rows_group_missing=sum(p.rows_group_missing for _, p in parts),
         privacy=dp_report(replies),
     )
 
@@ -405,7 +434,14 @@ def describe_table(result: DescribeResult, title: str = "") -> Table:
         cells.append(row.column)
         cells.extend(number(getattr(row, stat)) for stat in STATISTICS)
         table.add_row(*cells)
-    table.caption = f"{len(result.nodes)} nodes: {', '.join(result.nodes)}"
+    caption = [f"{len(result.nodes)} nodes: {', '.join(result.nodes)}"]
+    if result.by and result.rows_outside_categories:
+        # Never dropped silently: categories that miss the rows show here, not as empty groups.
+        noisy = " (noisy)" if result.privacy is not None else ""
+        caption.append(
+            f"rows outside the categories of {result.by}: {result.rows_outside_categories}{noisy}"
+        )
+    table.caption = "\n".join(caption)
     return table
 
 

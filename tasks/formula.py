@@ -25,9 +25,9 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from oncofed.kernel.errors import QueryError
+from oncofed.kernel.errors import Param, QueryError
 from oncofed.kernel.schema import DatasetSchema
-from oncofed.tasks.encoding import category_labels
+from oncofed.tasks.encoding import category_labels, check_declared
 
 Transform = Literal["log", "log1p", "sqrt", "exp"]
 TRANSFORMS: dict[str, Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]] = {
@@ -228,6 +228,12 @@ class _Parser:
                 while self.accept(","):
                     levels.append(self.level())
                 self.expect("]")
+                if len(set(levels)) != len(levels):
+                    # A repeated level gives a row two indicators: one patient would weigh
+                    # twice in the sums, beyond what the disclosure and DP bounds assume.
+                    raise _error(
+                        self.text, f"C({column}) lists a level twice", rule="query.formula_levels"
+                    )
             self.expect(")")
             return Factor(column=column, categorical=True, levels=tuple(levels) if levels else None)
         if function not in TRANSFORMS or (name != function and not name.startswith("np.")):
@@ -313,6 +319,14 @@ def agreed_levels(factor: Factor, schema: DatasetSchema, node: str) -> tuple[str
             fix=f"write C({factor.column}, levels=[...]) with at least two levels, "
             "or declare the column's categories in the node schema",
             column=factor.column,
+        )
+    if factor.levels:
+        check_declared(
+            factor.column,
+            factor.levels,
+            schema,
+            node,
+            fix=lambda declared: f"write C({factor.column}, levels={list(declared)!r})",
         )
     return levels
 
@@ -448,7 +462,7 @@ def _factor_columns(
                 f"{factor.label} is not finite for some rows",
                 rule="query.formula_domain",
                 node=node,
-                fix=f'filter the rows first, e.g. where="{factor.column} > 0"',
+                fix=f"filter the rows first, e.g. {Param('where', f'{factor.column} > 0')}",
                 column=factor.column,
             )
     return [(factor.label, values)]

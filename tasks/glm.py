@@ -86,7 +86,7 @@ from flwr.serverapp import Grid
 from pydantic import Field, field_validator, model_validator
 from rich.text import Text
 
-from oncofed.kernel.errors import NodeRefusal, OncofedError, QueryError, TaskFailed
+from oncofed.kernel.errors import NodeRefusal, OncofedError, Param, QueryError, TaskFailed
 from oncofed.kernel.schema import DatasetSchema
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.privacy.disclosure import check_cells, check_dominance, largest_terms
@@ -284,8 +284,8 @@ class Binomial(Family):
                 f"the binomial response {label} has values other than 0 and 1",
                 rule="glm.response_domain",
                 node=node,
-                fix=f"use a 0/1 outcome, e.g. a column coded 1 = event, 0 = none, or "
-                f'keep only 0/1 rows with where="{label} in (0, 1)"',
+                fix="use a 0/1 outcome, e.g. a column coded 1 = event, 0 = none, or keep "
+                f"only 0/1 rows with {Param('where', f'{label} in (0, 1)')}",
                 column=label,
             )
 
@@ -326,7 +326,8 @@ class Poisson(Family):
                 "(non-negative whole numbers)",
                 rule="glm.response_domain",
                 node=node,
-                fix="model a count such as a number of events, or use family='gaussian'",
+                fix="model a count such as a number of events, or use "
+                f"{Param('family', 'gaussian')}",
                 column=label,
             )
 
@@ -714,7 +715,7 @@ def glm_node(
         rows,
         local.policy,
         node,
-        "use fewer terms, a wider where= filter, or fewer missing values",
+        f"use fewer terms, a wider {Param('where')} filter, or fewer missing values",
     )
     # A level (or combination of levels) that few patients hold makes its coefficient
     # their mean outcome: the cell rule of a table holds for it too.
@@ -724,7 +725,7 @@ def glm_node(
         node,
         what="factor levels or level combinations of the model",
         fix="merge rare levels, filter to a cohort where every level holds enough rows, "
-        "or ask with dp=",
+        f"or ask with {Param('dp', {'epsilon': 0.5})}",
     )
     names, dropped, sum_y = tuple(design.names), int(design.rows_dropped), float(np.sum(y))
     mu, eta = _node_mu(params, family, x, y, node)
@@ -797,7 +798,7 @@ def _check_dominance(
             local.node_name,
             what="the model's cross-products (X'X, X'WX, X'Wz) or response",
             fix="drop or change the term that lets one patient's value dominate (e.g. np.exp "
-            "of a wide column, or an outlying value), or ask with dp=",
+            f"of a wide column, or an outlying value), or ask with {Param('dp', {'epsilon': 0.5})}",
         )
 
 
@@ -1385,7 +1386,7 @@ def glm_serve(grid: Grid, params: GLMParams) -> GLMResult:
         + (f"; still moving: {', '.join(moving)})" if moving else ")"),
         rule="glm.not_converged",
         node=everyone,
-        fix="raise max_iter, rescale covariates, or simplify the model",
+        fix=f"raise {Param('max_iter')}, rescale covariates, or simplify the model",
     )
 
 
@@ -1397,7 +1398,8 @@ def _check_design(xtx: FloatArray, n: int, names: list[str], everyone: str) -> N
             f"{n} complete rows over all nodes for {p} coefficients",
             rule="glm.too_few_rows",
             node=everyone,
-            fix="use fewer terms, a wider where= filter, or columns with fewer missing values",
+            fix=f"use fewer terms, a wider {Param('where')} filter, or columns with fewer "
+            "missing values",
         )
     empty = [name for name, d in zip(names, np.diag(xtx), strict=True) if d == 0.0]
     if empty:
@@ -1659,7 +1661,8 @@ def _gaussian_dp(params: GLMParams, round_: _DPRound[GLMMomentsRelease]) -> GLMR
             f"about {max(n, 0)} complete rows over all nodes for {p} coefficients",
             rule="glm.too_few_rows",
             node=everyone,
-            fix="use fewer terms, a wider where= filter, or columns with fewer missing values",
+            fix=f"use fewer terms, a wider {Param('where')} filter, or columns with fewer "
+            "missing values",
         )
     # A fixed seed: the bootstrap re-uses public numbers only, and a result should not
     # change when it is recomputed from the same releases.

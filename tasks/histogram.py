@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, model_validator
 from rich.console import Group
 from rich.table import Table
 
-from oncofed.kernel.errors import QueryError
+from oncofed.kernel.errors import Hole, Param, QueryError
 from oncofed.privacy.disclosure import check_cells
 from oncofed.privacy.dp import release_for
 from oncofed.privacy.release import Count, Counts, Release
@@ -78,8 +78,8 @@ class HistogramParams(TaskParams):
         if isinstance(self.bins, int):
             if self.range is None:
                 raise _edges_error(
-                    "bins=<number> needs range=(lo, hi) in the request",
-                    "pass range=(lo, hi), e.g. range=(40, 90) for age in years",
+                    f"{_BINS} needs {_RANGE} in the request",
+                    f"pass {_RANGE}, e.g. {Param('range', (40, 90))} for age in years",
                 )
             lo, hi = self.range
             if not 1 <= self.bins <= MAX_BINS:
@@ -89,19 +89,19 @@ class HistogramParams(TaskParams):
             if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
                 raise _edges_error(
                     f"range=({lo:g}, {hi:g}) is not a finite interval with lo < hi",
-                    "pass range=(lo, hi) with lo < hi",
+                    f"pass {_RANGE} with lo < hi",
                 )
             return np.linspace(lo, hi, self.bins + 1)
         if self.range is not None:
             raise _edges_error(
-                "range=(lo, hi) applies only to bins=<number>; explicit edges already say it",
-                "drop range, or pass bins as a number of bins",
+                f"{_RANGE} applies only to {_BINS}; explicit edges already say it",
+                f"drop {Param('range')}, or pass {Param('bins')} as a number of bins",
             )
         edges = np.asarray(self.bins, dtype=np.float64)
         if not 2 <= edges.size <= MAX_BINS + 1:
             raise _edges_error(
                 f"{edges.size} edge(s) given; a histogram needs 2 to {MAX_BINS + 1}",
-                "pass at least two edges, e.g. bins=[40, 50, 60, 70, 80]",
+                f"pass at least two edges, e.g. {Param('bins', [40, 50, 60, 70, 80])}",
             )
         if not np.all(np.isfinite(edges)):
             raise _edges_error("the edges must be finite numbers", "leave out inf and nan")
@@ -114,6 +114,10 @@ class HistogramParams(TaskParams):
                 "sort the edges and remove repeated ones",
             )
         return edges
+
+
+_RANGE = Param("range", (Hole("lo"), Hole("hi")))
+_BINS = Param("bins", Hole("number"))
 
 
 def _edges_error(problem: str, fix: str) -> QueryError:

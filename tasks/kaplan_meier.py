@@ -174,10 +174,12 @@ def kaplan_meier_curve(group: str, table: EventTable, alpha: float) -> KaplanMei
         censored = np.concatenate([[0], censored])
     n, d = at_risk.astype(np.float64), events.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        survival = np.exp(np.cumsum(np.log(n - d) - np.log(n)))
+        # No one left at risk (possible only with noisy counts): the curve stays where it is.
+        step = np.where(n > 0, np.log(n - d) - np.log(n), 0.0)
+        survival = np.exp(np.cumsum(step))
         greenwood = d / (n * (n - d))
         # lifelines counts a time where everyone at risk dies as adding nothing.
-        greenwood[np.isinf(greenwood)] = 0.0
+        greenwood[~np.isfinite(greenwood)] = 0.0
         variance = np.cumsum(greenwood)
         z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
         v = np.log(survival)

@@ -39,7 +39,7 @@ from rich.markup import escape
 from rich.table import Table
 from scipy.stats import chi2
 
-from oncofed.kernel.errors import QueryError
+from oncofed.kernel.errors import Param, QueryError
 from oncofed.tasks.base import DPReport, TaskType
 from oncofed.tasks.survival import (
     EventTable,
@@ -212,7 +212,7 @@ def logrank_serve(grid: Grid, params: LogrankParams) -> LogrankResult:
             "no events in any group, so there is nothing to compare",
             rule="logrank.no_events",
             node=everyone,
-            fix="check the event column, or widen where= / the time points",
+            fix=f"check the event column, or widen the {Param('where')} filter or the time points",
             column=params.event,
         )
     test = logrank_test(pooled.tables)

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from oncofed.kernel.errors import NodeUnavailable, OncofedError
+from oncofed.kernel.errors import NodeUnavailable, OncofedError, Param
 from oncofed.kernel.flower import params_content, reply_error
 from oncofed.tasks.base import TaskParams
 
@@ -44,7 +44,7 @@ def wait_for_nodes(grid: Grid, params: TaskParams, poll: float = 0.1) -> list[in
                 f"only {len(nodes)} of the {params.min_nodes} nodes required were online "
                 f"after {params.timeout:g} s",
                 rule="task.min_nodes",
-                fix="start more nodes, lower min_nodes, or raise the timeout",
+                fix=f"start more nodes, lower {Param('min_nodes')}, or raise {Param('timeout')}",
             )
         time.sleep(poll)
 
@@ -93,7 +93,7 @@ def exchange_messages(
             f"node {node_id} did not reply within {timeout:g} s",
             rule="task.timeout",
             node=str(node_id),
-            fix="check that the node is running, or raise the task's timeout",
+            fix=f"check that the node is running, or raise the task's {Param('timeout')}",
         )
         for node_id in (m.metadata.dst_node_id for m in messages)
         if node_id not in answered

@@ -56,7 +56,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Group
 from rich.table import Table
 
-from oncofed.kernel.errors import QueryError, TaskFailed
+from oncofed.kernel.errors import Param, QueryError, TaskFailed
 from oncofed.privacy.dp import release_for
 from oncofed.privacy.release import Count, Counts, Release
 from oncofed.tasks.base import (
@@ -294,7 +294,8 @@ def _grid_histogram_dp(
             f"than {MAX_DP_CELLS}",
             rule="privacy.dp_grid_too_fine",
             node=local.node_name,
-            fix="choose a larger tolerance or narrower lower/upper",
+            fix=f"choose a larger {Param('tolerance')} or narrower {Param('lower')} and "
+            f"{Param('upper')}",
         )
     edges = [params.edge(j) for j in range(size + 1)]
     # Cell 0 holds values equal to lower, cell j values in (e_{j-1}, e_j].
@@ -442,7 +443,7 @@ def quantiles_serve(grid: Grid, params: QuantilesParams) -> QuantilesResult:
         raise QueryError(
             f"no present values of {params.column!r} at any node",
             rule="quantiles.no_rows",
-            fix="widen the where filter or choose another column",
+            fix=f"widen the {Param('where')} filter or choose another column",
             column=params.column,
         )
     below, at_most_upper = rounds.known[BELOW], rounds.known[size]
@@ -501,7 +502,7 @@ def _check_reachable(
             f"q={q:g} ({params.method}) of {n} values is the "
             f"{'smallest' if index == 0 else 'largest'} value, a single patient's",
             rule="quantiles.extreme",
-            fix="choose q further from 0 and 1, or widen the where filter",
+            fix=f"choose {Param('q')} further from 0 and 1, or widen the {Param('where')} filter",
             column=params.column,
         )
     if below >= index + 1 or at_most_upper < index + 1:
@@ -510,7 +511,7 @@ def _check_reachable(
             f"q={q:g} of {params.column!r} lies {side} (agreed [{params.lower:g}, "
             f"{params.upper:g}]; {below} value(s) below, {n - at_most_upper} above)",
             rule="quantiles.out_of_bounds",
-            fix="widen lower/upper to cover the quantile",
+            fix=f"widen {Param('lower')} and {Param('upper')} to cover the quantile",
             column=params.column,
         )
     return _Search(index + 1, params.size())

@@ -147,12 +147,12 @@ class TrainedModel(BaseModel):
             ]
         ).set_index("round")
 
-    def save(self, path: Path) -> None:
-        path.write_text(self.model_dump_json(indent=2), encoding="utf-8")
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> TrainedModel:
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+    def load(cls, path: str | Path) -> TrainedModel:
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
 def training_table(model: TrainedModel) -> Group:

@@ -1,7 +1,8 @@
 """Node side of training: local epochs of (DP-)SGD from the global model, and evaluation.
 
-torch and Opacus are imported here only, inside the handlers, so a node
-without the ``train`` extra still serves every statistics task.
+torch and Opacus are imported only inside functions (the handlers here, the
+accounting in ``params.py``), so a node without the ``train`` extra still
+serves every statistics task.
 
 With ``dp=`` the node trains with Opacus's DP-SGD (Poisson sampling,
 per-example clipping, Gaussian noise). The noise multiplier is fixed for the
@@ -24,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, RecordDict
 
-from oncofed.kernel.errors import QueryError
-from oncofed.privacy.accounting import RDP_ORDERS, PrivacyLoss, loss_record
+from oncofed.kernel.errors import Param, QueryError
+from oncofed.privacy.accounting import loss_record
 from oncofed.tasks.base import LocalDataset
 from oncofed.tasks.formula import agreed_levels
 from oncofed.tasks.training import architectures
@@ -56,22 +57,6 @@ def _state(arrays: ArrayRecord, params: TrainParams) -> dict[str, FloatArray]:
             fix="make sure the coordinator and the nodes run the same oncofed version",
         )
     return {key: arrays[key].numpy().copy() for key in names}
-
-
-def noise_multiplier(params: TrainParams, sample_rate: float, steps_per_round: int) -> float:
-    """Opacus's noise multiplier for the whole run at the request's sampling rate."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    assert params.dp is not None
-    return float(
-        get_noise_multiplier(
-            target_epsilon=params.dp.epsilon,
-            target_delta=params.dp.delta,
-            sample_rate=sample_rate,
-            steps=params.rounds * steps_per_round,
-            accountant="rdp",
-        )
-    )
 
 
 def train_node(
@@ -153,12 +138,12 @@ def _train_dp(params: TrainParams, dp: DPSGDRequest, module: Any, split: Split) 
     """
     import torch
     from opacus import GradSampleModule
-    from opacus.accountants.analysis.rdp import compute_rdp
     from opacus.optimizers import DPOptimizer
 
     rate = dp.sample_rate(params.batch_size)
     steps = dp.steps_per_round(params.batch_size, params.local_epochs)
-    sigma = noise_multiplier(params, rate, steps)
+    # The privacy mod checked this round's loss before the handler ran: the same numbers.
+    sigma, loss_curve = params.dp_sgd()
     anchor = [p.detach().clone() for p in module.parameters()]
     model = GradSampleModule(module, loss_reduction="mean")
     optimizer = DPOptimizer(
@@ -194,9 +179,6 @@ def _train_dp(params: TrainParams, dp: DPSGDRequest, module: Any, split: Split) 
         loss.backward()
         _zero_non_finite(module)
         optimizer.step()
-    orders = list(RDP_ORDERS)
-    rdp = compute_rdp(q=rate, noise_multiplier=sigma, steps=steps, orders=orders)
-    loss_curve = PrivacyLoss.from_rdp(RDP_ORDERS, [float(v) for v in np.atleast_1d(rdp)])
     privacy = loss_record(
         loss_curve,
         "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
@@ -248,7 +230,7 @@ def design_node(params: TrainParams, local: LocalDataset) -> TrainingDesign:
                     node=local.node_name,
                     fix=f"the operator declares bounds = [lo, hi] for {column!r} in the "
                     "dataset schema (public values, never read from the data), or the "
-                    "researcher uses scaling='describe'",
+                    f"researcher uses {Param('scaling', 'describe')}",
                     column=column,
                 )
             bounds[column] = list(declared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, ClassVar, Literal
 
@@ -9,10 +10,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from oncofed.kernel.errors import NodeRefusal, Param
 from oncofed.kernel.schema import DatasetSchema
-from oncofed.privacy.accounting import PrivacyLoss
+from oncofed.privacy.accounting import RDP_ORDERS, PrivacyLoss
 from oncofed.privacy.dp import DPRequest
-from oncofed.tasks.base import ColumnRole, TaskParams, WrittenAs
+from oncofed.privacy.policy import DatasetPrivacy
+from oncofed.tasks.base import ColumnRole, TaskParams, WrittenAs, round_down
 from oncofed.tasks.coxph import covariate_formula
 from oncofed.tasks.describe import DescribeParams
 from oncofed.tasks.formula import Formula, check_formula
@@ -26,6 +29,7 @@ FloatArray = npt.NDArray[np.float64]
 MAX_WIDTH = 256
 
 
+MAX_ROUNDS = 1000
 MAX_EXPECTED_ROWS = 1_000_000
 """Caps the steps a round takes (``expected_rows / batch_size`` per local epoch)."""
 EXPECTED_ROWS_NEEDED = (
@@ -77,6 +81,40 @@ class DPSGDRequest(DPRequest):
         return min(batch_size, self.rows)
 
 
+@functools.lru_cache(maxsize=64)
+def dp_sgd_round(
+    epsilon: float, delta: float, sample_rate: float, steps: int, rounds: int
+) -> tuple[float, PrivacyLoss]:
+    """Opacus's noise multiplier for a whole run at (epsilon, delta), and one round's loss.
+
+    ``rounds`` rounds of ``steps`` steps at ``sample_rate``. The round's loss is
+    Opacus's Rényi-DP curve on ``RDP_ORDERS``: what the node charges for it,
+    known from the signed request alone, so the node can refuse a round (and
+    say what would fit) before training it. Cached: the privacy mod and the
+    training handler ask for the same run, once per message.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    sigma = float(
+        get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=rounds * steps,
+            accountant="rdp",
+        )
+    )
+    return sigma, round_loss(sigma, sample_rate, steps)
+
+
+def round_loss(sigma: float, sample_rate: float, steps: int) -> PrivacyLoss:
+    """The loss of ``steps`` DP-SGD steps with noise multiplier ``sigma`` (Opacus's RDP)."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=list(RDP_ORDERS))
+    return PrivacyLoss.from_rdp(RDP_ORDERS, [float(v) for v in np.atleast_1d(rdp)])
+
+
 class Standardisation(BaseModel):
     """Federated means and standard deviations of the numeric features, set by the server."""
 
@@ -111,7 +149,7 @@ class TrainParams(TaskParams):
     strategy: Strategy = Field(
         default="fedavg", description="Flower strategy: fedavg, fedprox or fedadam."
     )
-    rounds: int = Field(default=10, ge=1, le=1000, description="Federated rounds.")
+    rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS, description="Federated rounds.")
     fraction: float = Field(default=1.0, gt=0, le=1, description="Nodes sampled per round.")
     local_epochs: int = Field(
         default=1, ge=1, le=100, description="Passes over its rows each node makes per round."
@@ -244,16 +282,128 @@ class TrainParams(TaskParams):
         # The design message answers with column names built from the schema's levels.
         return action != "design"
 
+    def dp_sgd(self) -> tuple[float, PrivacyLoss]:
+        """This run's noise multiplier and one round's loss (``dp_sgd_round``)."""
+        if self.dp is None:
+            raise AssertionError("only DP runs have a noise multiplier")
+        return dp_sgd_round(
+            self.dp.epsilon,
+            self.dp.delta,
+            self.dp.sample_rate(self.batch_size),
+            self.dp.steps_per_round(self.batch_size, self.local_epochs),
+            self.rounds,
+        )
+
     def release_loss(self) -> PrivacyLoss | None:
-        # DP-SGD sizes its noise to the run and states each round's loss in the reply.
-        return None
+        # dp is the whole run's loss; every round costs the same share of it.
+        return None if self.dp is None else self.dp_sgd()[1]
+
+    def release_too_large(self, epsilon: float, privacy: DatasetPrivacy, node: str) -> NodeRefusal:
+        """A round above the node's cap: what fits, in rounds or in the run's epsilon."""
+        if self.dp is None:
+            raise AssertionError("only DP runs have a release size")
+        most, dp = privacy.max_epsilon_per_release, self.dp
+        rate = dp.sample_rate(self.batch_size)
+        steps = dp.steps_per_round(self.batch_size, self.local_epochs)
+        rounds, total = _fitting_run(
+            dp.epsilon, dp.delta, rate, steps, self.rounds, most, privacy.delta
+        )
+        fixes = []
+        if rounds is not None:
+            fixes.append(f"spread the same dp over {Param('rounds', rounds)}")
+        if total is not None:
+            run = {"epsilon": total, **dp.model_dump(exclude_defaults=True, exclude={"epsilon"})}
+            fixes.append(f"keep {self.rounds} rounds with {Param('dp', run)}")
+        fixes.append("ask the node's operator to raise max_epsilon_per_release")
+        return NodeRefusal(
+            f"each round of DP-SGD may cost at most epsilon {most:g} at this node, and each "
+            f"of this run's {self.rounds} rounds costs {epsilon:.3g}: dp epsilon "
+            f"{dp.epsilon:g} is the whole run's, spread over its rounds",
+            rule="privacy.max_epsilon_per_release",
+            node=node,
+            fix=", or ".join(fixes),
+            setting=most,
+        )
+
+
+def _fitting_run(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    rounds: int,
+    most: float,
+    node_delta: float,
+) -> tuple[int | None, float | None]:
+    """The fewest rounds at which a round of this run costs at most ``most`` (at the node's
+    delta), and the largest run epsilon at which each of ``rounds`` rounds does.
+
+    Both go through ``sigma``, the noise multiplier at which a round costs
+    ``most``: a run fits when Opacus would give it at least that much noise,
+    that is when ``sigma`` over the whole run spends at least the run's
+    epsilon (``get_noise_multiplier`` returns a multiplier whose run spends at
+    most its target). Rényi-DP adds up over steps, so one step's curve at a
+    multiplier gives both a round's and a run's loss.
+    """
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    alphas = [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]  # what get_noise_multiplier uses
+    orders = sorted(set(RDP_ORDERS) | set(alphas))
+
+    def one_step(sigma: float) -> dict[float, float]:
+        rdp = compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=1, orders=orders)
+        return dict(zip(orders, (float(v) for v in np.atleast_1d(rdp)), strict=True))
+
+    def round_epsilon(step: dict[float, float]) -> float:
+        curve = [steps * step[a] for a in RDP_ORDERS]
+        return PrivacyLoss.from_rdp(RDP_ORDERS, curve).epsilon(node_delta)
+
+    def run_spends(step: dict[float, float], run_rounds: int) -> float:
+        rdp = np.asarray([run_rounds * steps * step[a] for a in alphas])
+        return float(get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)[0])
+
+    # A bracket [lo, hi] of multipliers, a round too costly at lo and within `most` at hi,
+    # narrowed where log(loss) against log(sigma), nearly a line, crosses log(most).
+    asked, asked_round = dp_sgd_round(epsilon, delta, sample_rate, steps, rounds)
+    lo, loss_lo = asked, asked_round.epsilon(node_delta)
+    hi = lo * loss_lo / most
+    step = one_step(hi)
+    loss_hi = round_epsilon(step)
+    while loss_hi > most:
+        if hi > 1e4:
+            return None, None
+        lo, loss_lo, hi = hi, loss_hi, 2 * hi
+        step = one_step(hi)
+        loss_hi = round_epsilon(step)
+    for _ in range(12):
+        if loss_hi >= 0.999 * most:
+            break
+        share = math.log(loss_lo / most) / math.log(loss_lo / loss_hi)
+        mid = lo * (hi / lo) ** min(max(share, 0.01), 0.99)
+        mid_step = one_step(mid)
+        loss_mid = round_epsilon(mid_step)
+        if loss_mid > most:
+            lo, loss_lo = mid, loss_mid
+        else:
+            hi, loss_hi, step = mid, loss_mid, mid_step
+    fewest: int | None = None
+    if run_spends(step, MAX_ROUNDS) >= epsilon:
+        low, high = rounds, MAX_ROUNDS  # `high` rounds spend the run's epsilon at hi, `low` not
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if run_spends(step, middle) >= epsilon else (middle, high)
+        fewest = high
+    return fewest, round_down(run_spends(step, rounds))
 
 
 __all__ = [
     "MAX_EXPECTED_ROWS",
+    "MAX_ROUNDS",
     "DPSGDRequest",
     "Scaling",
     "Standardisation",
     "Strategy",
     "TrainParams",
+    "dp_sgd_round",
 ]

@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from oncofed.kernel.errors import FederatedErrors, TaskFailed
+from oncofed.kernel.errors import FederatedErrors, Param, TaskFailed
 from oncofed.kernel.flower import PARAMS_RECORD
 from oncofed.privacy.accounting import PrivacyLoss
 from oncofed.tasks.messaging import report_progress, wait_for_nodes
@@ -55,7 +55,7 @@ class _Rounds:
                     else ""
                 ),
                 rule="training.min_nodes",
-                fix="restart the missing nodes, or lower min_nodes",
+                fix=f"restart the missing nodes, or lower {Param('min_nodes')}",
                 silent=silent,
             )
         metrics = [r.metric_records[METRICS] for r in replies]
@@ -196,7 +196,7 @@ def train_serve(grid: Grid, params: TrainParams) -> TrainedModel:
         raise TaskFailed(
             "training diverged (the model's weights are not finite)",
             rule="training.diverged",
-            fix="lower learning_rate or local_epochs",
+            fix=f"lower {Param('learning_rate')} or {Param('local_epochs')}",
         )
     delta = run.dp.delta if run.dp is not None else None
     assert run.standardisation is not None

@@ -11,6 +11,9 @@ import pytest
 
 from oncofed.client.sandbox import Sandbox
 from oncofed.kernel.errors import ExitCode
+from tests.docs.markdown import blocks, matches
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(
@@ -18,6 +21,7 @@ def _cli(
     timeout: float = 120,
     cwd: Path | None = None,
     net: Sandbox | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``net``: run as that sandbox's researcher (credentials and permit in the environment)."""
     return subprocess.run(
@@ -25,14 +29,25 @@ def _cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", **(net.researcher_env() if net else {})},
+        env={
+            "COLUMNS": "160",
+            "PATH": "/usr/bin:/bin",
+            **(net.researcher_env() if net else {}),
+            **(env or {}),
+        },
         cwd=cwd,
     )
 
 
 def test_demo_runs_and_shows_federated_next_to_pooled(tmp_path: Path) -> None:
-    run = _cli("demo", timeout=300, cwd=tmp_path)
+    checkout, scratch = tmp_path / "checkout", tmp_path / "tmp"
+    checkout.mkdir()
+    scratch.mkdir()
+    run = _cli("demo", timeout=300, cwd=checkout, env={"TMPDIR": str(scratch), "COLUMNS": "100"})
     assert run.returncode == ExitCode.OK, run.stdout[-2000:] + run.stderr[-2000:]
+    # What the README shows of the demo (trimmed with `...`) is what it prints.
+    shown = next(b for b in blocks(ROOT / "README.md") if "federated = pooled" in b.text)
+    assert matches(shown.text, run.stdout), run.stdout
     assert "federated = pooled" in run.stdout
     for header in ("federated", "pooled", "|difference|", "centre-A", "centre-E"):
         assert header in run.stdout
@@ -42,8 +57,23 @@ def test_demo_runs_and_shows_federated_next_to_pooled(tmp_path: Path) -> None:
     assert "describe under differential privacy" in run.stdout
     assert "DP release: epsilon 1 at each node" in run.stdout
     assert "noise sd" in run.stdout
-    plot = tmp_path / "oncofed-demo-kaplan-meier.png"
+    # The figure goes to the temporary folder, where the demo says, never into the checkout.
+    plot = scratch / "oncofed-demo-kaplan-meier.png"
     assert plot.stat().st_size > 10_000  # the Kaplan-Meier figure by sex
+    assert f"saved to {plot}" in " ".join(run.stdout.split())
+    assert list(checkout.iterdir()) == []
+    assert sorted(p.name for p in scratch.iterdir()) == [plot.name]  # its sandbox is gone
+
+
+def test_demo_refuses_a_plot_path_it_cannot_write_before_starting_the_network(
+    tmp_path: Path,
+) -> None:
+    run = _cli("demo", "--plot", str(tmp_path / "no" / "km.png"), env={"TMPDIR": str(tmp_path)})
+    assert run.returncode == ExitCode.CONFIG, run.stdout + run.stderr
+    line = " ".join(run.stderr.split())
+    assert "does not exist (rule: demo.plot). Fix: pass --plot PATH in a folder" in line
+    assert "starting a coordinator" not in run.stdout + run.stderr
+    assert list(tmp_path.iterdir()) == []  # no sandbox folder was made
 
 
 def test_query_describe_prints_a_table_and_csv(lung_net: Sandbox, lung: pd.DataFrame) -> None:

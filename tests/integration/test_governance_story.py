@@ -129,7 +129,7 @@ def test_application_to_permit_to_sealed_result(net: Sandbox, tmp_path: Path) ->
     assert amended.returncode == 0, amended.stderr
     shown = cli(net, HDAB, "application", "show", application_id)
     document = tmp_path / "reviewed.json"
-    document.write_text(shown.stdout[shown.stdout.index("{") :])
+    document.write_text(shown.stdout)  # stdout is the application alone; history on stderr
 
     draft, signed = tmp_path / "permit.json", tmp_path / "permit.signed.json"
     body = str(net.credentials(HDAB))
@@ -156,7 +156,7 @@ def test_application_to_permit_to_sealed_result(net: Sandbox, tmp_path: Path) ->
     published = cli(net, HDAB, "permit", "publish", str(signed))
     assert published.returncode == 0, published.stderr
     record = cli(net, HDAB, "application", "show", application_id)
-    assert "approved" in record.stdout and PERMIT in record.stdout
+    assert "approved" in record.stderr and PERMIT in record.stderr
 
     ran = cli(
         net,

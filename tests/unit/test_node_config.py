@@ -121,6 +121,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_node_check_prints_schema_and_rows_and_exits_with_documented_codes(site: Path) -> None:
+    from oncofed.governance.pki import init_network, issue, request
+
+    # `node check` checks the credentials too (tests/integration/test_node_cli.py).
+    init_network(site / "ca", "test-net")
+    issue(site / "ca", request(site / "credentials", "node", "centre-a"))
     ok = _cli("node", "check", str(site / "node.toml"))
     assert ok.returncode == ExitCode.OK, ok.stderr
     assert "3 rows" in ok.stdout and "wt.loss" in ok.stdout and "float" in ok.stdout
