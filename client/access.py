@@ -62,6 +62,7 @@ def grpc_error(exc: grpc.RpcError, address: str) -> OncofedError:
 class DataAccessClient:
     def __init__(self, address: str, credentials: Path) -> None:
         self.address = address
+        self.folder = credentials
         self.identity = Identity.load(credentials)
         self._channel = client_channel(address, TlsFiles.in_directory(credentials), CHANNEL_OPTIONS)
         self._stub = DataAccessStub(self._channel)
@@ -124,6 +125,39 @@ class DataAccessClient:
     def publish_revocations(self, signed: SignedRevocations) -> None:
         with self._rpc():
             self._stub.PublishRevocations(pb.Document(json=signed.model_dump_json()))
+
+    def grant(
+        self, signed: SignedPermit, valid_for: datetime.timedelta = DEFAULT_LIST_VALIDITY
+    ) -> tuple[str, SignedRevocations]:
+        """Publish a signed permit (or amendment), then the body's next revocation list.
+
+        Nodes refuse all work under a body that has no current list
+        (``permit.revocations_stale``), and a body first needs one when it publishes
+        its first permit. Signing one on every publish, not only when the body holds
+        none, also covers a list that never reached this coordinator; it costs a
+        sequence number. For an amendment (version > 1) the list revokes the older
+        versions, so no coordinator can keep relaying them.
+        """
+        permit_id = self.publish_permit(signed)
+        permit = signed.permit
+        superseded = {permit.permit_id: permit.version} if permit.version > 1 else None
+        return permit_id, self.revise_revocations(valid_for=valid_for, superseded=superseded)
+
+    def revise_revocations(
+        self,
+        permit_ids: Sequence[str] = (),
+        reason: str = "",
+        valid_for: datetime.timedelta = DEFAULT_LIST_VALIDITY,
+        superseded: Mapping[str, int] | None = None,
+    ) -> SignedRevocations:
+        """Sign the body's next revocation list (``revoke``) with its own key and publish it."""
+        signed = revoke(self.identity, self.folder, permit_ids, reason, valid_for, superseded)
+        self.publish_revocations(signed)
+        return signed
+
+    def held_revocations(self) -> SignedRevocations | None:
+        """The body's newest signed revocation list, as it keeps it in its own folder."""
+        return _held_revocations(self.folder)
 
 
 def load_document(path: Path, model: type[Any], what: str) -> Any:

@@ -134,6 +134,29 @@ def demo(
     run_demo(console, centres, plot=plot)
 
 
+@app.command("console")
+def console_command(
+    credentials: CredentialsOption = DEFAULT_CREDENTIALS,
+    coordinator: CoordinatorOption = "127.0.0.1:7100",
+    node: Annotated[
+        Path | None,
+        typer.Option(help="A node's TOML config: open the operator's console for that node."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free one).")] = 0,
+    browser: Annotated[bool, typer.Option(help="Open the link in a web browser.")] = True,
+) -> None:
+    """A web console on this machine: a data-access body's or a researcher's (by the
+    certificate in --credentials), or a node operator's (--node CONFIG).
+
+    It listens on 127.0.0.1 only and prints a link holding a one-time token."""
+    from oncofed.client.console.launch import console_settings
+    from oncofed.client.console.server import serve
+
+    settings = console_settings(credentials, coordinator, node)
+    console.print(f"oncofed console ({settings.role}); stop with Ctrl-C. Open:")
+    serve(settings, port, browser, announce=lambda url: console.print(url, soft_wrap=True))
+
+
 class ReleaseChoice(StrEnum):
     dp = "dp"
     exact = "exact"
@@ -297,7 +320,7 @@ def node_check(
     """Validate the config, credentials, state folder and data; print each dataset's schema."""
     from oncofed.node.config import load_node_config
     from oncofed.node.config_check import check_credentials, check_state_dir
-    from oncofed.node.data import read_dataset
+    from oncofed.node.local_state import dataset_facts
 
     cfg = load_node_config(config)
     console.print(f"node [bold]{cfg.name}[/] -> coordinator {cfg.coordinator}")
@@ -316,17 +339,18 @@ def node_check(
         soft_wrap=True,
     )
     for name, dataset in cfg.datasets.items():
-        frame = read_dataset(name, dataset, cfg.name)
+        facts = dataset_facts(name, dataset, cfg.name)
         # A line of its own: as the table's title, a long path would wrap to the table's width.
         console.print(
-            f"dataset {name}: {len(frame)} rows, {escape(str(dataset.path))}", soft_wrap=True
+            f"dataset {name}: {facts.rows} rows, {escape(str(facts.path))}", soft_wrap=True
         )
         table = Table()
-        for column in ("column", "type", "missing", "categories"):
-            table.add_column(column)
-        for column, spec in dataset.columns.items():
-            categories = ", ".join(spec.categories) if spec.categories else ""
-            table.add_row(column, spec.type, str(int(frame[column].isna().sum())), categories)
+        for heading in ("column", "type", "missing", "categories"):
+            table.add_column(heading)
+        for column in facts.columns:
+            table.add_row(
+                column.name, column.type, str(column.missing), ", ".join(column.categories)
+            )
         console.print(table)
     console.print("[green]ok[/]: config, credentials and data are valid")
 
@@ -358,16 +382,13 @@ def node_budget(
 ) -> None:
     """Privacy spent and remaining per permit (or researcher) and dataset, from the ledger."""
     from oncofed.node.config import load_node_config
-    from oncofed.privacy.ledger import LEDGER_FILE, PrivacyLedger
+    from oncofed.node.local_state import budget_rows
 
     cfg = load_node_config(config)
-    if not (cfg.state_dir / LEDGER_FILE).exists():
+    rows = budget_rows(cfg, "permit" if by == "permit" else "researcher")
+    if rows is None:
         console.print(f"node [bold]{cfg.name}[/]: no differentially private release yet")
         return
-    ledger = PrivacyLedger.at(cfg.state_dir, cfg.name)
-    privacy = {name: cfg.policy.privacy_for(name) for name in cfg.datasets}
-    rows = ledger.summary(privacy) if by == "permit" else ledger.lifetimes(privacy)
-    ledger.close()
     if as_json:
         for row in rows:
             fields = asdict(row)

@@ -14,7 +14,7 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from oncofed.governance.audit import AuditTrail
+    from oncofed.governance.permits import SignedRevocations
     from oncofed.node.governance_state import GovernanceState
 
 pki_app = typer.Typer(
@@ -368,14 +369,9 @@ def permit_publish(
 
     document: SignedPermit = load_document(signed, SignedPermit, "signed permit")
     with DataAccessClient(coordinator, credentials) as client:
-        console.print(f"published permit [bold]{client.publish_permit(document)}[/]")
-    permit = document.permit
-    # Nodes refuse all work under a body that has no current list (permit.revocations_stale),
-    # and a body first needs one when it publishes its first permit. Signing one on every
-    # publish, not only when the body holds none, also covers a list that never reached
-    # this coordinator; it costs a sequence number.
-    superseded = {permit.permit_id: permit.version} if permit.version > 1 else None
-    _revocations([], "", valid_hours, coordinator, credentials, superseded)
+        permit_id, listed = client.grant(document, datetime.timedelta(hours=valid_hours))
+    console.print(f"published permit [bold]{permit_id}[/]")
+    _published(listed)
 
 
 @permit_app.command("show")
@@ -414,26 +410,18 @@ def permit_renew(
 
 
 def _revocations(
-    permit_ids: list[str],
-    reason: str,
-    valid_hours: float,
-    coordinator: str,
-    credentials: Path,
-    superseded: dict[str, int] | None = None,
+    permit_ids: list[str], reason: str, valid_hours: float, coordinator: str, credentials: Path
 ) -> None:
-    from oncofed.client.access import DataAccessClient, revoke
-    from oncofed.governance.keys import Identity
+    from oncofed.client.access import DataAccessClient
 
-    signed = revoke(
-        Identity.load(credentials),
-        credentials,
-        permit_ids,
-        reason,
-        datetime.timedelta(hours=valid_hours),
-        superseded,
-    )
     with DataAccessClient(coordinator, credentials) as client:
-        client.publish_revocations(signed)
+        signed = client.revise_revocations(
+            permit_ids, reason, datetime.timedelta(hours=valid_hours)
+        )
+    _published(signed)
+
+
+def _published(signed: SignedRevocations) -> None:
     listed = signed.revocations
     console.print(
         f"revocation list {listed.sequence} published: {len(listed.revoked)} revoked, "
@@ -479,14 +467,18 @@ def approvals_list(
     console.print(table)
 
 
-def _decide_approval(config: Path, run_id: int, decision: str, reason: str) -> None:
-    state = _approvals_state(config)
-    if not state.decide(run_id, decision, reason):  # type: ignore[arg-type]
-        raise ConfigError(
-            f"no pending approval for run {run_id}",
-            rule="node.approval",
-            fix="see `oncofed node approvals list CONFIG`",
-        )
+def _decide_approval(
+    config: Path, run_id: int, decision: Literal["approved", "rejected"], reason: str
+) -> None:
+    from oncofed.node.config import load_node_config
+    from oncofed.node.governance_state import GovernanceState
+    from oncofed.node.local_state import decide_approval
+
+    cfg = load_node_config(config)
+    listing = f"`oncofed node approvals list {config} --all`"
+    decide_approval(
+        GovernanceState.at(cfg.state_dir), cfg.name, run_id, decision, reason, listing=listing
+    )
     console.print(f"run {run_id}: {decision}")
 
 
@@ -517,15 +509,10 @@ def _trail(
 
     if node is not None:
         from oncofed.node.config import load_node_config
-        from oncofed.node.identity import load_or_create_identity
-        from oncofed.node.runner import AUDIT_FILE
+        from oncofed.node.local_state import node_audit_trail
 
         cfg = load_node_config(node)
-        path = cfg.state_dir / AUDIT_FILE
-        if not path.exists():
-            raise ConfigError(f"node {cfg.name} has no audit trail at {path}", rule="audit.file")
-        key = load_or_create_identity(cfg.state_dir).public_key()
-        return AuditTrail.open_sqlite(path), key, cfg.name
+        return (*node_audit_trail(cfg), cfg.name)
     if db is not None and credentials is not None:
         from oncofed.coordinator.db import open_database
         from oncofed.governance.keys import Identity

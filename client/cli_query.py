@@ -187,18 +187,19 @@ def _written(flag: str, shape: Shape | None, param: Param) -> str:
         # A mapping of lists is repeated per key; a group of settings is one option.
         lists = any(isinstance(v, list) for v in value.values())
         if shape == "mapping" or (shape is None and lists):
-            return " ".join(f"{flag} {_word(k)}={_word(v)}" for k, v in value.items())
-        return f"{flag} " + ",".join(f"{_word(k)}={_word(v)}" for k, v in value.items())
-    return f"{flag} {_word(value, quote=True)}"
+            return " ".join(f"{flag} {value_word(k)}={value_word(v)}" for k, v in value.items())
+        return f"{flag} " + ",".join(f"{value_word(k)}={value_word(v)}" for k, v in value.items())
+    return f"{flag} {value_word(value, quote=True)}"
 
 
-def _word(value: Any, *, quote: bool = False) -> str:
-    """One value as the command line reads it: a list comma-separated, text as it is."""
+def value_word(value: Any, *, quote: bool = False) -> str:
+    """One value as the command line (and the console's forms) read it: a list
+    comma-separated, text as it is (``quote``: quoted for a shell)."""
     label = hole_label(value, cli=True)
     if label is not None:
         return label
     if isinstance(value, list):
-        return ",".join(_word(v) for v in value)
+        return ",".join(value_word(v) for v in value)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
@@ -321,9 +322,18 @@ def _run(task: TaskType[Any, Any], by_name: dict[str, Parameter], values: dict[s
         result.save(values["save"])  # type: ignore[attr-defined]
     frame: pd.DataFrame = result.to_frame()  # type: ignore[attr-defined]
     if values["csv"]:
-        sys.stdout.write(frame.to_csv(index=not isinstance(frame.index, pd.RangeIndex)))
+        sys.stdout.write(frame_csv(frame))
     else:
         console.print(task.table(result) if task.table is not None else _frame_table(frame))
+
+
+def frame_csv(frame: pd.DataFrame) -> str:
+    """A result's frame as ``--csv`` prints it, and as the console offers it for download.
+
+    A plain row number index is left out; a labelled one (a group, a time, a
+    covariate) is data and is written.
+    """
+    return frame.to_csv(index=not isinstance(frame.index, pd.RangeIndex))
 
 
 def _frame_table(frame: pd.DataFrame) -> Table:
@@ -348,4 +358,12 @@ def query_group() -> click.Group:
     return group
 
 
-__all__ = ["Parameter", "cli_syntax", "parameters", "query_group", "task_command"]
+__all__ = [
+    "Parameter",
+    "cli_syntax",
+    "frame_csv",
+    "parameters",
+    "query_group",
+    "task_command",
+    "value_word",
+]

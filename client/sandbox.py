@@ -31,7 +31,7 @@ import pandas as pd
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from oncofed.client.access import DataAccessClient, revoke
+from oncofed.client.access import DataAccessClient
 from oncofed.client.session import Session
 from oncofed.governance.keys import Identity, Role
 from oncofed.governance.permits import (
@@ -399,16 +399,10 @@ class Sandbox:
     ) -> SignedRevocations:
         """The body's next revocation list (revoking ``permit_ids``, and versions of a
         permit older than ``superseded`` names), published."""
-        signed = revoke(
-            self.identity(HDAB),
-            self.credentials(HDAB),
-            permit_ids or [],
-            valid_for=valid_for,
-            superseded=superseded,
-        )
         with DataAccessClient(self.address, self.credentials(HDAB)) as body_client:
-            body_client.publish_revocations(signed)
-        return signed
+            return body_client.revise_revocations(
+                permit_ids or [], valid_for=valid_for, superseded=superseded
+            )
 
     def researcher_env(self, permit: str = "sandbox") -> dict[str, str]:
         """Environment variables for the `oncofed` command as the sandbox researcher."""

@@ -478,10 +478,13 @@ class Session:
         with self._rpc():
             return str(self._researcher.Cancel(pb.TaskRef(task_id=task_id)).state)
 
+    def node_infos(self) -> list[pb.NodeInfo]:
+        """Nodes known to the coordinator, each with the dataset schemas it declared."""
+        with self._rpc():
+            return list(self._operator.ListNodes(pb.Empty()).nodes)
+
     def nodes(self) -> pd.DataFrame:
         """Nodes known to the coordinator: name, version, online, datasets offered."""
-        with self._rpc():
-            listing = self._operator.ListNodes(pb.Empty())
         return pd.DataFrame(
             [
                 {
@@ -491,7 +494,7 @@ class Session:
                     "online": n.online,
                     "datasets": sorted(json.loads(n.datasets_json or "{}")),
                 }
-                for n in listing.nodes
+                for n in self.node_infos()
             ],
             columns=["name", "node_id", "version", "online", "datasets"],
         )
@@ -543,18 +546,18 @@ class Session:
                     description=f"{update.task_type} [{update.state}]",
                     completed=update.replies,
                     total=update.expected or None,
-                    detail="" if update.detail in _NO_PROGRESS_LINE else update.detail,
+                    detail="" if update.detail in IDLE_DETAILS else update.detail,
                 )
 
             yield show
 
 
 # A running task's detail is a progress line only once its server function sets one.
-_NO_PROGRESS_LINE = ("running", "waiting to start")
+IDLE_DETAILS = ("running", "waiting to start")
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     return exc.code() if isinstance(exc, grpc.Call) else None
 
 
-__all__ = ["Session"]
+__all__ = ["IDLE_DETAILS", "Session"]

@@ -608,6 +608,31 @@ class AuditTrail:
         }
 
 
+def export_problems(record: Mapping[str, Any]) -> list[str]:
+    """What a recipient of ``AuditTrail.export`` can check without the trail itself.
+
+    Each entry's hash is recomputed from its content (an entry edited after the
+    export, or by whoever handled the file, no longer matches it), entries must
+    be in chain order and all under the exported permit, and the keeper's own
+    verification must have passed. A trail cut short at its end is not visible
+    here: compare ``chain.head_hash`` with the previous export's.
+    """
+    problems: list[str] = []
+    chain = record["chain"]
+    if not chain["verified"]:
+        problems += [f"the keeper's verification failed: {p}" for p in chain["problems"]]
+    previous = 0
+    for entry in record["entries"]:
+        if entry_hash(entry) != entry["hash"]:
+            problems.append(f"entry {entry['seq']}: its content does not match its hash (edited)")
+        if entry["seq"] <= previous:
+            problems.append(f"entry {entry['seq']}: out of chain order")
+        if entry["permit_id"] != record["permit_id"]:
+            problems.append(f"entry {entry['seq']}: not under permit {record['permit_id']}")
+        previous = entry["seq"]
+    return problems
+
+
 __all__ = [
     "AUDIT_METADATA",
     "AUDIT_TABLE",
@@ -621,4 +646,5 @@ __all__ = [
     "AuditTrail",
     "canonical_json",
     "entry_hash",
+    "export_problems",
 ]

@@ -37,6 +37,7 @@ from oncofed.node.governance_state import GovernanceState
 from oncofed.node.identity import load_or_create_identity, parse_public_key
 from oncofed.node.permits import PermitChecker
 from oncofed.node.secure import SecureKeys
+from oncofed.node.status import StatusWriter
 from oncofed.privacy.ledger import PrivacyLedger
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class NodeRunner:
         self._stop = threading.Event()
         self._call: Any = None  # the live stream call, cancelled by stop()
         self._pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="task")
+        # For the operator only (`node/status.py`); the node never reads it back.
+        self.status = StatusWriter(config.state_dir, config.coordinator, config.heartbeat_seconds)
 
     def hello(self) -> pb.NodeFrame:
         schemas = {name: s.model_dump(mode="json") for name, s in self.catalogue.schemas().items()}
@@ -104,6 +107,7 @@ class NodeRunner:
 
     def run_forever(self) -> None:
         backoff = Backoff()
+        self.status.enter("connecting")
         while not self._stop.is_set():
             try:
                 if self._session():
@@ -114,12 +118,15 @@ class NodeRunner:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code == grpc.StatusCode.ALREADY_EXISTS:
                     log.error("the coordinator refused this node: %s", exc.details())
+                    self.status.note(f"the coordinator refused this node: {exc.details()}")
                 else:
                     log.warning("connection to %s lost (%s)", self.config.coordinator, code)
+                    self.status.note(f"connection lost ({code.name if code else 'no code'})")
             delay = backoff.next_delay()
             log.info("reconnecting in %.1f s", delay)
             self._stop.wait(delay)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.status.enter("stopped")
 
     def stop(self) -> None:
         self._stop.set()
@@ -148,6 +155,7 @@ class NodeRunner:
         def heartbeat() -> None:
             while not self._stop.wait(interval[0]) and alive.is_set():
                 outbox.put(pb.NodeFrame(heartbeat=pb.Heartbeat(sent_at=time.time())))
+                self.status.heartbeat()
 
         with client_channel(self.config.coordinator, self.tls, CHANNEL_OPTIONS) as channel:
             responses = NodeLinkStub(channel).Connect(frames())
@@ -161,6 +169,9 @@ class NodeRunner:
                         if frame.welcome.heartbeat_seconds > 0:
                             interval[0] = min(interval[0], frame.welcome.heartbeat_seconds)
                         threading.Thread(target=heartbeat, daemon=True, name="heartbeat").start()
+                        self.status.enter(
+                            "connected", node_id=node_id, heartbeat_seconds=interval[0], detail=""
+                        )
                         log.info(
                             "connected to %s as node %s (id %d)",
                             self.config.coordinator,
@@ -173,6 +184,8 @@ class NodeRunner:
                 alive.clear()
                 outbox.put(None)
                 self._call = None
+                if welcomed:
+                    self.status.enter("disconnected")
         return welcomed
 
     def _handle(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 
+from oncofed.client.sandbox import Sandbox
 from oncofed.privacy.policy import EVERY_DATASET, DatasetPrivacy, NodePolicy
 from oncofed.tasks.describe import DescribeResult
 
@@ -25,6 +29,7 @@ show each one succeeds when its defence is off.
 
 
 PER_REQUEST_ROWS = NodePolicy(exact_complete_records=False)
+
 """The default disclosure rules, but exact answers on each request's own complete cases.
 
 By default a node answers exactly only on the records complete on every granted
@@ -32,6 +37,22 @@ variable (``exact_complete_records``); the oracle tests compare with pandas,
 statsmodels and lifelines on each analysis's own complete cases, which this
 policy gives. ``client/demo.py`` and ``tests/privacy`` cover the default.
 """
+
+
+@contextmanager
+def manual_three_centres(lung: pd.DataFrame) -> Iterator[Sandbox]:
+    """Three lung centres whose operators approve every task, exact answers on each
+    request's own rows (the pandas oracle's)."""
+    three = lung[lung["centre"] != "centre-D"]
+    with Sandbox.from_frame(
+        three,
+        split_by="centre",
+        dataset="lung",
+        approval="manual",
+        policy=PER_REQUEST_ROWS,
+        release="exact",
+    ) as net:
+        yield net
 
 
 def assert_describe_matches(

@@ -28,7 +28,7 @@ from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.coordinator.db import TaskRow, open_database
 from oncofed.governance.sealing import HYBRID_SUITE, open_sealed
 from oncofed.kernel.errors import AccessDenied, ExitCode, PermitRefused
-from tests.oracle import PER_REQUEST_ROWS
+from tests.oracle import manual_three_centres
 
 PERMIT = "lung-outcomes-2026"
 
@@ -235,15 +235,7 @@ def test_the_node_audit_trail_exports_a_permits_record_and_names_an_edited_row(
 
 @pytest.fixture(scope="module")
 def manual_net(lung: pd.DataFrame) -> Iterator[Sandbox]:
-    three = lung[lung["centre"] != "centre-D"]
-    with Sandbox.from_frame(
-        three,
-        split_by="centre",
-        dataset="lung",
-        approval="manual",
-        policy=PER_REQUEST_ROWS,
-        release="exact",
-    ) as net:
+    with manual_three_centres(lung) as net:
         yield net
 
 
