@@ -180,6 +180,16 @@ class CrosstabResult(BaseModel):
             table.loc[TOTAL] = table.sum(axis=0)
         return table
 
+    def test_line(self) -> str:
+        """The chi-square test in words, or why a DP table has none."""
+        if self.statistic is None or self.pvalue is None:
+            return "no chi-square test: it would ignore the noise in the DP counts"
+        yates = " with Yates' correction" if self.correction else ""
+        return (
+            f"chi-square test of independence{yates}: {self.statistic:.6g} on {self.dof} df, "
+            f"p = {self.pvalue:.4g}"
+        )
+
     def expected_frame(self) -> pd.DataFrame:
         if self.expected is None:
             raise ValueError("a DP table has no expected counts: the test is not computed on it")
@@ -333,13 +343,11 @@ def crosstab_table(result: CrosstabResult) -> Group:
         table.add_column(escape(str(column)), justify="right")
     for label, row in frame.iterrows():
         table.add_row(escape(str(label)), *(str(int(v)) for v in row))
-    yates = " (Yates-corrected)" if result.correction else ""
-    test = f"chi-square {result.statistic:.6g}, dof {result.dof}, p = {result.pvalue:.4g}{yates}"
     left_out = (
         f"{result.rows_missing} rows missing, "
         f"{result.rows_outside_categories} outside the agreed categories"
     )
-    return Group(table, test, footer(left_out, result.nodes))
+    return Group(table, result.test_line(), footer(left_out, result.nodes))
 
 
 TASK: TaskType[CrosstabParams, CrosstabResult] = TaskType(

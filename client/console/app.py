@@ -69,7 +69,10 @@ def create_app(settings: ConsoleSettings, keys: ConsoleKeys) -> LocalOnly:
         *_routes_of(settings.role)(settings, pages),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={OncofedError: refused, 404: not_found})
+    app = Starlette(
+        routes=[Mount(keys.root, routes=routes)],
+        exception_handlers={OncofedError: refused, 404: not_found},
+    )
     return LocalOnly(app, keys)
 
 

@@ -10,8 +10,10 @@ coordinator, as with ``oncofed permit sign`` and ``publish``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -44,6 +46,7 @@ def application_view(record: pb.ApplicationRecord) -> dict[str, Any]:
         "applicant": record.applicant,
         "permit_id": record.permit_id,
         "document": document,
+        "json": record.application_json,
         "updated": datetime.datetime.fromtimestamp(record.updated_at, datetime.UTC),
         "history": [
             {**entry, "at": datetime.datetime.fromtimestamp(entry["at"], datetime.UTC)}
@@ -55,6 +58,7 @@ def application_view(record: pb.ApplicationRecord) -> dict[str, Any]:
 def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
     assert settings.credentials is not None, "a body's console runs with its credentials"
     folder = settings.credentials
+    signed_here = SignedPermits(settings.state_dir / "permits")
 
     def client() -> DataAccessClient:
         return DataAccessClient(settings.coordinator, folder)
@@ -88,6 +92,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
                     for d in asked
                 },
                 "default_permit_id": _suggested_permit_id(record),
+                "reviewed": _fingerprint(record["json"]),
                 "error": pages.error(error) if error is not None else None,
             },
             status=status,
@@ -122,6 +127,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
 
         record = await run_in_threadpool(send)
         return back_to(
+            request,
             f"/applications/{record.application_id}",
             f"application {record.application_id}: {DECISIONS[decision]}",
         )
@@ -154,6 +160,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
             with client() as body:
                 permit = _previewed(form_text(form, "permit_json"), body.identity.card)
                 signed: SignedPermit = permit.sign(body.identity.signing)
+                signed_here.keep(signed)
                 permit_id, listed = body.grant(signed, datetime.timedelta(hours=hours))
             return (
                 f"permit {permit_id} signed and published; revocation list "
@@ -164,12 +171,21 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
             notice = await run_in_threadpool(sign_and_publish)
         except OncofedError as exc:
             return await run_in_threadpool(review, request, exc, 400)
-        return back_to("/permits", notice)
+        return back_to(request, "/permits", notice)
 
     def _draft(application_id: str, form: Any) -> Permit:
         with client() as body:
             record = body.application(application_id)
             identity = body.identity
+        # The draft is of the application the body read, not of whatever the coordinator
+        # holds by the time "Preview" is pressed.
+        if form_text(form, "reviewed") != _fingerprint(record.application_json):
+            raise ConfigError(
+                f"application {record.application_id} is not the one this page showed: it "
+                "changed at the coordinator after you opened it",
+                rule="application.changed",
+                fix="read the application again (reload its page), then preview the permit",
+            )
         application = DataAccessApplication.model_validate_json(record.application_json)
         epsilon = form_text(form, "epsilon")
         days = form_text(form, "valid_days")
@@ -195,16 +211,37 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
     def permits(request: Request) -> Response:
         with client() as body:
             records = [application_view(r) for r in body.applications() if r.permit_id]
-            granted = [body.permit(r["permit_id"]).permit for r in records]
+            relayed = {r["permit_id"]: body.permit(r["permit_id"]) for r in records}
             held = body.held_revocations()
+            trusted = {body.identity.card.name: body.identity.signing.public_key()}
         revoked = held.revocations.revoked_ids() if held is not None else frozenset()
         listed = held.revocations if held is not None else None
         now = datetime.datetime.now(datetime.UTC)
+        # The coordinator's copies are checked against this body's own key, and the permits
+        # this console signed are listed from its own record: a coordinator can neither show
+        # a changed permit as in force nor hide one from the revoke form.
+        rows: dict[str, tuple[Permit, str]] = {}
+        for permit_id, signed in relayed.items():
+            try:
+                signed.verified(trusted)
+                status = "revoked" if permit_id in revoked else "in force"
+            except OncofedError:
+                status = "not as signed: the coordinator's copy fails this body's signature"
+            rows[permit_id] = (signed.permit, status)
+        for signed in signed_here.permits():
+            shown = rows.get(signed.permit.permit_id)
+            if shown is None or shown[0].version < signed.permit.version:
+                status = (
+                    "revoked" if signed.permit.permit_id in revoked else "not at the coordinator"
+                )
+                if shown is not None and not shown[1].startswith("not as signed"):
+                    status = f"{status} (the coordinator relays version {shown[0].version})"
+                rows[signed.permit.permit_id] = (signed.permit, status)
         return pages.render(
             request,
             "body/permits.html",
             {
-                "permits": [(p, p.permit_id in revoked) for p in granted],
+                "permits": sorted(rows.values(), key=lambda row: row[0].permit_id),
                 "revocations": listed,
                 "list_due_soon": listed is not None and listed.next_update - now < RENEW_WARNING,
                 "list_stale": listed is None or listed.next_update <= now,
@@ -227,7 +264,9 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
                 return body.revise_revocations([permit_id], reason).revocations.sequence
 
         sequence = await run_in_threadpool(send)
-        return back_to("/permits", f"permit {permit_id} revoked (revocation list {sequence})")
+        return back_to(
+            request, "/permits", f"permit {permit_id} revoked (revocation list {sequence})"
+        )
 
     async def renew(request: Request) -> Response:
         form = await request.form()
@@ -242,7 +281,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
                 f"{listed.next_update:%Y-%m-%d %H:%M} UTC"
             )
 
-        return back_to("/permits", await run_in_threadpool(send))
+        return back_to(request, "/permits", await run_in_threadpool(send))
 
     def audit(request: Request) -> Response:
         return pages.render(request, "body/audit.html", {})
@@ -292,6 +331,27 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
     ]
 
 
+class SignedPermits:
+    """The permits this console signed, kept before they are published."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def keep(self, signed: SignedPermit) -> None:
+        permit = signed.permit
+        path = self.folder / f"{permit.permit_id}.v{permit.version}.json"
+        partial = path.with_suffix(".tmp")
+        partial.write_text(signed.model_dump_json(indent=1), encoding="utf-8")
+        partial.replace(path)
+
+    def permits(self) -> list[SignedPermit]:
+        return [
+            SignedPermit.model_validate_json(path.read_text(encoding="utf-8"))
+            for path in sorted(self.folder.glob("*.json"))
+        ]
+
+
 def _previewed(permit_json: str, issuer: IdentityCard) -> Permit:
     try:
         permit = Permit.model_validate_json(permit_json)
@@ -308,6 +368,10 @@ def _previewed(permit_json: str, issuer: IdentityCard) -> Permit:
             fix="preview the permit again from the application's page",
         )
     return permit
+
+
+def _fingerprint(application_json: str) -> str:
+    return hashlib.sha256(application_json.encode()).hexdigest()
 
 
 def _suggested_permit_id(record: dict[str, Any]) -> str:

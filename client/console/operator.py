@@ -284,7 +284,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
                 if decision == "approved"
                 else "rejected: the researcher reads your reason"
             )
-            return back_to("/approvals", f"run {run_id} {verb}")
+            return back_to(request, "/approvals", f"run {run_id} {verb}")
 
         return decide
 

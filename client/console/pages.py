@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
@@ -99,7 +100,8 @@ class Pages:
     ) -> HTMLResponse:
         page = self.environment.get_template(template).render(
             request=request,
-            path=request.url.path,
+            root=self.keys.root,
+            path=request.url.path.removeprefix(self.keys.root) or "/",
             role=self.role,
             role_title=ROLE_TITLES[self.role],
             navigation=NAVIGATION[self.role],
@@ -111,12 +113,11 @@ class Pages:
         return HTMLResponse(page, status_code=status)
 
 
-def back_to(path: str, notice: str = "") -> RedirectResponse:
-    """After a form: go to ``path`` (POST, redirect, GET), with a line saying what was done."""
-    from urllib.parse import urlencode
-
+def back_to(request: Request, path: str, notice: str = "") -> RedirectResponse:
+    """After a form: go to the console's ``path`` (POST, redirect, GET), with a line saying
+    what was done."""
     suffix = f"?{urlencode({'notice': notice})}" if notice else ""
-    return RedirectResponse(path + suffix, status_code=303)
+    return RedirectResponse(request.scope.get("root_path", "") + path + suffix, status_code=303)
 
 
 def form_text(form: Any, name: str) -> str:

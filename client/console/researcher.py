@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,7 @@ from oncofed.kernel.errors import OncofedError, QueryError
 from oncofed.tasks import TASKS, get_task
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
@@ -126,7 +128,9 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
                 for k, v in form.items()
             }
             return await run_in_threadpool(application_form, request, values, exc, amends)
-        return back_to(f"/applications/{application_id}", f"application {application_id} filed")
+        return back_to(
+            request, f"/applications/{application_id}", f"application {application_id} filed"
+        )
 
     def application(request: Request) -> Response:
         with access() as client:
@@ -170,6 +174,14 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
                 settings.coordinator, credentials=folder, permit=permit or None, progress=False
             ) as session:
                 task_id = session.submit(task.name, **params)
+            # The id names files and downloads here: only what a coordinator's ids look like.
+            if not TASK_ID.fullmatch(task_id):
+                raise OncofedError(
+                    f"the coordinator answered with a task id this console does not accept: "
+                    f"{task_id[:80]!r}",
+                    rule="console.task_id",
+                    fix="the coordinator is not behaving as oncofed's does; tell its operator",
+                )
             log.add(SubmittedTask(task_id, task.name, permit, _plain(params), time.time()))
             return task_id
 
@@ -177,7 +189,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
             task_id = await run_in_threadpool(submit)
         except OncofedError as exc:
             return await run_in_threadpool(analysis_form, request, dict(form), exc)
-        return back_to(f"/tasks/{task_id}")
+        return back_to(request, f"/tasks/{task_id}")
 
     def tasks(request: Request) -> Response:
         rows = []
@@ -265,9 +277,7 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
         return Response(
             result_csv(result),
             media_type="text/csv",
-            headers={
-                "Content-Disposition": f'attachment; filename="{entry.task}-{entry.task_id}.csv"'
-            },
+            headers={"Content-Disposition": _attachment(entry, "csv")},
         )
 
     def result_png_file(request: Request) -> Response:
@@ -276,17 +286,13 @@ def routes(settings: ConsoleSettings, pages: Pages) -> Sequence[BaseRoute]:
         if figure is None:
             raise QueryError(f"a {entry.task} result has no plot", rule="console.plot")
         download = request.query_params.get("download") == "1"
-        headers = (
-            {"Content-Disposition": f'attachment; filename="{entry.task}-{entry.task_id}.png"'}
-            if download
-            else {}
-        )
+        headers = {"Content-Disposition": _attachment(entry, "png")} if download else {}
         return Response(figure_png(figure), media_type="image/png", headers=headers)
 
     def cancel(request: Request) -> Response:
         task_id = request.path_params["task_id"]
         state = watcher.cancel(task_id)
-        return back_to(f"/tasks/{task_id}", f"task {task_id}: {state}")
+        return back_to(request, f"/tasks/{task_id}", f"task {task_id}: {state}")
 
     # ---- budget --------------------------------------------------------
 
@@ -351,6 +357,13 @@ def _task(name: str) -> Any:
             fix="choose one on the Run an analysis page",
         )
     return TASKS[name]
+
+
+def _attachment(entry: SubmittedTask, suffix: str) -> str:
+    """A download's file name of letters, digits, '.', '_' and '-' only: task ids are the
+    coordinator's, and a quote or a line break would rewrite the header."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "", f"{entry.task}-{entry.task_id}")[:120]
+    return f'attachment; filename="{name}.{suffix}"'
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:

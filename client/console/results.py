@@ -154,13 +154,7 @@ def _test_lines(result: BaseModel) -> list[str]:
             )
         return lines
     if isinstance(result, CrosstabResult):
-        if result.statistic is None or result.pvalue is None:
-            return ["no chi-square test: it would ignore the noise in the DP counts"]
-        yates = " with Yates' correction" if result.correction else ""
-        return [
-            f"chi-square test of independence{yates}: {result.statistic:.4g} on {result.dof} df, "
-            f"p = {result.pvalue:.4g}"
-        ]
+        return [result.test_line()]
     return []
 
 

@@ -7,6 +7,12 @@ cookie (HttpOnly, SameSite=Strict) and the token stops working. Every form
 carries a CSRF token derived from that session, and a request naming another
 host (DNS rebinding: a page of ``evil.example`` resolved to 127.0.0.1) is
 refused before anything else runs.
+
+Browsers send a cookie of 127.0.0.1 to every port of it, so a web server
+another local user runs would receive the session cookie as soon as the
+console's user opened one of its pages. The console therefore lives under a
+random path (``ConsoleKeys.root``) and its cookie is limited to that path:
+the browser sends it nowhere else.
 """
 
 from __future__ import annotations
@@ -33,23 +39,20 @@ class ConsoleKeys:
 
     def __init__(self) -> None:
         self.token = secrets.token_urlsafe(32)
+        self.root = "/" + secrets.token_urlsafe(12)
         self._session: str | None = None
         self._lock = threading.Lock()
 
     def redeem(self, token: str) -> str | None:
         """The new session secret for the right token, once; None ever after."""
         with self._lock:
-            if self._session is not None or not hmac.compare_digest(token, self.token):
+            if self._session is not None or not _same(token, self.token):
                 return None
             self._session = secrets.token_urlsafe(32)
             return self._session
 
     def session_ok(self, cookie: str | None) -> bool:
-        return (
-            cookie is not None
-            and self._session is not None
-            and hmac.compare_digest(cookie, self._session)
-        )
+        return cookie is not None and self._session is not None and _same(cookie, self._session)
 
     def csrf(self) -> str:
         """The CSRF token of the session (forms carry it in a hidden field)."""
@@ -57,7 +60,7 @@ class ConsoleKeys:
         return hmac.new(self._session.encode(), b"csrf", hashlib.sha256).hexdigest()
 
     def csrf_ok(self, value: str) -> bool:
-        return self._session is not None and hmac.compare_digest(value, self.csrf())
+        return self._session is not None and _same(value, self.csrf())
 
 
 # No framing (a page of another site cannot overlay "Sign and publish" and trick a click),
@@ -95,9 +98,14 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of what a request sent (any text) with a secret."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
 def start_url(host: str, port: int, keys: ConsoleKeys) -> str:
     """What ``oncofed console`` prints: the address with its one-time token."""
-    return f"http://{host}:{port}/?{urlencode({'token': keys.token})}"
+    return f"http://{host}:{port}{keys.root}/?{urlencode({'token': keys.token})}"
 
 
 class LocalOnly:
@@ -138,7 +146,9 @@ class LocalOnly:
                 )
             target = URL(str(request.url)).remove_query_params("token")
             response = RedirectResponse(target.path + (f"?{target.query}" if target.query else ""))
-            response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
+            response.set_cookie(
+                SESSION_COOKIE, session, httponly=True, samesite="strict", path=self.keys.root
+            )
             return response
         if not self.keys.session_ok(request.cookies.get(SESSION_COOKIE)):
             return PlainTextResponse(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import html
 import socket
 import webbrowser
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 
 from oncofed.client.console.app import ConsoleSettings, create_app
 from oncofed.client.console.security import ConsoleKeys, start_url
+from oncofed.governance.keys import write_private
 
 HOST = "127.0.0.1"
+OPENER = "open-console.html"
 
 
 def serve(
@@ -31,8 +35,27 @@ def serve(
     )
     announce(url)
     if open_browser:
-        webbrowser.open(url)
+        webbrowser.open(_opener(settings.state_dir, url).as_uri())
     server.run(sockets=[listener])
 
 
-__all__ = ["HOST", "serve"]
+def _opener(folder: Path, url: str) -> Path:
+    """A page readable by this user only that forwards to ``url``, for the browser to open.
+
+    A browser started with the link itself would carry the token in its command line,
+    which every user of the machine can read (``ps``); one of them could redeem it first.
+    As Jupyter does, the browser is given this file instead.
+    """
+    page = folder / OPENER
+    page.unlink(missing_ok=True)
+    link = html.escape(url, quote=True)
+    write_private(
+        page,
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="0;url={link}"><title>oncofed console</title>'
+        f'</head><body><p><a href="{link}">Open the oncofed console</a></p></body></html>'.encode(),
+    )
+    return page
+
+
+__all__ = ["HOST", "OPENER", "serve"]

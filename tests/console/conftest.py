@@ -24,7 +24,8 @@ def console_client(settings: ConsoleSettings) -> Iterator[tuple[TestClient, Cons
     Forms need ``keys.csrf()`` in their ``csrf`` field, as the pages' own forms carry it.
     """
     keys = ConsoleKeys()
-    with TestClient(create_app(settings, keys), base_url="http://127.0.0.1:8000") as client:
+    base = "http://127.0.0.1:8000" + keys.root  # the console lives under its random root
+    with TestClient(create_app(settings, keys), base_url=base) as client:
         signed_in = client.get(f"/?token={keys.token}", follow_redirects=False)
         assert signed_in.status_code == 307, signed_in.text
         yield client, keys

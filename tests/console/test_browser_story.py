@@ -183,7 +183,7 @@ def test_body_approves_signs_and_publishes_the_permit(pages, story, shots) -> No
     page.get_by_label("Permit id").fill(PERMIT)
     page.get_by_role("button", name="Preview the permit").click()
     expect(page.get_by_role("heading", name=f"Permit {PERMIT}: preview")).to_be_visible()
-    expect(page.get_by_text("lung (exact, ε node cap)")).to_be_visible()
+    expect(page.get_by_text("lung (exact, ε node cap): time, status, sex")).to_be_visible()
     assert_accessible(page, "permit preview")
     screenshot(page, "body-permit-preview", shots)
     page.get_by_role("button", name="Sign and publish").click()

@@ -136,8 +136,8 @@ def _decide(console: Console, run_id: int, verb: str, reason: str | None = None)
         form["reason"] = reason
     posted = client.post(f"/approvals/{run_id}/{verb}", data=form, follow_redirects=False)
     assert posted.status_code == 303, posted.text
-    assert posted.headers["location"].startswith("/approvals?notice=")
-    shown = client.get(posted.headers["location"])
+    assert posted.headers["location"].startswith(f"{keys.root}/approvals?notice=")
+    shown = client.get(posted.headers["location"].removeprefix(keys.root))
     assert shown.status_code == 200
     return shown.text
 
@@ -176,9 +176,9 @@ def test_the_approvals_page_lists_a_waiting_task_and_approving_it_lets_it_run(
             assert fact in words
         # The parameters as signed, and both forms, each carrying the CSRF field.
         assert "&#34;wt.loss&#34;" in page or '"wt.loss"' in page
-        assert f'action="/approvals/{approval.run_id}/approve"' in page
-        assert f'action="/approvals/{approval.run_id}/reject"' in page
         _client, keys = consoles[node]
+        assert f'action="{keys.root}/approvals/{approval.run_id}/approve"' in page
+        assert f'action="{keys.root}/approvals/{approval.run_id}/reject"' in page
         assert page.count(f'name="csrf" value="{keys.csrf()}"') == 2
         assert re.search(r'<label for="reason-\d+">', page) and "required" in page
     pooled = lung[lung["centre"] != "centre-D"]
