@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,12 @@ def simulate(task: TaskType[Any, Any], params: TaskParams, catalogues: list[Fram
     results: list[str] = []
     app = server_app(lambda grid: results.append(task.run_server(grid, params.model_dump_json())))
     environment = dict(os.environ)
+    # Ray's head otherwise waits a fixed time for its GCS server to write the port it took,
+    # which a loaded machine has missed ("Timed out waiting for file .../gcs_server_port"):
+    # given a port, it connects with its own retries instead.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        os.environ["RAY_GCS_SERVER_PORT"] = str(probe.getsockname()[1])
     try:
         run_simulation(
             server_app=app,
