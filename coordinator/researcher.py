@@ -17,6 +17,7 @@ from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import SignedTask, TaskEnvelope
 from oncofed.governance.permit_check import check_task
 from oncofed.governance.permits import SignedPermit, utcnow
+from oncofed.governance.tls import Peer
 from oncofed.kernel.errors import (
     AccessDenied,
     OncofedError,
@@ -166,7 +167,7 @@ class Researcher(ResearcherServicer):
         last: tuple[object, ...] | None = None
         while context.is_active():
             seen = self.hub.progress_version()
-            view = self._task(request.task_id, context)
+            view = self._task(request.task_id, context, "watch")
             key = (view.state, view.replies, view.expected, view.detail)
             if key != last:
                 last = key
@@ -176,7 +177,7 @@ class Researcher(ResearcherServicer):
             self.hub.wait_progress(WATCH_POLL_SECONDS, seen)
 
     def Result(self, request: pb.TaskRef, context: grpc.ServicerContext) -> pb.TaskResult:  # noqa: N802
-        view = self._task(request.task_id, context)
+        view = self._task(request.task_id, context, "result")
         peer = caller(context)
         self.audit.append(
             actor=peer.name,
@@ -193,15 +194,27 @@ class Researcher(ResearcherServicer):
         )
 
     def Cancel(self, request: pb.TaskRef, context: grpc.ServicerContext) -> pb.TaskStatus:  # noqa: N802
-        self._task(request.task_id, context)
-        self.store.finish_task(request.task_id, "cancelled", detail="cancelled by the researcher")
-        return status(self._task(request.task_id, context))
+        peer = caller(context)
+        self._task(request.task_id, context, "cancel")
+        who = "the researcher" if peer.role == "researcher" else f"data-access body {peer.name}"
+        self.store.finish_task(request.task_id, "cancelled", detail=f"cancelled by {who}")
+        return status(self._task(request.task_id, context, "cancel"))
 
-    def _task(self, task_id: str, context: grpc.ServicerContext) -> TaskView:
-        """A task the caller may see: their own, or any for a data-access body."""
+    def _task(self, task_id: str, context: grpc.ServicerContext, action: str) -> TaskView:
+        """A task the caller may see: a researcher's own, or, for a data-access body, one
+        under a permit that body issued. Any other is refused as if it did not exist, and
+        the refusal is audited."""
         view = self.store.task(task_id)
         peer = caller(context)
-        if view is None or (peer.role == "researcher" and view.researcher != peer.name):
+        if view is None or not self._may_see(peer, view):
+            self.audit.append(
+                actor=peer.name,
+                action=action,
+                permit_id="",
+                outcome="QueryError",
+                rule="task.exists",
+                task_id=task_id[:64],
+            )
             # The same answer for another's task as for none: ids are not a way to probe.
             abort(
                 context,
@@ -209,6 +222,14 @@ class Researcher(ResearcherServicer):
                 QueryError(f"no task {task_id!r}", rule="task.exists", fix="check the task id"),
             )
         return view
+
+    def _may_see(self, peer: Peer, view: TaskView) -> bool:
+        if peer.role == "researcher":
+            return view.researcher == peer.name
+        if peer.role == "hdab":
+            issuer = self.access.permit_issuer(view.permit_id) if view.permit_id else None
+            return issuer == peer.name
+        return False
 
 
 __all__ = ["Researcher"]

@@ -23,9 +23,11 @@ import pytest
 
 from oncofed.client.access import DataAccessClient
 from oncofed.client.sandbox import HDAB, Sandbox
+from oncofed.client.session import Session
 from oncofed.coordinator.access_store import AccessStore
 from oncofed.coordinator.db import open_database
 from oncofed.coordinator.store import Store
+from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import Authorisation, SignedTask, TaskEnvelope
 from oncofed.governance.keys import Identity
 from oncofed.governance.permits import SignedPermit, SignedRevocations, utcnow
@@ -448,3 +450,34 @@ def test_one_body_cannot_publish_in_anothers_name_or_over_its_permit(net: Sandbo
             client.publish_permit(taken.sign(body_se.signing))
         assert caught.value.rule == "permit.owner"
     assert Attacker(net).permit("study-1") == ours
+
+
+def test_a_body_sees_and_cancels_only_tasks_under_its_own_permits(net: Sandbox) -> None:
+    """Another data-access body of the network cannot follow, open the result of, or
+    cancel a task under this body's permit: it gets the answer a task that does not exist
+    gets, and the coordinator audits each try. The permit's own issuer makes the same calls
+    and is answered (and opens the result, which is sealed to it)."""
+    outsider = net.enrol("hdab-no", "hdab")
+    with net.session(permit="scoped-by-issuer", progress=False) as researcher:
+        task_id = researcher.submit("describe", columns=["age"])
+        researcher.wait(task_id)
+    ref = pb.TaskRef(task_id=task_id)
+    with client_channel(net.address, TlsFiles.in_directory(outsider), []) as channel:
+        stub = ResearcherStub(channel)
+        for attempt in (
+            lambda: next(iter(stub.Watch(ref, timeout=30))),
+            lambda: stub.Result(ref, timeout=30),
+            lambda: stub.Cancel(ref, timeout=30),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                attempt()
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            refusal = OncofedError.from_json(caught.value.details())
+            assert refusal.rule == "task.exists" and f"no task {task_id!r}" in refusal.detail
+    with Session(net.address, credentials=net.credentials(HDAB), progress=False) as issuer:
+        assert issuer.status(task_id).state == "succeeded"
+        assert json.loads(issuer.wait(task_id))["rows"]
+        assert issuer.cancel(task_id) == "succeeded"  # finished already: nothing to cancel
+    trail = AuditTrail(open_database(net.database_url), create=False)
+    refused = [e for e in trail.entries() if e.actor == "hdab-no" and e.rule == "task.exists"]
+    assert sorted(e.action for e in refused) == ["cancel", "result", "watch"]
