@@ -593,7 +593,7 @@ class NoisyCoxSetupRelease(_CoxRelease):
     cell_stratum: AgreedIndices
     cell_time: AgreedValues
     events: Counts
-    """Noisy events per cell (discrete Gaussian; negatives set to zero)."""
+    """Noisy events per cell (discrete Gaussian, as drawn: negatives too)."""
     event_x: ModelStatistics
     """Noisy sum of the design over all events, p: one total, not per cell (less noise)."""
     a0: ModelStatistics
@@ -867,7 +867,8 @@ def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> Release:
         share["moments"],
         math.sqrt(p + p * p),
     )
-    counts = np.maximum(counts, 0)
+    # Counts go out as drawn, negatives too: clipping each node's cells at zero would add
+    # a positive bias per cell that grows with the grid; the coordinator clips the pooled sums.
     return NoisyCoxSetupRelease(
         names=tuple(rows.names),
         levels=tuple(rows.levels),
@@ -878,7 +879,7 @@ def coxph_setup_node(params: CoxPHParams, local: LocalDataset) -> Release:
         n=int(counts[0]),
         cell_stratum=cells.stratum,
         cell_time=cells.time,
-        events=np.maximum(events, 0),
+        events=events,
         event_x=event_x,
         a0=risk[:, 0],
         a1=risk[:, 1:],
@@ -1375,7 +1376,9 @@ def _serve_dp(grid: Grid, params: CoxPHParams, nodes: Sequence[int]) -> CoxPHRes
     scale = _same_scale(setup)
     # The nodes' sums are in half-widths of each covariate: so is the fit, until the end.
     half, box = scale.half_width, scale.box() * scale.half_width
-    d = _total(part.events.astype(float) for _, part in setup)
+    # The nodes' noisy counts summed as drawn (unbiased), then clipped once: a cell cannot
+    # hold fewer than no events.
+    d = np.maximum(_total(part.events.astype(float) for _, part in setup), 0.0)
     if not d.any():
         raise _no_events(params, everyone)
     event_x = _total(part.event_x for _, part in setup)
