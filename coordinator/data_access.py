@@ -42,6 +42,14 @@ Signed = TypeVar("Signed", SignedPermit, SignedRevocations)
 AMBIGUOUS_SHOWN = 5  # ids an ambiguous prefix error lists, enough to pick one from
 
 DECISIONS = {"request-changes": "changes-requested", "refuse": "refused", "approve": "approved"}
+OPEN_TO: dict[str, frozenset[str]] = {
+    "submitted": frozenset(DECISIONS.values()),
+    # Back with its applicant: the body may still close it, not approve what is being changed.
+    "changes-requested": frozenset({"refused"}),
+    # Decided: an approval ends in a permit (revoked, not un-approved); a refusal is final.
+    "approved": frozenset(),
+    "refused": frozenset(),
+}
 
 
 def _record(view: ApplicationView) -> pb.ApplicationRecord:
@@ -151,6 +159,11 @@ class DataAccess(DataAccessServicer):
                 ),
             )
         application_id = self._resolve(request.application_id, peer, context)
+        current = self.access.application(application_id)
+        if current is None:
+            abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.application_id))
+        if state not in OPEN_TO[current.state]:
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION, _closed(current, request.decision))
         view = self.access.decide(application_id, state, peer.name, request.note)
         if view is None:
             abort(context, grpc.StatusCode.NOT_FOUND, _no_application(request.application_id))
@@ -194,6 +207,9 @@ class DataAccess(DataAccessServicer):
                     "list` shows it, or its start), then sign and publish it",
                 ),
             )
+        answered = self.access.application(permit.application_id) if permit.application_id else None
+        if answered is not None and answered.state == "refused":
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION, _closed(answered, "grant"))
         if not self.access.publish_permit(
             permit.permit_id, permit.version, permit.issuer.name, signed.model_dump_json()
         ):
@@ -320,6 +336,20 @@ def _published(
     except OncofedError as exc:
         abort(context, grpc.StatusCode.PERMISSION_DENIED, exc)
     return signed
+
+
+def _closed(view: ApplicationView, decision: str) -> QueryError:
+    fix = {
+        "approved": "revoke its permit (`oncofed permit revoke`) to end what it granted",
+        "refused": "the applicant files a new application",
+        "changes-requested": "wait for the applicant's amendment, or refuse it",
+    }.get(view.state, "reload the application")
+    return QueryError(
+        f"application {view.application_id} is {view.state}: it cannot be given the decision "
+        f"{decision!r} now",
+        rule="application.state",
+        fix=fix,
+    )
 
 
 def _no_application(application_id: str) -> QueryError:

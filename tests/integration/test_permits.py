@@ -21,7 +21,7 @@ import grpc
 import pandas as pd
 import pytest
 
-from oncofed.client.access import DataAccessClient
+from oncofed.client.access import DataAccessClient, draft_permit
 from oncofed.client.sandbox import HDAB, Sandbox
 from oncofed.client.session import Session
 from oncofed.coordinator.access_store import AccessStore
@@ -30,7 +30,12 @@ from oncofed.coordinator.store import Store
 from oncofed.governance.audit import AuditTrail
 from oncofed.governance.envelope import Authorisation, SignedTask, TaskEnvelope
 from oncofed.governance.keys import Identity
-from oncofed.governance.permits import SignedPermit, SignedRevocations, utcnow
+from oncofed.governance.permits import (
+    DataAccessApplication,
+    SignedPermit,
+    SignedRevocations,
+    utcnow,
+)
 from oncofed.governance.tls import TlsFiles, client_channel
 from oncofed.kernel.errors import AccessDenied, OncofedError, PermitRefused, TaskCancelled
 from oncofed.kernel.flower import (
@@ -40,6 +45,7 @@ from oncofed.kernel.flower import (
 from oncofed.kernel.wire import oncofed_pb2 as pb
 from oncofed.kernel.wire.oncofed_pb2_grpc import ResearcherStub
 from tests.coordinator_queue import send_through_the_queue
+from tests.integration.test_first_hour import guide_application
 from tests.pki import revoke_by_cli
 
 NODE = "centre-B"
@@ -481,3 +487,43 @@ def test_a_body_sees_and_cancels_only_tasks_under_its_own_permits(net: Sandbox) 
     trail = AuditTrail(open_database(net.database_url), create=False)
     refused = [e for e in trail.entries() if e.actor == "hdab-no" and e.rule == "task.exists"]
     assert sorted(e.action for e in refused) == ["cancel", "result", "watch"]
+
+
+def test_decisions_follow_the_applications_state(net: Sandbox) -> None:
+    """A submitted application takes any decision; one sent back for changes only a
+    refusal until its applicant amends it; approved and refused ones are final, and no
+    permit can answer a refused one. Each refusal names the state and what to do."""
+    document = DataAccessApplication.model_validate(guide_application(net))
+    with (
+        DataAccessClient(net.address, net.credentials(net.researcher)) as researcher,
+        DataAccessClient(net.address, net.credentials(HDAB)) as body,
+    ):
+
+        def file() -> str:
+            return str(researcher.submit_application(document).application_id)
+
+        def refused_decision(application_id: str, decision: str) -> str:
+            with pytest.raises(OncofedError) as caught:
+                body.decide(application_id, decision, "a note")
+            assert caught.value.rule == "application.state"
+            return caught.value.fix
+
+        sent_back = file()
+        assert body.decide(sent_back, "request-changes", "say why").state == "changes-requested"
+        assert "amendment" in refused_decision(sent_back, "approve")
+        assert body.decide(sent_back, "refuse", "withdrawn").state == "refused"
+
+        approved = file()
+        assert body.decide(approved, "approve").state == "approved"
+        assert "revoke its permit" in refused_decision(approved, "refuse")
+
+        closed = file()
+        assert body.decide(closed, "refuse", "out of scope").state == "refused"
+        assert "new application" in refused_decision(closed, "approve")
+        permit = draft_permit(
+            document, body.identity, permit_id="answers-a-refusal", application_id=closed
+        ).sign(body.identity.signing)
+        with pytest.raises(OncofedError) as caught:
+            body.publish_permit(permit)
+        assert caught.value.rule == "application.state"
+        assert body.application(closed).state == "refused"
