@@ -21,29 +21,21 @@ from oncofed.kernel.errors import ConfigError, ExitCode
 from oncofed.node.config import load_node_config
 from oncofed.node.config_check import check_credentials
 from tests.pki import make_network
+from tests.unit.test_node_config import GOOD
 
-CONFIG = """
-name = "centre-a"
-coordinator = "127.0.0.1:9"
-credentials = "pki/centre-a"
-
-[governance]
-trusted_bodies = { "hdab-example" = "gYPvdaGHV0zvQMVNCqaM4CqMXiWqwpzgk+F9v0XtsO0=" }
-
-[datasets.lung]
-path = "lung.csv"
-
-[datasets.lung.columns]
-age = "integer"
-sex = { type = "category", categories = ["1", "2"] }
-"""
+# The unit tests' valid config, pointed at an unreachable coordinator and a CA-issued folder.
+CONFIG = GOOD.replace('"127.0.0.1:7100"', '"127.0.0.1:9"').replace(
+    'credentials = "credentials"', 'credentials = "pki/centre-a"'
+)
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A node's folder as an operator sets it up: config, data, and credentials from the
     network's CA in ``pki/centre-a`` (the CA itself in ``pki/ca``)."""
-    pd.DataFrame({"age": [60, 71, 55], "sex": [1, 2, 1]}).to_csv(tmp_path / "lung.csv", index=False)
+    pd.DataFrame({"age": [60, 71, 55], "wt.loss": [1.5, None, 3.0], "sex": [1, 2, 1]}).to_csv(
+        tmp_path / "lung.csv", index=False
+    )
     (tmp_path / "node.toml").write_text(CONFIG)
     make_network(tmp_path / "pki", {"centre-a": "node"})
     return tmp_path
